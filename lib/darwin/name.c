@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* lib/darwin/name.c: PLACEHOLDER, to be written. */
+#include "internal.h"

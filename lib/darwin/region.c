@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* lib/darwin/region.c: PLACEHOLDER, to be written. */
+#include "internal.h"

@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: MIT */
+/* internal.h: the real object structs and the memport__os_* operations every backend provides. */
+#ifndef MEMPORT_INTERNAL_H
+#define MEMPORT_INTERNAL_H
+
+#ifndef MEMPORT_BUILDING
+#define MEMPORT_BUILDING 1
+#endif
+#include "memport.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Everything not declared MEMPORT_EXPORT is hidden (-fvisibility=hidden); this marks internal
+ * functions explicitly as well, for builds that do not pass the flag. */
+#if defined(__GNUC__)
+#define MEMPORT_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define MEMPORT_HIDDEN
+#endif
+
+#define MEMPORT__UNUSED(x) ((void)(x))
+#define MEMPORT__LIKELY(x) __builtin_expect(!!(x), 1)
+#define MEMPORT__UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Absolute deadlines on the monotonic clock, in nanoseconds; UINT64_MAX means forever. */
+#define MEMPORT__NO_DEADLINE UINT64_MAX
+MEMPORT_HIDDEN uint64_t memport__now_ns(void);
+/* timeout_ns < 0: forever; 0: now; else now + timeout (saturating). */
+MEMPORT_HIDDEN uint64_t memport__deadline(int64_t timeout_ns);
+/* 1 when the deadline has passed. */
+MEMPORT_HIDDEN int memport__expired(uint64_t deadline);
+
+/* size rounded up to pages; 0 on overflow. */
+MEMPORT_HIDDEN size_t memport__page_round(size_t size);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Objects. Fields marked (os) belong to the backend; portable code does not interpret them.  */
+
+struct memport_region {
+  memport_os_handle_t handle; /* (os) Linux: memfd; Darwin: send right to the memory entry */
+  size_t size;                /* bytes, a page multiple */
+  bool readonly;              /* this handle can only be mapped read-only */
+};
+
+struct memport_sem {
+  memport_os_handle_t handle; /* (os) Linux: memfd of the futex page; Darwin: semaphore_t */
+  void *shared;               /* (os) Linux: the mapped futex page; Darwin: unused */
+};
+
+struct memport_port {
+  memport_os_handle_t rx;     /* (os) Linux: the socket; Darwin: our receive right */
+  memport_os_handle_t tx;     /* (os) Linux: same socket; Darwin: send right to the peer */
+  memport_cred_t peer;        /* who is at the other end */
+  uintptr_t os[4];            /* (os) backend state (e.g. Darwin dead-name notification) */
+};
+
+struct memport__handle {
+  int kind; /* MEMPORT_HANDLE_*, 0 once taken */
+  union {
+    memport_region_t *region;
+    memport_sem_t *sem;
+    memport_port_t *port;
+  } u;
+};
+
+struct memport_msg {
+  unsigned char *bytes; /* capacity MEMPORT_MSG_MAX_BYTES, allocated once at create */
+  size_t len;
+  struct memport__handle handles[MEMPORT_MSG_MAX_HANDLES];
+  size_t nhandles;
+  memport_cred_t sender;
+  bool has_sender;
+  void *os_buf; /* (os) a receive/send scratch buffer, allocated once by the backend, freed by
+                   memport__os_msg_free */
+};
+
+#define MEMPORT__MAX_ALLOWED_UIDS 16
+struct memport_service {
+  memport_os_handle_t handle; /* (os) Linux: listening socket; Darwin: receive right checked in */
+  char name[MEMPORT_NAME_MAX + 1];
+  int kind; /* MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION */
+  uid_t allowed[MEMPORT__MAX_ALLOWED_UIDS];
+  size_t nallowed; /* the owner's uid is always allowed */
+  uintptr_t os[4]; /* (os) e.g. the lock file descriptor on Linux */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Portable helpers shared between files.                                                      */
+
+/* Validate a name: 1..MEMPORT_NAME_MAX bytes of [A-Za-z0-9._-], not starting with '.' or '-'.
+ * Returns 0, MEMPORT_EINVAL or MEMPORT_ENAMETOOLONG. */
+MEMPORT_HIDDEN int memport__name_check(const char *name);
+/* May this service accept a peer with credentials `peer`? */
+MEMPORT_HIDDEN bool memport__service_allows(const memport_service_t *svc, const memport_cred_t *peer);
+/* Take ownership of a handle into a message slot; closes it and fails when the message is full. */
+MEMPORT_HIDDEN int memport__msg_push(memport_msg_t *msg, int kind, void *object);
+/* Close and forget every handle in a message. */
+MEMPORT_HIDDEN void memport__msg_drop_handles(memport_msg_t *msg);
+/* Forget handles without closing them (after the backend moved them to the peer). */
+MEMPORT_HIDDEN void memport__msg_forget_handles(memport_msg_t *msg);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Backend: memory. All return 0 or a negative MEMPORT_E* code.                                */
+
+MEMPORT_HIDDEN size_t memport__os_page_size(void);
+/* New zero-filled region of `size` (a page multiple) bytes. Sets handle; size/readonly are set
+ * by the caller. */
+MEMPORT_HIDDEN int memport__os_region_create(memport_region_t *r, size_t size);
+MEMPORT_HIDDEN void memport__os_region_close(memport_region_t *r);
+/* Another handle to the same memory; readonly: the new handle maps read-only only. */
+MEMPORT_HIDDEN int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_region_t *out);
+/* Convert the region in place, one-way, to read-only for every future mapping. */
+MEMPORT_HIDDEN int memport__os_region_seal(memport_region_t *r);
+/* Check an OS handle and fill r (size 0: ask the OS). Does not take ownership on failure. */
+MEMPORT_HIDDEN int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t size,
+                                            bool readonly);
+/* Reserve `len` bytes of address space, inaccessible. */
+MEMPORT_HIDDEN int memport__os_reserve(size_t len, void **addr);
+/* Map [off, off+len) of the region; at `fixed` (replacing what is there) when non-NULL. */
+MEMPORT_HIDDEN int memport__os_map(const memport_region_t *r, size_t off, size_t len, bool writable, void *fixed,
+                                   void **addr);
+MEMPORT_HIDDEN int memport__os_unmap(void *addr, size_t len);
+/* A second view of [src, src+len) of this process; MEMPORT_ENOTSUP where the OS cannot. */
+MEMPORT_HIDDEN int memport__os_remap(void *src, size_t len, bool readonly, void **out);
+/* Fork inheritance of a page-aligned range. */
+MEMPORT_HIDDEN int memport__os_inherit(void *addr, size_t len, int mode);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Backend: semaphores. Deadlines are absolute (memport__deadline).                            */
+
+MEMPORT_HIDDEN int memport__os_sem_create(memport_sem_t *s, unsigned initial);
+MEMPORT_HIDDEN void memport__os_sem_close(memport_sem_t *s);
+MEMPORT_HIDDEN int memport__os_sem_signal(memport_sem_t *s);
+MEMPORT_HIDDEN int memport__os_sem_signal_all(memport_sem_t *s);
+/* Waits are not interrupted by signals (EINTR is retried). */
+MEMPORT_HIDDEN int memport__os_sem_wait(memport_sem_t *s, uint64_t deadline);
+MEMPORT_HIDDEN int memport__os_sem_trywait(memport_sem_t *s);
+MEMPORT_HIDDEN int memport__os_sem_dup(const memport_sem_t *s, memport_sem_t *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Backend: ports, messages and names.                                                          */
+
+MEMPORT_HIDDEN int memport__os_port_pair(memport_port_t *a, memport_port_t *b);
+MEMPORT_HIDDEN void memport__os_port_close(memport_port_t *p);
+MEMPORT_HIDDEN int memport__os_port_dup(const memport_port_t *p, memport_port_t *out);
+/* Send msg's bytes and handles. On success the backend has moved the handles (portable code
+ * then forgets or closes them); on failure nothing was sent. */
+MEMPORT_HIDDEN int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
+/* Receive into a cleared msg, creating handle objects; all-or-nothing: on error every received
+ * OS handle is released and msg stays empty. */
+MEMPORT_HIDDEN int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
+MEMPORT_HIDDEN void memport__os_msg_free(memport_msg_t *msg);
+
+MEMPORT_HIDDEN int memport__os_service_create(memport_service_t *s);
+MEMPORT_HIDDEN void memport__os_service_close(memport_service_t *s);
+MEMPORT_HIDDEN int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline);
+MEMPORT_HIDDEN int memport__os_port_connect(memport_port_t *out, const char *name, int kind, uint64_t deadline);
+MEMPORT_HIDDEN int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
+
+#endif /* MEMPORT_INTERNAL_H */

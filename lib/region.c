@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* lib/region.c: PLACEHOLDER, to be written. */
+#include "internal.h"

@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: MIT */
+/* helpers.c: peer processes with timeouts, descriptor and mapping counts for the tests. */
+#include "helpers.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int th_count_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  if (d == NULL)
+    d = opendir("/dev/fd");
+  if (d == NULL)
+    return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.')
+      n++;
+  closedir(d);
+  return n - 1; /* the directory's own descriptor */
+}
+
+int th_count_maps(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (f == NULL)
+    return -1;
+  int n = 0, c;
+  while ((c = fgetc(f)) != EOF)
+    if (c == '\n')
+      n++;
+  fclose(f);
+  return n;
+}
+
+pid_t th_fork(int (*fn)(void *arg), void *arg, unsigned timeout_s) {
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    signal(SIGALRM, SIG_DFL);
+    alarm(timeout_s);
+    _exit(fn(arg) & 0xff);
+  }
+  return pid;
+}
+
+int th_wait(pid_t pid, unsigned timeout_s) {
+  if (pid < 0)
+    return -1;
+  struct timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (;;) {
+    int status;
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+      if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+      return -1;
+    }
+    if (r < 0)
+      return -1;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec - start.tv_sec >= (time_t)timeout_s) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    struct timespec nap = {0, 1000000};
+    nanosleep(&nap, NULL);
+  }
+}
+
+int th_run_child(int (*fn)(void *arg), void *arg, unsigned timeout_s) {
+  return th_wait(th_fork(fn, arg, timeout_s), timeout_s + 5);
+}
+
+pid_t th_spawn_helper(const char *argv0, const char *name, const char *arg) {
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char *argv[5] = {(char *)argv0, (char *)"--helper", (char *)name, (char *)arg, NULL};
+    execv(argv0, argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+void th_helper_dispatch(int argc, char **argv, const struct th_helper *table) {
+  if (argc < 3 || strcmp(argv[1], "--helper") != 0)
+    return;
+  for (const struct th_helper *h = table; h != NULL && h->name != NULL; h++)
+    if (strcmp(h->name, argv[2]) == 0) {
+      alarm(60);
+      exit(h->fn(argc > 3 ? argv[3] : NULL) & 0xff);
+    }
+  fprintf(stderr, "unknown helper %s\n", argv[2]);
+  exit(127);
+}
+
+const char *th_unique_name(const char *prefix) {
+  static char buf[MEMPORT_NAME_MAX + 1];
+  static unsigned counter;
+  snprintf(buf, sizeof buf, "%s-%ld-%u", prefix, (long)getpid(), counter++);
+  return buf;
+}

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/* helpers.h: what the cmocka tests share: peer processes with timeouts, descriptor and mapping counts. */
+#ifndef MEMPORT_TESTS_HELPERS_H
+#define MEMPORT_TESTS_HELPERS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <cmocka.h>
+
+#include "memport.h"
+
+/* Assert that a memport call returned `expected`, printing both codes by name when not. */
+#define th_assert_rc(call, expected)                                                           \
+  do {                                                                                         \
+    int th_rc_ = (call);                                                                       \
+    int th_ex_ = (expected);                                                                   \
+    if (th_rc_ != th_ex_)                                                                      \
+      fail_msg("%s returned %d (%s), expected %d (%s)", #call, th_rc_, memport_err_name(th_rc_), \
+               th_ex_, memport_err_name(th_ex_));                                              \
+  } while (0)
+#define th_assert_ok(call) th_assert_rc((call), 0)
+
+/* Open descriptors of this process (/proc/self/fd or /dev/fd), or -1 if they cannot be counted. */
+int th_count_fds(void);
+/* Mappings of this process (lines of /proc/self/maps), or -1 where there is no such file. */
+int th_count_maps(void);
+
+/* Fork a child that runs fn(arg) and exits with its return value (0: success). The child is
+ * killed by SIGALRM after timeout_s seconds, so a deadlock fails instead of hanging. */
+pid_t th_fork(int (*fn)(void *arg), void *arg, unsigned timeout_s);
+/* Wait up to timeout_s seconds for pid; returns its exit status, 128+signal if killed by a
+ * signal, or -1 if it had to be killed on timeout. */
+int th_wait(pid_t pid, unsigned timeout_s);
+/* Fork and wait: the child's exit status, as th_wait. */
+int th_run_child(int (*fn)(void *arg), void *arg, unsigned timeout_s);
+
+/* Re-run this test binary as a fresh process image: argv0 --helper NAME [ARG]. The child's
+ * main must call th_helper_dispatch first. Returns the pid. */
+pid_t th_spawn_helper(const char *argv0, const char *name, const char *arg);
+/* In main: if argv asks for a helper, run it from `table` (NULL-terminated by name) and exit. */
+struct th_helper {
+  const char *name;
+  int (*fn)(const char *arg);
+};
+void th_helper_dispatch(int argc, char **argv, const struct th_helper *table);
+
+/* A unique name for this test process (prefix + pid + counter), for services and regions. */
+const char *th_unique_name(const char *prefix);
+
+#endif

@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* memport-bench.c: PLACEHOLDER, to be written. */
+int main(void) { return 1; }
