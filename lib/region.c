@@ -1,3 +1,315 @@
 /* SPDX-License-Identifier: MIT */
-/* lib/region.c: PLACEHOLDER, to be written. */
+/* lib/region.c: regions, mappings (plain, read-only, mirrored) and remaps, with the process-wide
+ * registry that tells memport mappings from any other address. */
+#include "config.h"
+
 #include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* The mapping registry: every live memport mapping of this process, sorted by base address.   */
+
+#define MEMPORT__MAPPING_MIRROR   (1u << 0)
+#define MEMPORT__MAPPING_READONLY (1u << 1)
+#define MEMPORT__MAPPING_REMAP    (1u << 2)
+
+struct memport__mapping {
+  uintptr_t base;
+  size_t len;
+  unsigned flags; /* MEMPORT__MAPPING_* */
+};
+
+static pthread_mutex_t memport__reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct memport__mapping *memport__reg;
+static size_t memport__reg_count, memport__reg_cap;
+static pthread_once_t memport__reg_once = PTHREAD_ONCE_INIT;
+
+/* fork() while another thread holds the lock must not leave the child's registry locked. */
+static void memport__reg_prepare(void) { pthread_mutex_lock(&memport__reg_lock); }
+static void memport__reg_parent(void) { pthread_mutex_unlock(&memport__reg_lock); }
+static void memport__reg_child(void) { pthread_mutex_unlock(&memport__reg_lock); }
+static void memport__reg_init(void) {
+  (void)pthread_atfork(memport__reg_prepare, memport__reg_parent, memport__reg_child);
+}
+
+static void memport__reg_lock_acquire(void) {
+  pthread_once(&memport__reg_once, memport__reg_init);
+  pthread_mutex_lock(&memport__reg_lock);
+}
+
+/* Index of the first entry whose base is >= base. Lock held. */
+static size_t memport__reg_lower_bound(uintptr_t base) {
+  size_t lo = 0, hi = memport__reg_count;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (memport__reg[mid].base < base)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Index of the entry starting exactly at base, or SIZE_MAX. Lock held. */
+static size_t memport__reg_find(uintptr_t base) {
+  size_t i = memport__reg_lower_bound(base);
+  return (i < memport__reg_count && memport__reg[i].base == base) ? i : SIZE_MAX;
+}
+
+static void memport__reg_remove_at(size_t i) {
+  memmove(&memport__reg[i], &memport__reg[i + 1], (memport__reg_count - i - 1) * sizeof *memport__reg);
+  memport__reg_count--;
+  if (memport__reg_count == 0) {
+    free(memport__reg);
+    memport__reg = NULL;
+    memport__reg_cap = 0;
+  }
+}
+
+/* Record a mapping the kernel just gave us. Entries overlapping it are stale (their owner
+ * unmapped them behind memport's back, since the kernel handed the addresses out again) and go. */
+static int memport__reg_add(void *addr, size_t len, unsigned flags) {
+  uintptr_t base = (uintptr_t)addr;
+  int rc = 0;
+  memport__reg_lock_acquire();
+  size_t i = memport__reg_lower_bound(base);
+  while (i > 0 && memport__reg[i - 1].base + memport__reg[i - 1].len > base) {
+    memport__reg_remove_at(i - 1);
+    i--;
+  }
+  while (i < memport__reg_count && memport__reg[i].base < base + len)
+    memport__reg_remove_at(i);
+  if (memport__reg_count == memport__reg_cap) {
+    size_t ncap = memport__reg_cap ? memport__reg_cap * 2 : 16;
+    struct memport__mapping *n = realloc(memport__reg, ncap * sizeof *n);
+    if (n == NULL) {
+      rc = MEMPORT_ENOMEM;
+      goto out;
+    }
+    memport__reg = n;
+    memport__reg_cap = ncap;
+  }
+  memmove(&memport__reg[i + 1], &memport__reg[i], (memport__reg_count - i) * sizeof *memport__reg);
+  memport__reg[i] = (struct memport__mapping){.base = base, .len = len, .flags = flags};
+  memport__reg_count++;
+out:
+  pthread_mutex_unlock(&memport__reg_lock);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Regions.                                                                                     */
+
+int memport_region_create(memport_region_t **out, size_t size, unsigned flags) {
+  if (out == NULL || size == 0 || flags != 0)
+    return MEMPORT_EINVAL;
+  size_t rounded = memport__page_round(size);
+  if (rounded == 0)
+    return MEMPORT_EOVERFLOW;
+  memport_region_t *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return MEMPORT_ENOMEM;
+  int rc = memport__os_region_create(r, rounded);
+  if (rc < 0) {
+    free(r);
+    return rc;
+  }
+  r->size = rounded;
+  r->readonly = false;
+  *out = r;
+  return 0;
+}
+
+int memport_region_close(memport_region_t *region) {
+  if (region == NULL)
+    return 0;
+  memport__os_region_close(region);
+  free(region);
+  return 0;
+}
+
+size_t memport_region_size(const memport_region_t *region) { return region == NULL ? 0 : region->size; }
+
+int memport_region_is_readonly(const memport_region_t *region) {
+  if (region == NULL)
+    return MEMPORT_EINVAL;
+  return region->readonly ? 1 : 0;
+}
+
+int memport_region_dup(memport_region_t *region, unsigned flags, memport_region_t **out) {
+  if (region == NULL || out == NULL || (flags & ~MEMPORT_DUP_READONLY) != 0)
+    return MEMPORT_EINVAL;
+  memport_region_t *n = calloc(1, sizeof *n);
+  if (n == NULL)
+    return MEMPORT_ENOMEM;
+  bool readonly = region->readonly || (flags & MEMPORT_DUP_READONLY) != 0;
+  int rc = memport__os_region_dup(region, readonly, n);
+  if (rc < 0) {
+    free(n);
+    return rc;
+  }
+  n->size = region->size;
+  n->readonly = readonly;
+  *out = n;
+  return 0;
+}
+
+int memport_region_readonly(memport_region_t *region, memport_region_t **out) {
+  if (region == NULL || out == NULL)
+    return MEMPORT_EINVAL;
+  /* The read-only handle first: if that fails, nothing has changed. */
+  memport_region_t *n = calloc(1, sizeof *n);
+  if (n == NULL)
+    return MEMPORT_ENOMEM;
+  int rc = memport__os_region_dup(region, true, n);
+  if (rc < 0) {
+    free(n);
+    return rc;
+  }
+  n->size = region->size;
+  n->readonly = true;
+  rc = memport__os_region_seal(region);
+  if (rc < 0) {
+    memport__os_region_close(n);
+    free(n);
+    return rc;
+  }
+  region->readonly = true;
+  *out = n;
+  return 0;
+}
+
+int memport_region_os_handle(const memport_region_t *region, memport_os_handle_t *out) {
+  if (region == NULL || out == NULL)
+    return MEMPORT_EINVAL;
+  *out = region->handle;
+  return 0;
+}
+
+int memport_region_adopt(memport_region_t **out, memport_os_handle_t handle, size_t size, unsigned flags) {
+  if (out == NULL || (flags & ~MEMPORT_ADOPT_READONLY) != 0)
+    return MEMPORT_EINVAL;
+  if (handle == MEMPORT_OS_HANDLE_INVALID)
+    return MEMPORT_EBADF;
+  size_t rounded = 0;
+  if (size != 0) {
+    rounded = memport__page_round(size);
+    if (rounded == 0)
+      return MEMPORT_EOVERFLOW;
+  }
+  memport_region_t *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return MEMPORT_ENOMEM;
+  int rc = memport__os_region_adopt(r, handle, rounded, (flags & MEMPORT_ADOPT_READONLY) != 0);
+  if (rc < 0) {
+    free(r);
+    return rc;
+  }
+  *out = r;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Mappings.                                                                                    */
+
+int memport_region_map(memport_region_t *region, unsigned flags, void **addr) {
+  if (region == NULL || addr == NULL || (flags & ~(MEMPORT_MAP_READONLY | MEMPORT_MAP_MIRROR)) != 0)
+    return MEMPORT_EINVAL;
+  bool writable = (flags & MEMPORT_MAP_READONLY) == 0;
+  if (writable && region->readonly)
+    return MEMPORT_EACCES;
+  size_t size = region->size;
+  if (size == 0)
+    return MEMPORT_EINVAL;
+  unsigned rflags = writable ? 0u : MEMPORT__MAPPING_READONLY;
+  void *base;
+  size_t len;
+  int rc;
+  if (flags & MEMPORT_MAP_MIRROR) {
+    /* Reserve both halves at once, then put the region into each at a fixed address: no other
+     * thread can take the second half between the two steps, so no retry loop is needed. */
+    if (size > SIZE_MAX / 2)
+      return MEMPORT_ENOMEM;
+    len = 2 * size;
+    rc = memport__os_reserve(len, &base);
+    if (rc < 0)
+      return rc;
+    void *a, *b;
+    rc = memport__os_map(region, 0, size, writable, base, &a);
+    if (rc == 0)
+      rc = memport__os_map(region, 0, size, writable, (char *)base + size, &b);
+    if (rc < 0) {
+      memport__os_unmap(base, len);
+      return rc;
+    }
+    rflags |= MEMPORT__MAPPING_MIRROR;
+  } else {
+    len = size;
+    rc = memport__os_map(region, 0, size, writable, NULL, &base);
+    if (rc < 0)
+      return rc;
+  }
+  rc = memport__reg_add(base, len, rflags);
+  if (rc < 0) {
+    memport__os_unmap(base, len);
+    return rc;
+  }
+  *addr = base;
+  return 0;
+}
+
+int memport_unmap(void *addr) {
+  if (addr == NULL)
+    return MEMPORT_EINVAL;
+  int rc;
+  memport__reg_lock_acquire();
+  size_t i = memport__reg_find((uintptr_t)addr);
+  if (i == SIZE_MAX) {
+    rc = MEMPORT_EINVAL;
+  } else {
+    /* Unmapped under the lock: the address cannot be handed out and registered meanwhile. */
+    rc = memport__os_unmap(addr, memport__reg[i].len);
+    if (rc == 0)
+      memport__reg_remove_at(i);
+  }
+  pthread_mutex_unlock(&memport__reg_lock);
+  return rc;
+}
+
+int memport_mapping_size(const void *addr, size_t *len) {
+  if (addr == NULL || len == NULL)
+    return MEMPORT_EINVAL;
+  int rc = MEMPORT_EINVAL;
+  memport__reg_lock_acquire();
+  size_t i = memport__reg_find((uintptr_t)addr);
+  if (i != SIZE_MAX) {
+    *len = memport__reg[i].len;
+    rc = 0;
+  }
+  pthread_mutex_unlock(&memport__reg_lock);
+  return rc;
+}
+
+int memport_remap(void *addr, size_t len, unsigned flags, void **out) {
+  if (addr == NULL || out == NULL || len == 0 || (flags & ~MEMPORT_MAP_READONLY) != 0)
+    return MEMPORT_EINVAL;
+  size_t page = memport__os_page_size();
+  if (((uintptr_t)addr & (page - 1)) != 0 || (len & (page - 1)) != 0)
+    return MEMPORT_EINVAL;
+  if ((uintptr_t)addr + len < (uintptr_t)addr)
+    return MEMPORT_EOVERFLOW;
+  bool readonly = (flags & MEMPORT_MAP_READONLY) != 0;
+  void *view;
+  int rc = memport__os_remap(addr, len, readonly, &view);
+  if (rc < 0)
+    return rc;
+  rc = memport__reg_add(view, len, MEMPORT__MAPPING_REMAP | (readonly ? MEMPORT__MAPPING_READONLY : 0u));
+  if (rc < 0) {
+    memport__os_unmap(view, len);
+    return rc;
+  }
+  *out = view;
+  return 0;
+}
