@@ -1,3 +1,265 @@
 /* SPDX-License-Identifier: MIT */
-/* lib/msg.c: PLACEHOLDER, to be written. */
+/* lib/msg.c: message objects: a preallocated byte buffer plus up to MEMPORT_MSG_MAX_HANDLES owned handles. */
+#include "config.h"
+
 #include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Close one handle object of the given kind (the message owns it). */
+static void handle_close(int kind, void *object) {
+  switch (kind) {
+  case MEMPORT_HANDLE_REGION:
+    memport_region_close(object);
+    break;
+  case MEMPORT_HANDLE_SEM:
+    memport_sem_close(object);
+    break;
+  case MEMPORT_HANDLE_PORT:
+    memport_port_close(object);
+    break;
+  default:
+    break;
+  }
+}
+
+int memport__msg_push(memport_msg_t *msg, int kind, void *object) {
+  if (msg->nhandles >= MEMPORT_MSG_MAX_HANDLES) {
+    handle_close(kind, object);
+    return MEMPORT_ENOSPC;
+  }
+  struct memport__handle *h = &msg->handles[msg->nhandles++];
+  h->kind = kind;
+  switch (kind) {
+  case MEMPORT_HANDLE_REGION:
+    h->u.region = object;
+    break;
+  case MEMPORT_HANDLE_SEM:
+    h->u.sem = object;
+    break;
+  default:
+    h->u.port = object;
+    break;
+  }
+  return 0;
+}
+
+static void *handle_object(const struct memport__handle *h) {
+  switch (h->kind) {
+  case MEMPORT_HANDLE_REGION:
+    return h->u.region;
+  case MEMPORT_HANDLE_SEM:
+    return h->u.sem;
+  case MEMPORT_HANDLE_PORT:
+    return h->u.port;
+  default:
+    return NULL;
+  }
+}
+
+void memport__msg_drop_handles(memport_msg_t *msg) {
+  for (size_t i = 0; i < msg->nhandles; i++) {
+    struct memport__handle *h = &msg->handles[i];
+    handle_close(h->kind, handle_object(h));
+    h->kind = 0;
+    h->u.port = NULL;
+  }
+  msg->nhandles = 0;
+}
+
+void memport__msg_forget_handles(memport_msg_t *msg) {
+  /* The OS handles now belong to the peer; free only our objects around them. */
+  for (size_t i = 0; i < msg->nhandles; i++) {
+    struct memport__handle *h = &msg->handles[i];
+    free(handle_object(h));
+    h->kind = 0;
+    h->u.port = NULL;
+  }
+  msg->nhandles = 0;
+}
+
+int memport_msg_create(memport_msg_t **out) {
+  if (out == NULL)
+    return MEMPORT_EINVAL;
+  memport_msg_t *m = calloc(1, sizeof *m);
+  if (m == NULL)
+    return MEMPORT_ENOMEM;
+  m->bytes = malloc(MEMPORT_MSG_MAX_BYTES);
+  if (m->bytes == NULL) {
+    free(m);
+    return MEMPORT_ENOMEM;
+  }
+  *out = m;
+  return 0;
+}
+
+int memport_msg_close(memport_msg_t *msg) {
+  if (msg == NULL)
+    return 0;
+  memport__msg_drop_handles(msg);
+  memport__os_msg_free(msg);
+  free(msg->bytes);
+  free(msg);
+  return 0;
+}
+
+int memport_msg_clear(memport_msg_t *msg) {
+  if (msg == NULL)
+    return MEMPORT_EINVAL;
+  memport__msg_drop_handles(msg);
+  msg->len = 0;
+  msg->has_sender = false;
+  memset(&msg->sender, 0, sizeof msg->sender);
+  return 0;
+}
+
+int memport_msg_set_bytes(memport_msg_t *msg, const void *data, size_t len) {
+  if (msg == NULL || (data == NULL && len != 0))
+    return MEMPORT_EINVAL;
+  if (len > MEMPORT_MSG_MAX_BYTES)
+    return MEMPORT_EMSGSIZE;
+  if (len != 0)
+    memmove(msg->bytes, data, len); /* data may point into the message itself */
+  msg->len = len;
+  return 0;
+}
+
+const void *memport_msg_bytes(const memport_msg_t *msg, size_t *len) {
+  if (msg == NULL) {
+    if (len != NULL)
+      *len = 0;
+    return NULL;
+  }
+  if (len != NULL)
+    *len = msg->len;
+  return msg->bytes;
+}
+
+/* Common rules of the attach functions: a moved handle belongs to the message from the call on,
+ * so every early failure closes it. */
+static int attach_check(memport_msg_t *msg, void *object, int kind, unsigned flags) {
+  if (object == NULL)
+    return MEMPORT_EINVAL;
+  if (msg == NULL || (flags & ~MEMPORT_ATTACH_COPY) != 0) {
+    if (!(flags & MEMPORT_ATTACH_COPY))
+      handle_close(kind, object);
+    return MEMPORT_EINVAL;
+  }
+  if ((flags & MEMPORT_ATTACH_COPY) && msg->nhandles >= MEMPORT_MSG_MAX_HANDLES)
+    return MEMPORT_ENOSPC; /* do not make a copy only to close it again */
+  return 1;
+}
+
+int memport_msg_attach_region(memport_msg_t *msg, memport_region_t *region, unsigned flags) {
+  int rc = attach_check(msg, region, MEMPORT_HANDLE_REGION, flags);
+  if (rc <= 0)
+    return rc;
+  if (flags & MEMPORT_ATTACH_COPY) {
+    memport_region_t *copy = NULL;
+    /* A copy of a read-only handle is read-only too. */
+    rc = memport_region_dup(region, region->readonly ? MEMPORT_DUP_READONLY : 0, &copy);
+    if (rc != 0)
+      return rc;
+    region = copy;
+  }
+  return memport__msg_push(msg, MEMPORT_HANDLE_REGION, region);
+}
+
+int memport_msg_attach_sem(memport_msg_t *msg, memport_sem_t *sem, unsigned flags) {
+  int rc = attach_check(msg, sem, MEMPORT_HANDLE_SEM, flags);
+  if (rc <= 0)
+    return rc;
+  if (flags & MEMPORT_ATTACH_COPY) {
+    memport_sem_t *copy = NULL;
+    rc = memport_sem_dup(sem, &copy);
+    if (rc != 0)
+      return rc;
+    sem = copy;
+  }
+  return memport__msg_push(msg, MEMPORT_HANDLE_SEM, sem);
+}
+
+int memport_msg_attach_port(memport_msg_t *msg, memport_port_t *port, unsigned flags) {
+  int rc = attach_check(msg, port, MEMPORT_HANDLE_PORT, flags);
+  if (rc <= 0)
+    return rc;
+  if (flags & MEMPORT_ATTACH_COPY) {
+    memport_port_t *copy = calloc(1, sizeof *copy);
+    if (copy == NULL)
+      return MEMPORT_ENOMEM;
+    rc = memport__os_port_dup(port, copy);
+    if (rc != 0) {
+      free(copy);
+      return rc;
+    }
+    port = copy;
+  }
+  return memport__msg_push(msg, MEMPORT_HANDLE_PORT, port);
+}
+
+int memport_msg_handle_count(const memport_msg_t *msg) {
+  if (msg == NULL)
+    return MEMPORT_EINVAL;
+  return (int)msg->nhandles;
+}
+
+int memport_msg_handle_kind(const memport_msg_t *msg, size_t index) {
+  if (msg == NULL || index >= msg->nhandles)
+    return MEMPORT_EINVAL;
+  return msg->handles[index].kind;
+}
+
+/* The slot `index` if it holds a handle of `kind`: MEMPORT_EINVAL out of range, MEMPORT_EBADF
+ * when taken already or of another kind. */
+static int take_slot(memport_msg_t *msg, size_t index, int kind, void *out, struct memport__handle **slot) {
+  if (msg == NULL || out == NULL || index >= msg->nhandles)
+    return MEMPORT_EINVAL;
+  struct memport__handle *h = &msg->handles[index];
+  if (h->kind != kind)
+    return MEMPORT_EBADF;
+  *slot = h;
+  return 0;
+}
+
+int memport_msg_take_region(memport_msg_t *msg, size_t index, memport_region_t **out) {
+  struct memport__handle *h;
+  int rc = take_slot(msg, index, MEMPORT_HANDLE_REGION, out, &h);
+  if (rc != 0)
+    return rc;
+  *out = h->u.region;
+  h->kind = 0;
+  h->u.region = NULL;
+  return 0;
+}
+
+int memport_msg_take_sem(memport_msg_t *msg, size_t index, memport_sem_t **out) {
+  struct memport__handle *h;
+  int rc = take_slot(msg, index, MEMPORT_HANDLE_SEM, out, &h);
+  if (rc != 0)
+    return rc;
+  *out = h->u.sem;
+  h->kind = 0;
+  h->u.sem = NULL;
+  return 0;
+}
+
+int memport_msg_take_port(memport_msg_t *msg, size_t index, memport_port_t **out) {
+  struct memport__handle *h;
+  int rc = take_slot(msg, index, MEMPORT_HANDLE_PORT, out, &h);
+  if (rc != 0)
+    return rc;
+  *out = h->u.port;
+  h->kind = 0;
+  h->u.port = NULL;
+  return 0;
+}
+
+int memport_msg_sender(const memport_msg_t *msg, memport_cred_t *out) {
+  if (msg == NULL || out == NULL)
+    return MEMPORT_EINVAL;
+  if (!msg->has_sender)
+    return MEMPORT_ENOENT; /* not a received message */
+  *out = msg->sender;
+  return 0;
+}

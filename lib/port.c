@@ -1,3 +1,91 @@
 /* SPDX-License-Identifier: MIT */
-/* lib/port.c: PLACEHOLDER, to be written. */
+/* lib/port.c: the portable half of message ports: argument checks, object lifetime, handle ownership on send. */
+#include "config.h"
+
 #include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static memport_port_t *port_alloc(void) {
+  memport_port_t *p = calloc(1, sizeof *p);
+  if (p != NULL) {
+    p->rx = MEMPORT_OS_HANDLE_INVALID;
+    p->tx = MEMPORT_OS_HANDLE_INVALID;
+  }
+  return p;
+}
+
+int memport_port_pair(memport_port_t **a, memport_port_t **b) {
+  if (a == NULL || b == NULL || a == b)
+    return MEMPORT_EINVAL;
+  memport_port_t *pa = port_alloc();
+  memport_port_t *pb = port_alloc();
+  if (pa == NULL || pb == NULL) {
+    free(pa);
+    free(pb);
+    return MEMPORT_ENOMEM;
+  }
+  int rc = memport__os_port_pair(pa, pb);
+  if (rc != 0) {
+    free(pa);
+    free(pb);
+    return rc;
+  }
+  *a = pa;
+  *b = pb;
+  return 0;
+}
+
+int memport_port_close(memport_port_t *port) {
+  if (port == NULL)
+    return 0;
+  memport__os_port_close(port);
+  free(port);
+  return 0;
+}
+
+/* The calls below report MEMPORT_EAGAIN, not MEMPORT_ETIMEDOUT, for MEMPORT_NOWAIT. */
+static int nowait_code(int rc, int64_t timeout_ns) {
+  return (rc == MEMPORT_ETIMEDOUT && timeout_ns == MEMPORT_NOWAIT) ? MEMPORT_EAGAIN : rc;
+}
+
+int memport_port_send(memport_port_t *port, memport_msg_t *msg, int64_t timeout_ns) {
+  if (port == NULL || msg == NULL)
+    return MEMPORT_EINVAL;
+  int rc = memport__os_port_send(port, msg, memport__deadline(timeout_ns));
+  if (rc != 0)
+    return nowait_code(rc, timeout_ns);
+  /* The peer holds its own copies now. A backend that consumed the OS handles while sending
+   * (Mach move rights) has already forgotten them; whatever is left is ours to close. */
+  memport__msg_drop_handles(msg);
+  return 0;
+}
+
+int memport_port_recv(memport_port_t *port, memport_msg_t *msg, int64_t timeout_ns) {
+  if (port == NULL || msg == NULL)
+    return MEMPORT_EINVAL;
+  memport_msg_clear(msg);
+  int rc = memport__os_port_recv(port, msg, memport__deadline(timeout_ns));
+  if (rc != 0) {
+    /* All-or-nothing: the backend released everything; make sure no stale bytes show. */
+    msg->len = 0;
+    msg->has_sender = false;
+    return nowait_code(rc, timeout_ns);
+  }
+  return 0;
+}
+
+int memport_port_peer(const memport_port_t *port, memport_cred_t *out) {
+  if (port == NULL || out == NULL)
+    return MEMPORT_EINVAL;
+  *out = port->peer;
+  return 0;
+}
+
+int memport_port_pollable(const memport_port_t *port, memport_os_handle_t *out) {
+  if (port == NULL || out == NULL)
+    return MEMPORT_EINVAL;
+  *out = port->rx;
+  return 0;
+}
