@@ -74,7 +74,8 @@ int memport_service_accept(memport_service_t *svc, memport_port_t **out, int64_t
   int rc = memport__os_service_accept(svc, p, memport__deadline(timeout_ns));
   if (rc != 0) {
     free(p);
-    return rc;
+    /* As memport_port_recv: MEMPORT_NOWAIT reports MEMPORT_EAGAIN when nobody waits. */
+    return rc == MEMPORT_ETIMEDOUT && timeout_ns == MEMPORT_NOWAIT ? MEMPORT_EAGAIN : rc;
   }
   *out = p;
   return 0;

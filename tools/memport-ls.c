@@ -1,3 +1,61 @@
 /* SPDX-License-Identifier: MIT */
-/* memport-ls.c: PLACEHOLDER, to be written. */
-int main(void) { return 1; }
+/* memport-ls.c: list this user's live memport names (services and published regions) with their owners. */
+#include <memport.h>
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f, const char *argv0) {
+  fprintf(f,
+          "usage: %s [-h]\n"
+          "List the live memport names of this user: services and published regions,\n"
+          "with the pid and uid of the process serving each one.\n"
+          "Names whose owner has died are not listed (they are reclaimed when created again).\n"
+          "\n"
+          "  -h, --help   show this help and exit\n",
+          argv0);
+}
+
+static const char *kind_name(int kind) {
+  switch (kind) {
+  case MEMPORT_NAME_SERVICE:
+    return "service";
+  case MEMPORT_NAME_REGION:
+    return "region";
+  default:
+    return "?";
+  }
+}
+
+static int print_one(const memport_name_info_t *info, void *arg) {
+  unsigned *count = arg;
+  printf("%-40s %-8s %8ld %8lu\n", info->name, kind_name(info->kind), (long)info->owner.pid,
+         (unsigned long)info->owner.uid);
+  (*count)++;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  const char *argv0 = argc > 0 ? argv[0] : "memport-ls";
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+      usage(stdout, argv0);
+      return 0;
+    }
+    fprintf(stderr, "%s: unknown argument '%s'\n", argv0, argv[i]);
+    usage(stderr, argv0);
+    return 2;
+  }
+  printf("%-40s %-8s %8s %8s\n", "NAME", "KIND", "PID", "UID");
+  unsigned count = 0;
+  int rc = memport_name_foreach(print_one, &count);
+  if (fflush(stdout) != 0) {
+    perror(argv0);
+    return 1;
+  }
+  if (rc < 0) {
+    fprintf(stderr, "%s: %s (%s)\n", argv0, memport_strerror(rc), memport_err_name(rc));
+    return 1;
+  }
+  return 0;
+}
