@@ -192,7 +192,7 @@ int memport_region_adopt(memport_region_t **out, memport_os_handle_t handle, siz
   if (out == NULL || (flags & ~MEMPORT_ADOPT_READONLY) != 0)
     return MEMPORT_EINVAL;
   if (handle == MEMPORT_OS_HANDLE_INVALID)
-    return MEMPORT_EBADF;
+    return MEMPORT_EINVAL;
   size_t rounded = 0;
   if (size != 0) {
     rounded = memport__page_round(size);
@@ -231,7 +231,7 @@ int memport_region_map(memport_region_t *region, unsigned flags, void **addr) {
     /* Reserve both halves at once, then put the region into each at a fixed address: no other
      * thread can take the second half between the two steps, so no retry loop is needed. */
     if (size > SIZE_MAX / 2)
-      return MEMPORT_ENOMEM;
+      return MEMPORT_EOVERFLOW;
     len = 2 * size;
     rc = memport__os_reserve(len, &base);
     if (rc < 0)

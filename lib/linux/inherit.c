@@ -90,8 +90,8 @@ static int memport__share(uintptr_t addr, size_t len, const struct memport__vma 
   for (size_t i = 0; i < nv; i++) {
     if (v[i].shared)
       continue;
-    if (v[i].special || (v[i].prot & PROT_EXEC))
-      return MEMPORT_ENOTSUP; /* kernel-provided pages, code */
+    if (!v[i].anon || (v[i].prot & PROT_EXEC))
+      return MEMPORT_ENOTSUP; /* private file mappings, kernel-provided pages, code */
     any = true;
   }
   if (!any)

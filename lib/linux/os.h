@@ -97,7 +97,6 @@ struct memport__vma {
   bool shared;          /* MAP_SHARED */
   bool inode_zero;      /* no file behind it */
   bool anon;            /* private or shared anonymous memory: no file, or [heap], [stack], [anon:...] */
-  bool special;         /* [vdso], [vvar], [vsyscall] and other kernel-provided mappings */
   bool memport_share;   /* a memfd made by memport_inherit(MEMPORT_INHERIT_SHARE) */
 };
 /* The mappings covering [addr, addr+len), in address order, clipped to the range, in a malloc'd

@@ -96,14 +96,14 @@ int memport__linux_memfd_check(int fd, size_t *size, bool *readonly) {
   if (fl & O_PATH)
     return MEMPORT_EBADF;
 #endif
-  if ((fl & O_ACCMODE) == O_WRONLY) /* cannot be mapped at all */
-    return MEMPORT_EACCES;
   struct stat st;
   if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 0)
     return MEMPORT_EBADF;
   struct statfs sfs;
   if (fstatfs(fd, &sfs) < 0 || (unsigned long)sfs.f_type != (unsigned long)TMPFS_MAGIC)
     return MEMPORT_EBADF;
+  if ((fl & O_ACCMODE) == O_WRONLY) /* a memory object, but one that cannot be mapped at all */
+    return MEMPORT_EACCES;
   if ((uintmax_t)st.st_size > (uintmax_t)SIZE_MAX)
     return MEMPORT_ENOMEM;
   *size = (size_t)st.st_size;
@@ -297,13 +297,12 @@ static int memport__parse_maps_line(const char *line, size_t n, struct memport__
   while (p < end && *p == ' ')
     p++;
   size_t plen = (size_t)(end - p);
-  bool bracket = plen > 0 && p[0] == '[';
-  v->anon = v->inode_zero && (plen == 0 || (bracket && (strncmp(p, "[heap]", plen) == 0 ||
-                                                        strncmp(p, "[stack]", plen) == 0 ||
-                                                        (plen > 6 && memcmp(p, "[anon:", 6) == 0))));
-  v->special = bracket && !v->anon;
+#define MEMPORT__IS(lit) (plen == sizeof lit - 1 && memcmp(p, lit, plen) == 0)
+  v->anon = v->inode_zero && (plen == 0 || MEMPORT__IS("[heap]") || MEMPORT__IS("[stack]") ||
+                              (plen > 6 && memcmp(p, "[anon:", 6) == 0));
   static const char share_name[] = "/memfd:" MEMPORT__LINUX_SHARE_NAME " (deleted)";
-  v->memport_share = v->shared && plen == sizeof share_name - 1 && memcmp(p, share_name, plen) == 0;
+  v->memport_share = v->shared && MEMPORT__IS(share_name);
+#undef MEMPORT__IS
   return 0;
 }
 
