@@ -605,8 +605,8 @@ int main(int argc, char **argv) {
     printf("Each buffer: %zu pages of %zu bytes. The child writes %zu of them (page%s %s).\n\n", npages, page,
            nwrites, nwrites == 1 ? "" : "s", list);
     printf(ROW, "mode", "the child read", "the parent then sees", "copied", "new", "faults", "notes");
-    printf(ROW, "--------------", "-------------------", "----------------------", "------", "-----", "------",
-           "----------------");
+    printf(ROW, "--------------", "-------------------", "----------------------", "------", "-----",
+           "------", "----------------");
   }
   for (int k = 0; k < K_COUNT; k++) {
     const struct buffer *b = &bufs[k];
