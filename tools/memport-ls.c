@@ -36,7 +36,7 @@ static int print_one(const memport_name_info_t *info, void *arg) {
 }
 
 int main(int argc, char **argv) {
-  const char *argv0 = argc > 0 ? argv[0] : "memport-ls";
+  const char *argv0 = "memport-ls";
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       usage(stdout, argv0);
