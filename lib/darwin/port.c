@@ -1,3 +1,608 @@
 /* SPDX-License-Identifier: MIT */
-/* lib/darwin/port.c: PLACEHOLDER, to be written. */
-#include "internal.h"
+/* port.c: Darwin ports as Mach receive/send right pairs; messages as complex mach_msg with port descriptors. */
+#include "darwin/os.h"
+
+#include <bsm/libbsm.h>
+#include <mach/notify.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/*
+ * A memport port is our receive right `rx` plus a send right `tx` to the peer's receive right.
+ * Every receive right memport makes carries a no-senders notification addressed to itself: once
+ * the peer's send right is gone (closed, or its process died) the kernel queues the notification
+ * behind every message the peer sent before, so recv returns those first and MEMPORT_EPEER after.
+ * Sending to a peer whose receive right is gone fails with MACH_SEND_INVALID_DEST: MEMPORT_EPEER.
+ *
+ * A message on the wire:
+ *   mach_msg_header_t   (always complex; no reply port)
+ *   mach_msg_body_t     descriptor count
+ *   mach_msg_port_descriptor_t[]   one per region or semaphore, two per port (receive, send)
+ *   struct wire_hdr     magic, byte count, handle count, descriptor count
+ *   struct wire_handle[]  kind, flags (read-only), region size
+ *   bytes, padded to 4
+ * Send rights are sent with COPY_SEND and released only once the send succeeded, so that a failed
+ * send leaves every handle as it was; a port's receive right can only be moved (MOVE_RECEIVE).
+ */
+
+#define MAX_DESC (2u * MEMPORT_MSG_MAX_HANDLES)
+#define WIRE_MAGIC 0x3174706du /* "mpt1" */
+#define WIRE_READONLY 1u
+
+struct wire_hdr {
+  uint32_t magic;
+  uint32_t nbytes;
+  uint32_t nhandles;
+  uint32_t ndesc;
+};
+
+struct wire_handle {
+  uint32_t kind;
+  uint32_t flags;
+  uint64_t size;
+};
+
+#define PREFIX_SIZE (sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t))
+#define BUF_SIZE                                                                                                  \
+  (PREFIX_SIZE + MAX_DESC * sizeof(mach_msg_port_descriptor_t) + sizeof(struct wire_hdr) +                        \
+   MEMPORT_MSG_MAX_HANDLES * sizeof(struct wire_handle) + MEMPORT_MSG_MAX_BYTES + 8 + sizeof(mach_msg_max_trailer_t))
+
+#define RCV_TRAILER (MACH_RCV_TRAILER_TYPE(MACH_MSG_TRAILER_FORMAT_0) | MACH_RCV_TRAILER_ELEMENTS(MACH_RCV_TRAILER_AUDIT))
+
+/* p->os[] slots */
+#define OS_PEER_GONE 0 /* the no-senders notification has been received */
+
+static void self_cred(memport_cred_t *c) {
+  c->pid = getpid();
+  c->uid = geteuid();
+  c->gid = getegid();
+}
+
+int memport__darwin_new_receive(mach_port_name_t *out, bool notify_no_senders) {
+  mach_port_t task = mach_task_self();
+  mach_port_name_t p = MACH_PORT_NULL;
+  *out = MACH_PORT_NULL;
+  kern_return_t kr = mach_port_allocate(task, MACH_PORT_RIGHT_RECEIVE, &p);
+  if (kr != KERN_SUCCESS)
+    return memport__darwin_err(kr);
+  mach_port_limits_t limits = {.mpl_qlimit = MACH_PORT_QLIMIT_LARGE};
+  kr = mach_port_set_attributes(task, p, MACH_PORT_LIMITS_INFO, (mach_port_info_t)&limits,
+                                MACH_PORT_LIMITS_INFO_COUNT);
+  if (kr == KERN_SUCCESS && notify_no_senders) {
+    /* sync = 1: no send right has been made yet (make-send count 0), so the request is armed
+     * rather than answered at once; it fires when the last send right made later goes away. */
+    mach_port_t prev = MACH_PORT_NULL;
+    kr = mach_port_request_notification(task, p, MACH_NOTIFY_NO_SENDERS, 1, p, MACH_MSG_TYPE_MAKE_SEND_ONCE,
+                                        &prev);
+    if (kr == KERN_SUCCESS && MACH_PORT_VALID(prev))
+      (void)mach_port_deallocate(task, prev);
+  }
+  if (kr != KERN_SUCCESS) {
+    memport__darwin_release_receive(p);
+    return memport__darwin_err(kr);
+  }
+  *out = p;
+  return 0;
+}
+
+/* Re-arm the no-senders notification of a receive right that arrived in a message. If its peer is
+ * already gone the kernel queues the notification at once; a previous request's send-once right
+ * comes back and is released (the kernel then queues a send-once notification, which recv skips). */
+static void rearm_no_senders(mach_port_name_t rx) {
+  mach_port_t task = mach_task_self();
+  mach_port_t prev = MACH_PORT_NULL;
+  kern_return_t kr =
+      mach_port_request_notification(task, rx, MACH_NOTIFY_NO_SENDERS, 1, rx, MACH_MSG_TYPE_MAKE_SEND_ONCE, &prev);
+  if (kr == KERN_SUCCESS && MACH_PORT_VALID(prev))
+    (void)mach_port_deallocate(task, prev);
+}
+
+int memport__darwin_trailer_cred(const mach_msg_header_t *hdr, size_t buf_size, memport_cred_t *cred,
+                                 bool *from_kernel) {
+  size_t off = round_msg(hdr->msgh_size);
+  if (off > buf_size || buf_size - off < sizeof(mach_msg_audit_trailer_t))
+    return MEMPORT_EPROTO;
+  mach_msg_audit_trailer_t tr;
+  memcpy(&tr, (const char *)hdr + off, sizeof tr);
+  if (tr.msgh_trailer_type != MACH_MSG_TRAILER_FORMAT_0 || tr.msgh_trailer_size < sizeof tr)
+    return MEMPORT_EPROTO;
+  cred->pid = audit_token_to_pid(tr.msgh_audit);
+  cred->uid = audit_token_to_euid(tr.msgh_audit);
+  cred->gid = audit_token_to_egid(tr.msgh_audit);
+  if (from_kernel != NULL)
+    *from_kernel = cred->pid == 0;
+  return 0;
+}
+
+int memport__os_port_pair(memport_port_t *a, memport_port_t *b) {
+  if (a == NULL || b == NULL)
+    return MEMPORT_EINVAL;
+  mach_port_t task = mach_task_self();
+  mach_port_name_t ra = MACH_PORT_NULL, rb = MACH_PORT_NULL;
+  int err = memport__darwin_new_receive(&ra, true);
+  if (err < 0)
+    return err;
+  if ((err = memport__darwin_new_receive(&rb, true)) < 0)
+    goto fail;
+  kern_return_t kr = mach_port_insert_right(task, ra, ra, MACH_MSG_TYPE_MAKE_SEND);
+  if (kr != KERN_SUCCESS) {
+    err = memport__darwin_err(kr);
+    goto fail;
+  }
+  kr = mach_port_insert_right(task, rb, rb, MACH_MSG_TYPE_MAKE_SEND);
+  if (kr != KERN_SUCCESS) {
+    err = memport__darwin_err(kr);
+    /* destroying ra below also turns its send right into a dead name: release that too */
+    memport__darwin_release_receive(ra);
+    memport__darwin_release_send(ra);
+    memport__darwin_release_receive(rb);
+    return err;
+  }
+  /* In one task a receive right and send rights to the same port share a name: a->tx == b->rx and
+   * b->tx == a->rx as names, each side owning its own right under it. */
+  a->rx = ra;
+  a->tx = rb;
+  b->rx = rb;
+  b->tx = ra;
+  self_cred(&a->peer);
+  self_cred(&b->peer);
+  memset(a->os, 0, sizeof a->os);
+  memset(b->os, 0, sizeof b->os);
+  return 0;
+fail:
+  memport__darwin_release_receive(ra);
+  memport__darwin_release_receive(rb);
+  return err;
+}
+
+void memport__os_port_close(memport_port_t *p) {
+  if (p == NULL)
+    return;
+  memport__darwin_release_receive(p->rx);
+  memport__darwin_release_send(p->tx);
+  p->rx = MACH_PORT_NULL;
+  p->tx = MACH_PORT_NULL;
+}
+
+int memport__os_port_dup(const memport_port_t *p, memport_port_t *out) {
+  MEMPORT__UNUSED(p);
+  MEMPORT__UNUSED(out);
+  /* A Mach receive right has exactly one holder: a port cannot be duplicated, only moved. */
+  return MEMPORT_ENOTSUP;
+}
+
+static int ensure_buf(memport_msg_t *msg) {
+  if (msg->os_buf == NULL) {
+    msg->os_buf = malloc(BUF_SIZE);
+    if (msg->os_buf == NULL)
+      return MEMPORT_ENOMEM;
+  }
+  return 0;
+}
+
+void memport__os_msg_free(memport_msg_t *msg) {
+  if (msg == NULL)
+    return;
+  free(msg->os_buf);
+  msg->os_buf = NULL;
+}
+
+static bool has_right(mach_port_name_t name, mach_port_type_t want) {
+  mach_port_type_t type = 0;
+  if (!MACH_PORT_VALID(name) || mach_port_type(mach_task_self(), name, &type) != KERN_SUCCESS)
+    return false;
+  return (type & want) != 0;
+}
+
+static void put_desc(mach_msg_port_descriptor_t *d, mach_port_name_t name, mach_msg_type_name_t disposition) {
+  memset(d, 0, sizeof *d);
+  d->name = name;
+  d->disposition = disposition;
+  d->type = MACH_MSG_PORT_DESCRIPTOR;
+}
+
+int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
+  if (p == NULL || msg == NULL)
+    return MEMPORT_EINVAL;
+  if (!MACH_PORT_VALID(p->tx))
+    return MEMPORT_EPEER;
+  if (msg->len > MEMPORT_MSG_MAX_BYTES || msg->nhandles > MEMPORT_MSG_MAX_HANDLES ||
+      (msg->len > 0 && msg->bytes == NULL))
+    return MEMPORT_EINVAL;
+  int err = ensure_buf(msg);
+  if (err < 0)
+    return err;
+
+  /* Check every handle before the kernel sees them: a body error in mach_msg destroys the rights
+   * already copied in, and a moved receive right would be lost with them. */
+  size_t ndesc = 0;
+  for (size_t i = 0; i < msg->nhandles; i++) {
+    const struct memport__handle *h = &msg->handles[i];
+    switch (h->kind) {
+    case MEMPORT_HANDLE_REGION:
+      if (h->u.region == NULL || !has_right(h->u.region->handle, MACH_PORT_TYPE_SEND))
+        return MEMPORT_EBADF;
+      ndesc += 1;
+      break;
+    case MEMPORT_HANDLE_SEM:
+      if (h->u.sem == NULL || !has_right(h->u.sem->handle, MACH_PORT_TYPE_SEND))
+        return MEMPORT_EBADF;
+      ndesc += 1;
+      break;
+    case MEMPORT_HANDLE_PORT:
+      if (h->u.port == NULL || !has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
+        return MEMPORT_EBADF;
+      /* the port we send on, or its peer's end, cannot travel through itself */
+      if (h->u.port == p || h->u.port->rx == p->tx)
+        return MEMPORT_EINVAL;
+      ndesc += 2;
+      break;
+    default:
+      return MEMPORT_EINVAL;
+    }
+  }
+
+  unsigned char *buf = msg->os_buf;
+  mach_msg_header_t *hdr = (mach_msg_header_t *)(void *)buf;
+  mach_msg_body_t *body = (mach_msg_body_t *)(void *)(buf + sizeof *hdr);
+  mach_msg_port_descriptor_t *desc = (mach_msg_port_descriptor_t *)(void *)(buf + PREFIX_SIZE);
+  unsigned char *w = buf + PREFIX_SIZE + ndesc * sizeof *desc;
+
+  struct wire_hdr wh = {WIRE_MAGIC, (uint32_t)msg->len, (uint32_t)msg->nhandles, (uint32_t)ndesc};
+  memcpy(w, &wh, sizeof wh);
+  w += sizeof wh;
+  size_t d = 0;
+  for (size_t i = 0; i < msg->nhandles; i++) {
+    const struct memport__handle *h = &msg->handles[i];
+    struct wire_handle wt = {(uint32_t)h->kind, 0, 0};
+    if (h->kind == MEMPORT_HANDLE_REGION) {
+      put_desc(&desc[d++], h->u.region->handle, MACH_MSG_TYPE_COPY_SEND);
+      wt.flags = h->u.region->readonly ? WIRE_READONLY : 0;
+      wt.size = h->u.region->size;
+    } else if (h->kind == MEMPORT_HANDLE_SEM) {
+      put_desc(&desc[d++], h->u.sem->handle, MACH_MSG_TYPE_COPY_SEND);
+    } else {
+      put_desc(&desc[d++], h->u.port->rx, MACH_MSG_TYPE_MOVE_RECEIVE);
+      /* a dead or null peer travels as such: the receiver's sends then fail with MEMPORT_EPEER */
+      put_desc(&desc[d++], h->u.port->tx, MACH_MSG_TYPE_COPY_SEND);
+    }
+    memcpy(w, &wt, sizeof wt);
+    w += sizeof wt;
+  }
+  if (msg->len > 0)
+    memcpy(w, msg->bytes, msg->len);
+  w += msg->len;
+  size_t size = (size_t)(w - buf);
+  size_t padded = (size + 3u) & ~(size_t)3u;
+  memset(w, 0, padded - size);
+
+  hdr->msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
+  hdr->msgh_size = (mach_msg_size_t)padded;
+  hdr->msgh_remote_port = p->tx;
+  hdr->msgh_local_port = MACH_PORT_NULL;
+  hdr->msgh_voucher_port = MACH_PORT_NULL;
+  hdr->msgh_id = MEMPORT__DARWIN_MSG_DATA;
+  body->msgh_descriptor_count = (mach_msg_size_t)ndesc;
+
+  mach_msg_return_t mr;
+  for (;;) {
+    bool forever;
+    mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
+    /* Without MACH_SEND_INTERRUPT, mach_msg() itself resends after a signal. */
+    mr = mach_msg(hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), hdr->msgh_size, 0, MACH_PORT_NULL, ms,
+                  MACH_PORT_NULL);
+    if (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline)) {
+      /* A capped wait ended early. The kernel returned the message to our buffer ("pseudo-
+       * received"): each copied send right came back as one more reference (disposition now
+       * MOVE_SEND, which consumes it on the next try), a moved receive right as a receive right
+       * (disposition unchanged). The header came back swapped: rebuild it. */
+      hdr->msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
+      hdr->msgh_size = (mach_msg_size_t)padded;
+      hdr->msgh_remote_port = p->tx;
+      hdr->msgh_local_port = MACH_PORT_NULL;
+      hdr->msgh_voucher_port = MACH_PORT_NULL;
+      hdr->msgh_id = MEMPORT__DARWIN_MSG_DATA;
+      continue;
+    }
+    break;
+  }
+
+  if (mr == MACH_MSG_SUCCESS) {
+    /* The peer now holds its own rights: drop ours (the copies were made by the kernel). */
+    for (size_t i = 0; i < msg->nhandles; i++) {
+      struct memport__handle *h = &msg->handles[i];
+      if (h->kind == MEMPORT_HANDLE_REGION) {
+        memport__darwin_release_send(h->u.region->handle);
+        h->u.region->handle = MEMPORT_OS_HANDLE_INVALID;
+      } else if (h->kind == MEMPORT_HANDLE_SEM) {
+        memport__darwin_release_send(h->u.sem->handle);
+        h->u.sem->handle = MEMPORT_OS_HANDLE_INVALID;
+      } else {
+        h->u.port->rx = MACH_PORT_NULL; /* moved */
+        memport__darwin_release_send(h->u.port->tx);
+        h->u.port->tx = MACH_PORT_NULL;
+      }
+    }
+    return 0;
+  }
+
+  /* Failure. If the message had been copied in (timeout, or the peer died while we waited for
+   * queue space) the kernel handed the rights back in our buffer: a copied send right as an extra
+   * reference under the same name (disposition now MOVE_SEND), a moved receive right under the
+   * name it got back. Before copy-in nothing changed and the buffer still holds our own values. */
+  d = 0;
+  for (size_t i = 0; i < msg->nhandles; i++) {
+    struct memport__handle *h = &msg->handles[i];
+    size_t n = h->kind == MEMPORT_HANDLE_PORT ? 2 : 1;
+    for (size_t k = 0; k < n; k++, d++) {
+      mach_msg_port_descriptor_t got;
+      memcpy(&got, &desc[d], sizeof got);
+      if (h->kind == MEMPORT_HANDLE_PORT && k == 0) {
+        h->u.port->rx = got.name;
+      } else if (got.disposition == MACH_MSG_TYPE_MOVE_SEND) {
+        memport__darwin_release_send(got.name);
+      }
+    }
+  }
+  switch (mr) {
+  case MACH_SEND_INVALID_DEST:
+    return MEMPORT_EPEER;
+  case MACH_SEND_TIMED_OUT:
+    return MEMPORT_ETIMEDOUT;
+  case MACH_SEND_INVALID_RIGHT:
+    return MEMPORT_EBADF;
+  default:
+    return memport__darwin_err(mr);
+  }
+}
+
+/* One handle being taken out of a received message. */
+struct rx_handle {
+  int kind;
+  bool readonly;
+  size_t size;
+  mach_port_name_t a, b; /* region/sem: a; port: a = receive right, b = send right */
+  void *obj;
+};
+
+static bool desc_ok(const mach_msg_port_descriptor_t *d, mach_msg_type_name_t disposition, bool allow_dead) {
+  if (d->type != MACH_MSG_PORT_DESCRIPTOR || d->disposition != disposition)
+    return false;
+  return MACH_PORT_VALID(d->name) || (allow_dead && (d->name == MACH_PORT_DEAD || d->name == MACH_PORT_NULL));
+}
+
+/* Parse and check a received data message; fills hs[] without creating anything. */
+static int parse(const unsigned char *buf, mach_msg_size_t size, struct rx_handle *hs, size_t *nh,
+                 const unsigned char **bytes, size_t *nbytes) {
+  const mach_msg_header_t *hdr = (const mach_msg_header_t *)(const void *)buf;
+  if (hdr->msgh_id != MEMPORT__DARWIN_MSG_DATA || !(hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX) ||
+      hdr->msgh_remote_port != MACH_PORT_NULL || size < PREFIX_SIZE)
+    return MEMPORT_EPROTO;
+  mach_msg_body_t body;
+  memcpy(&body, buf + sizeof *hdr, sizeof body);
+  size_t ndesc = body.msgh_descriptor_count;
+  if (ndesc > MAX_DESC || size - PREFIX_SIZE < ndesc * sizeof(mach_msg_port_descriptor_t))
+    return MEMPORT_EPROTO;
+  /* every descriptor must be a port descriptor (the kernel lays out OOL ones with other sizes) */
+  const unsigned char *dp = buf + PREFIX_SIZE;
+  for (size_t i = 0; i < ndesc; i++) {
+    mach_msg_port_descriptor_t d;
+    memcpy(&d, dp + i * sizeof d, sizeof d);
+    if (d.type != MACH_MSG_PORT_DESCRIPTOR)
+      return MEMPORT_EPROTO;
+  }
+  size_t off = PREFIX_SIZE + ndesc * sizeof(mach_msg_port_descriptor_t);
+  struct wire_hdr wh;
+  if (size - off < sizeof wh)
+    return MEMPORT_EPROTO;
+  memcpy(&wh, buf + off, sizeof wh);
+  off += sizeof wh;
+  if (wh.magic != WIRE_MAGIC || wh.nhandles > MEMPORT_MSG_MAX_HANDLES || wh.nbytes > MEMPORT_MSG_MAX_BYTES ||
+      wh.ndesc != ndesc)
+    return MEMPORT_EPROTO;
+  size_t need = off + (size_t)wh.nhandles * sizeof(struct wire_handle) + wh.nbytes;
+  if (((need + 3u) & ~(size_t)3u) != size)
+    return MEMPORT_EPROTO;
+  size_t d = 0;
+  const size_t page = vm_page_size;
+  for (size_t i = 0; i < wh.nhandles; i++) {
+    struct wire_handle wt;
+    memcpy(&wt, buf + off + i * sizeof wt, sizeof wt);
+    struct rx_handle *h = &hs[i];
+    memset(h, 0, sizeof *h);
+    h->kind = (int)wt.kind;
+    mach_msg_port_descriptor_t d0, d1;
+    switch (wt.kind) {
+    case MEMPORT_HANDLE_REGION:
+      if (d + 1 > ndesc || (wt.flags & ~WIRE_READONLY) != 0 || wt.size == 0 || wt.size > SIZE_MAX - page)
+        return MEMPORT_EPROTO;
+      memcpy(&d0, dp + d * sizeof d0, sizeof d0);
+      if (!desc_ok(&d0, MACH_MSG_TYPE_PORT_SEND, false))
+        return MEMPORT_EPROTO;
+      h->a = d0.name;
+      h->readonly = (wt.flags & WIRE_READONLY) != 0;
+      /* a peer with smaller pages (x86_64 under Rosetta) may announce 4 KiB multiples */
+      h->size = (size_t)((wt.size + page - 1) & ~(uint64_t)(page - 1));
+      d += 1;
+      break;
+    case MEMPORT_HANDLE_SEM:
+      if (d + 1 > ndesc || wt.flags != 0 || wt.size != 0)
+        return MEMPORT_EPROTO;
+      memcpy(&d0, dp + d * sizeof d0, sizeof d0);
+      if (!desc_ok(&d0, MACH_MSG_TYPE_PORT_SEND, false))
+        return MEMPORT_EPROTO;
+      h->a = d0.name;
+      d += 1;
+      break;
+    case MEMPORT_HANDLE_PORT:
+      if (d + 2 > ndesc || wt.flags != 0 || wt.size != 0)
+        return MEMPORT_EPROTO;
+      memcpy(&d0, dp + d * sizeof d0, sizeof d0);
+      memcpy(&d1, dp + (d + 1) * sizeof d1, sizeof d1);
+      if (!desc_ok(&d0, MACH_MSG_TYPE_PORT_RECEIVE, false) || !desc_ok(&d1, MACH_MSG_TYPE_PORT_SEND, true))
+        return MEMPORT_EPROTO;
+      h->a = d0.name;
+      h->b = d1.name;
+      d += 2;
+      break;
+    default:
+      return MEMPORT_EPROTO;
+    }
+  }
+  if (d != ndesc)
+    return MEMPORT_EPROTO;
+  *nh = wh.nhandles;
+  *bytes = buf + off + (size_t)wh.nhandles * sizeof(struct wire_handle);
+  *nbytes = wh.nbytes;
+  return 0;
+}
+
+static void rx_free_objects(struct rx_handle *hs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(hs[i].obj);
+    hs[i].obj = NULL;
+  }
+}
+
+/* Close the OS side of a handle object made here and free it. */
+static void rx_close_object(struct rx_handle *h) {
+  if (h->obj == NULL)
+    return;
+  if (h->kind == MEMPORT_HANDLE_REGION)
+    memport__os_region_close(h->obj);
+  else if (h->kind == MEMPORT_HANDLE_SEM)
+    memport__os_sem_close(h->obj);
+  else
+    memport__os_port_close(h->obj);
+  free(h->obj);
+  h->obj = NULL;
+}
+
+/* Deliver a checked message into msg: one object per handle, all or nothing. */
+static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle *hs, size_t nh,
+                   const unsigned char *bytes, size_t nbytes, const memport_cred_t *sender) {
+  if (nbytes > 0 && msg->bytes == NULL) {
+    mach_msg_destroy(hdr);
+    return MEMPORT_ENOMEM;
+  }
+  /* Regions: a kernel memory entry of at least the announced size, writable unless announced
+   * read-only. Anything else (a send right to some user port) is refused before we use it. */
+  for (size_t i = 0; i < nh; i++) {
+    if (hs[i].kind == MEMPORT_HANDLE_REGION && memport__darwin_entry_check(hs[i].a, hs[i].size, !hs[i].readonly) < 0) {
+      mach_msg_destroy(hdr);
+      return MEMPORT_EPROTO;
+    }
+  }
+  for (size_t i = 0; i < nh; i++) {
+    size_t sz = hs[i].kind == MEMPORT_HANDLE_REGION ? sizeof(memport_region_t)
+                : hs[i].kind == MEMPORT_HANDLE_SEM  ? sizeof(memport_sem_t)
+                                                    : sizeof(memport_port_t);
+    hs[i].obj = calloc(1, sz);
+    if (hs[i].obj == NULL) {
+      rx_free_objects(hs, i);
+      mach_msg_destroy(hdr);
+      return MEMPORT_ENOMEM;
+    }
+  }
+  /* From here on every right belongs to an object. */
+  for (size_t i = 0; i < nh; i++) {
+    if (hs[i].kind == MEMPORT_HANDLE_REGION) {
+      memport_region_t *r = hs[i].obj;
+      r->handle = hs[i].a;
+      r->size = hs[i].size;
+      r->readonly = hs[i].readonly;
+    } else if (hs[i].kind == MEMPORT_HANDLE_SEM) {
+      memport_sem_t *s = hs[i].obj;
+      s->handle = hs[i].a;
+      s->shared = NULL;
+    } else {
+      memport_port_t *q = hs[i].obj;
+      q->rx = hs[i].a;
+      q->tx = hs[i].b;
+      q->peer = *sender; /* the process that handed the port over */
+      rearm_no_senders(q->rx);
+    }
+  }
+  for (size_t i = 0; i < nh; i++) {
+    void *obj = hs[i].obj;
+    hs[i].obj = NULL;
+    int err = memport__msg_push(msg, hs[i].kind, obj); /* closes obj on failure */
+    if (err < 0) {
+      for (size_t k = i + 1; k < nh; k++)
+        rx_close_object(&hs[k]);
+      memport__msg_drop_handles(msg);
+      return err;
+    }
+  }
+  if (nbytes > 0)
+    memcpy(msg->bytes, bytes, nbytes);
+  msg->len = nbytes;
+  msg->sender = *sender;
+  msg->has_sender = true;
+  return 0;
+}
+
+int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
+  if (p == NULL || msg == NULL)
+    return MEMPORT_EINVAL;
+  if (p->os[OS_PEER_GONE])
+    return MEMPORT_EPEER;
+  if (!MACH_PORT_VALID(p->rx))
+    return MEMPORT_EBADF;
+  int err = ensure_buf(msg);
+  if (err < 0)
+    return err;
+  mach_msg_header_t *hdr = msg->os_buf;
+  for (;;) {
+    bool forever;
+    mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
+    hdr->msgh_size = 0;
+    mach_msg_return_t mr =
+        mach_msg(hdr, MACH_RCV_MSG | MACH_RCV_INTERRUPT | RCV_TRAILER | (forever ? 0 : MACH_RCV_TIMEOUT), 0,
+                 (mach_msg_size_t)(BUF_SIZE), p->rx, ms, MACH_PORT_NULL);
+    if (mr == MACH_RCV_INTERRUPTED)
+      continue; /* the deadline is checked by the next timeout computation */
+    if (mr == MACH_RCV_TIMED_OUT) {
+      if (!forever && !memport__expired(deadline))
+        continue; /* a capped wait ended early */
+      return MEMPORT_ETIMEDOUT;
+    }
+    if (mr == MACH_RCV_TOO_LARGE)
+      return MEMPORT_EPROTO; /* larger than any memport message: the kernel destroyed it */
+    if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR) {
+      /* some rights or memory could not be given to us; release what was */
+      mach_msg_destroy(hdr);
+      return memport__darwin_err(mr);
+    }
+    if (mr != MACH_MSG_SUCCESS) {
+      if (mr == MACH_RCV_INVALID_NAME || mr == MACH_RCV_PORT_DIED)
+        return MEMPORT_EBADF;
+      return memport__darwin_err(mr);
+    }
+
+    memport_cred_t sender;
+    bool from_kernel = false;
+    if (hdr->msgh_size > BUF_SIZE || memport__darwin_trailer_cred(hdr, BUF_SIZE, &sender, &from_kernel) < 0) {
+      mach_msg_destroy(hdr);
+      return MEMPORT_EPROTO;
+    }
+    if (from_kernel && !(hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX)) {
+      if (hdr->msgh_id == MACH_NOTIFY_NO_SENDERS) {
+        p->os[OS_PEER_GONE] = 1;
+        return MEMPORT_EPEER;
+      }
+      /* another notification (a send-once right to this port released): not for the user */
+      mach_msg_destroy(hdr);
+      continue;
+    }
+    struct rx_handle hs[MEMPORT_MSG_MAX_HANDLES];
+    size_t nh = 0, nbytes = 0;
+    const unsigned char *bytes = NULL;
+    if (parse(msg->os_buf, hdr->msgh_size, hs, &nh, &bytes, &nbytes) < 0) {
+      mach_msg_destroy(hdr);
+      return MEMPORT_EPROTO;
+    }
+    return deliver(msg, hdr, hs, nh, bytes, nbytes, &sender);
+  }
+}

@@ -1,3 +1,109 @@
 /* SPDX-License-Identifier: MIT */
-/* lib/darwin/sem.c: PLACEHOLDER, to be written. */
-#include "internal.h"
+/* sem.c: Darwin semaphores as Mach semaphore_t ports, with absolute deadlines and EINTR retried. */
+#include "darwin/os.h"
+
+#include <limits.h>
+#include <mach/semaphore.h>
+#include <mach/task.h>
+
+/* A Mach semaphore belongs to the task that created it: it stays alive while any task holds a send
+ * right to it, but is destroyed when its creator exits. Every operation on a destroyed semaphore
+ * returns KERN_TERMINATED (waiters are woken with it), reported as MEMPORT_EPEER. A port that is
+ * not a semaphore gives KERN_INVALID_CAPABILITY / KERN_INVALID_NAME: MEMPORT_EBADF. */
+
+int memport__os_sem_create(memport_sem_t *s, unsigned initial) {
+  if (s == NULL)
+    return MEMPORT_EINVAL;
+  if (initial > (unsigned)INT_MAX)
+    return MEMPORT_EINVAL;
+  semaphore_t sem = MACH_PORT_NULL;
+  kern_return_t kr = semaphore_create(mach_task_self(), &sem, SYNC_POLICY_FIFO, (int)initial);
+  if (kr != KERN_SUCCESS)
+    return memport__darwin_err(kr);
+  s->handle = sem;
+  s->shared = NULL;
+  return 0;
+}
+
+void memport__os_sem_close(memport_sem_t *s) {
+  if (s == NULL)
+    return;
+  /* Only the send right: semaphore_destroy would destroy the semaphore for every other holder too.
+   * The kernel frees it when the last send right is gone. */
+  memport__darwin_release_send(s->handle);
+  s->handle = MEMPORT_OS_HANDLE_INVALID;
+}
+
+static int sem_result(kern_return_t kr) {
+  if (kr == KERN_INVALID_NAME || kr == KERN_INVALID_RIGHT || kr == KERN_INVALID_CAPABILITY)
+    return MEMPORT_EBADF;
+  return memport__darwin_err(kr);
+}
+
+int memport__os_sem_signal(memport_sem_t *s) {
+  if (s == NULL || !MACH_PORT_VALID(s->handle))
+    return MEMPORT_EBADF;
+  return sem_result(semaphore_signal(s->handle));
+}
+
+int memport__os_sem_signal_all(memport_sem_t *s) {
+  if (s == NULL || !MACH_PORT_VALID(s->handle))
+    return MEMPORT_EBADF;
+  return sem_result(semaphore_signal_all(s->handle));
+}
+
+int memport__os_sem_wait(memport_sem_t *s, uint64_t deadline) {
+  if (s == NULL || !MACH_PORT_VALID(s->handle))
+    return MEMPORT_EBADF;
+  for (;;) {
+    kern_return_t kr;
+    if (deadline == MEMPORT__NO_DEADLINE) {
+      kr = semaphore_wait(s->handle);
+    } else {
+      /* semaphore_timedwait takes a relative time: recompute it on every retry so that signals
+       * (KERN_ABORTED) never stretch the deadline. */
+      uint64_t now = memport__now_ns();
+      uint64_t left = now >= deadline ? 0 : deadline - now;
+      mach_timespec_t ts;
+      uint64_t sec = left / 1000000000u;
+      if (sec > UINT_MAX) {
+        ts.tv_sec = UINT_MAX;
+        ts.tv_nsec = 0;
+      } else {
+        ts.tv_sec = (unsigned int)sec;
+        ts.tv_nsec = (clock_res_t)(left % 1000000000u);
+      }
+      kr = semaphore_timedwait(s->handle, ts);
+      if (kr == KERN_OPERATION_TIMED_OUT && sec > UINT_MAX)
+        continue; /* capped wait of ~136 years ended early: keep waiting */
+    }
+    if (kr == KERN_ABORTED)
+      continue; /* interrupted (signal, thread_abort_safely): retry */
+    return sem_result(kr);
+  }
+}
+
+int memport__os_sem_trywait(memport_sem_t *s) {
+  if (s == NULL || !MACH_PORT_VALID(s->handle))
+    return MEMPORT_EBADF;
+  for (;;) {
+    mach_timespec_t zero = {0, 0};
+    kern_return_t kr = semaphore_timedwait(s->handle, zero);
+    if (kr == KERN_ABORTED)
+      continue;
+    if (kr == KERN_OPERATION_TIMED_OUT)
+      return MEMPORT_EAGAIN;
+    return sem_result(kr);
+  }
+}
+
+int memport__os_sem_dup(const memport_sem_t *s, memport_sem_t *out) {
+  if (s == NULL || out == NULL || !MACH_PORT_VALID(s->handle))
+    return MEMPORT_EBADF;
+  kern_return_t kr = mach_port_mod_refs(mach_task_self(), s->handle, MACH_PORT_RIGHT_SEND, 1);
+  if (kr != KERN_SUCCESS)
+    return sem_result(kr);
+  out->handle = s->handle;
+  out->shared = NULL;
+  return 0;
+}
