@@ -132,7 +132,7 @@ static struct config {
   int modes[MAX_MODES];
   size_t nmodes;
   unsigned parts;
-  bool pin, quick;
+  bool pin, quick, verbose;
   const char *csv, *plot;
 } cfg;
 
@@ -423,6 +423,7 @@ struct lat_ctx {
   memport_buf_t rbuf;
   void *filled[64]; /* zero-copy: pool buffers already holding the pattern for this size */
   size_t nfilled;
+  bool notsup; /* the library says this platform cannot do it: n/a rather than a failure */
   char err[200];
 };
 
@@ -556,8 +557,10 @@ static int lat_side(struct lat_ctx *c) {
     }
     c->pa = c->pb = NULL;
     if (c->m->kind == LK_PORT) {
-      if ((rc = memport_msg_create(&c->msg)) < 0 || (rc = memport_msg_create(&c->ack)) < 0)
+      if ((rc = memport_msg_create(&c->msg)) < 0 || (rc = memport_msg_create(&c->ack)) < 0) {
+        c->notsup = rc == MEMPORT_ENOTSUP;
         return ctx_fail(c, "memport_msg_create: %s", memport_strerror(rc));
+      }
       return 0;
     }
     memport_chan_opts_t o;
@@ -565,7 +568,10 @@ static int lat_side(struct lat_ctx *c) {
     memport_port_t *p = c->port;
     c->port = NULL;
     rc = memport_chan_open(&c->chan, p, &o, IO_TIMEOUT);
-    if (rc < 0) return ctx_fail(c, "memport_chan_open: %s", memport_strerror(rc));
+    if (rc < 0) {
+      c->notsup = rc == MEMPORT_ENOTSUP;
+      return ctx_fail(c, "memport_chan_open: %s", memport_strerror(rc));
+    }
     return 0;
   }
   return -1;
@@ -734,6 +740,7 @@ static int lat_receiver(struct lat_ctx *c, struct lat_shared *sh) {
     if (len > method_limit(c->m)) continue;
     unsigned n = count_for(len), w = warm_for(len);
     int64_t *out = sh->samples + k * stride;
+    c->nfilled = 0;
     for (unsigned i = 0; i < w + n; i++) {
       const unsigned char *data = NULL;
       seq++;
@@ -742,7 +749,15 @@ static int lat_receiver(struct lat_ctx *c, struct lat_shared *sh) {
       int64_t t1 = now_ns();
       if (ts < 0) return ctx_fail(c, "message %" PRIu64 " (%zu bytes): bad header or marks", seq, len);
       if (i >= w) out[i - w] = t1 - ts > 0 ? t1 - ts : 0;
-      if (!check_body(data, c->ref, len)) return ctx_fail(c, "message %" PRIu64 " (%zu bytes): payload differs", seq, len);
+      /* copying paths deliver a fresh copy every time: compare all of it; a zero-copy message is a
+       * view of the sender's pool buffer, produced once per buffer: compare it the first time */
+      bool whole = true;
+      if (c->m->kind == LK_ZC) {
+        for (size_t j = 0; j < c->nfilled && whole; j++) whole = c->filled[j] != data;
+        if (whole && c->nfilled < sizeof c->filled / sizeof c->filled[0]) c->filled[c->nfilled++] = (void *)data;
+      }
+      if (whole && !check_body(data, c->ref, len))
+        return ctx_fail(c, "message %" PRIu64 " (%zu bytes): payload differs", seq, len);
       if (lat_release(c) < 0 || lat_ack(c, seq) < 0) return -1;
     }
     sh->nrec[k] = n;
@@ -835,7 +850,9 @@ static void run_latency(const struct lat_method *m) {
   if (rc < 0) kill(pid, SIGKILL);
   wait_child(pid, &st);
   restore_affinity();
-  if (rc < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+  if (rc < 0 && c.notsup) {
+    progress_more(" n/a (%s)\n", c.err);
+  } else if (rc < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     char why[64];
     describe_status(st, why, sizeof why);
     progress_more(" FAILED: %s%s%s (receiver: %s)\n", c.err, sh->err[0] ? "; receiver: " : "", sh->err, why);
@@ -1142,7 +1159,7 @@ static size_t nsysres;
 
 #ifdef __linux__
 struct sys_shared {
-  _Atomic int ready[2], go, started[2], finished[2];
+  _Atomic int ready[2], go, started[2], finished[2], notsup;
   unsigned long allocs[2];
   char err[2][160];
 };
@@ -1219,6 +1236,7 @@ static int sys_peer(int role, memport_port_t *port, int policy, bool zerocopy, s
   int rc = memport_chan_open(&ch, port, &o, IO_TIMEOUT);
   if (rc < 0) {
     snprintf(err, 160, "memport_chan_open: %s", memport_strerror(rc));
+    if (rc == MEMPORT_ENOTSUP) atomic_store(&sh->notsup, 1);
     return -1;
   }
   unsigned char payload[100];
@@ -1313,7 +1331,7 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
   bool traced[2] = {false, false};
   int64_t deadline = now_ns() + (int64_t)30 * 1000000000;
   while ((!atomic_load(&sh->ready[0]) || !atomic_load(&sh->ready[1])) && now_ns() < deadline) {
-    if (sh->err[0][0] || sh->err[1][0]) break;
+    if (sh->err[0][0] || sh->err[1][0] || atomic_load(&sh->notsup)) break;
     sleep_ns(1000000);
   }
   bool ready = atomic_load(&sh->ready[0]) && atomic_load(&sh->ready[1]);
@@ -1396,7 +1414,10 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
     res->allocs[i] = sh->allocs[i];
   }
   res->ok = ok;
-  if (ok)
+  if (!ok && atomic_load(&sh->notsup)) {
+    snprintf(res->err, sizeof res->err, "%s", sh->err[0][0] ? sh->err[0] : sh->err[1]);
+    progress_more(" n/a (%s)\n", res->err);
+  } else if (ok)
     progress_more(" sender %lu syscalls %lu allocations, receiver %lu syscalls %lu allocations\n", res->syscalls[0],
                   res->allocs[0], res->syscalls[1], res->allocs[1]);
   else {
@@ -1427,9 +1448,9 @@ static void run_syscheck(void) {
 /* private ones by their Rss growth.                                                           */
 
 struct rss_report {
-  bool ok;
+  bool ok, notsup;
   size_t ring_capacity;
-  size_t ring_objects, ring_resident, other_resident, pool_objects, pool_resident;
+  size_t ring_objects, ring_resident, ctl_objects, ctl_resident, other_resident, pool_objects, pool_resident;
   char err[200];
 };
 
@@ -1547,9 +1568,12 @@ static void rss_measure(struct rss_report *rep) {
     return;
   }
   fill_pattern(src, cap);
-  memset(dst, 0, cap);
+  memset(dst, 0xa5, cap); /* not 0: a compiler may turn malloc + zeroing into calloc, leaving pages untouched */
+  /* touch everything the measurement itself uses, so only the channel's pages show */
+  memset(vmas_before, 0, sizeof vmas_before);
   memset(vmas_after, 0, sizeof vmas_after);
   memset(mincore_vec, 0, sizeof mincore_vec);
+  memset(smaps_buf, 0, sizeof smaps_buf);
   size_t nb = 0, na = 0;
   if (read_smaps(vmas_before, &nb) < 0) {
     snprintf(rep->err, sizeof rep->err, "/proc/self/smaps: %s", strerror(errno));
@@ -1564,6 +1588,7 @@ static void rss_measure(struct rss_report *rep) {
   o.pool_buffers = 2;
   memport_chan_t *ch = NULL;
   rc = memport_chan_open(&ch, pa, &o, IO_TIMEOUT);
+  rep->notsup = rc == MEMPORT_ENOTSUP;
   const size_t sizes[] = {64, 1000, 4000, cap / 8 > 64 ? cap / 8 : 64};
   uint64_t moved = 0;
   for (unsigned i = 0; rc >= 0 && moved < 8 * (uint64_t)cap; i++) {
@@ -1585,11 +1610,12 @@ static void rss_measure(struct rss_report *rep) {
     for (size_t i = 0; i < na; i++) {
       struct vma *v = &vmas_after[i];
       bool existed = false;
-      size_t before_kb = 0;
+      size_t before_kb = 0, before_len = 0;
       for (size_t j = 0; j < nb; j++)
         if (vmas_before[j].start == v->start) {
           existed = vmas_before[j].end == v->end && vmas_before[j].inode == v->inode;
           before_kb = vmas_before[j].rss_kb;
+          before_len = vmas_before[j].end - vmas_before[j].start;
         }
       if (v->shared && v->inode != 0) {
         if (existed) continue;
@@ -1603,15 +1629,28 @@ static void rss_measure(struct rss_report *rep) {
           if (r > res) res = r;
         }
         if (!first) continue;
-        if (span > cap + 64 * KIB) {
+        const char *kind;
+        if (span > 2 * cap) {
+          kind = "pool";
           rep->pool_objects++;
           rep->pool_resident += res;
-        } else {
+        } else if (span >= cap) {
+          kind = "ring data";
           rep->ring_objects++;
           rep->ring_resident += res;
+        } else {
+          kind = "ring control/semaphore";
+          rep->ctl_objects++;
+          rep->ctl_resident += res;
         }
-      } else if (v->rss_kb > before_kb) {
+        if (cfg.verbose)
+          fprintf(stderr, "\n    shared object inode %lu: %s, largest view %zu KiB, resident %zu KiB", v->inode, kind,
+                  span / KIB, res / KIB);
+      } else if (v->inode == 0 && v->rss_kb > before_kb) { /* anonymous: heap, stacks, private mmaps (not code) */
         rep->other_resident += (v->rss_kb - before_kb) * KIB;
+        if (cfg.verbose)
+          fprintf(stderr, "\n    private %#lx-%#lx (%zu KiB, before %zu KiB): Rss %zu -> %zu KiB", (unsigned long)v->start,
+                  (unsigned long)v->end, (size_t)(v->end - v->start) / KIB, before_len / KIB, before_kb, v->rss_kb);
       }
     }
     rep->ok = true;
@@ -1644,9 +1683,11 @@ static void run_rss(void) {
   rssrep = *sh;
   munmap(sh, sizeof *sh);
   if (rssrep.ok)
-    progress_more(" %zu KiB in %zu ring object(s) + %zu KiB private\n", rssrep.ring_resident / KIB, rssrep.ring_objects,
-                  rssrep.other_resident / KIB);
-  else {
+    progress_more("%s %zu KiB ring data + %zu KiB ring control + %zu KiB private\n", cfg.verbose ? "\n   " : "",
+                  rssrep.ring_resident / KIB, rssrep.ctl_resident / KIB, rssrep.other_resident / KIB);
+  else if (rssrep.notsup) {
+    progress_more(" n/a (%s)\n", rssrep.err);
+  } else {
     progress_more(" FAILED: %s\n", rssrep.err[0] ? rssrep.err : "measuring process died");
     bench_failures++;
   }
@@ -1754,21 +1795,26 @@ static void print_limits(void) {
            m->bytes / MIB);
   else
     printf("  memcpy bandwidth:                    n/a\n");
-  for (int pol = 0; pol < 3; pol++) {
+  static const int order[] = {MEMPORT_WAIT_BLOCK, MEMPORT_WAIT_ADAPTIVE, MEMPORT_WAIT_SPIN};
+  for (int i = 0; i < 3; i++) {
+    int pol = order[i];
     const struct result *r = find_result("stream", mode_name(pol), 0, R_GBPS);
-    if (r)
-      printf("  ring stream, 64 KiB records, %-8s %.2f GB/s (%u records, copy in + copy out, %zu KiB ring)\n",
-             mode_name(pol), r->gbps, r->messages, cfg.stream_ring / KIB);
+    if (r) {
+      char label[48];
+      snprintf(label, sizeof label, "ring stream 64 KiB records, %s:", mode_name(pol));
+      printf("  %-37s%.2f GB/s (%u records, copy in + copy out, %zu KiB ring)\n", label, r->gbps, r->messages,
+             cfg.stream_ring / KIB);
+    }
   }
 }
 
 static void verdict(const char *what, double value, bool have, bool le, double limit, const char *detail) {
   if (!have) {
-    printf("  %-58s n/a%s%s\n", what, detail[0] ? "  " : "", detail);
+    printf("  %-62s n/a%s%s\n", what, detail[0] ? "  " : "", detail);
     return;
   }
   bool pass = le ? value <= limit : value >= limit;
-  printf("  %-58s %7.2f  (%s %.2f)  %s%s%s\n", what, value, le ? "<=" : ">=", limit, pass ? "PASS" : "MISS",
+  printf("  %-62s %7.2f  (%s %.2f)  %s%s%s\n", what, value, le ? "<=" : ">=", limit, pass ? "PASS" : "MISS",
          detail[0] ? "  " : "", detail);
 }
 
@@ -1791,7 +1837,7 @@ static size_t large_size(void) {
 static void print_targets(void) {
   printf("\nTargets (ratios from this run; reporting, not assertions)\n");
   size_t small = small_size(), big = large_size();
-  char what[96], detail[160];
+  char what[96], detail[256];
   const struct result *f = find_result("futex", "", 0, R_LAT), *s = find_result("spin", "", 0, R_LAT);
 
   const struct result *rb = find_result("ring", "block", small, R_BYTES | R_LAT);
@@ -1843,7 +1889,9 @@ static void print_targets(void) {
   }
 
   const struct result *m = find_result("memcpy", "", 0, R_GBPS);
-  for (int pol = 0; pol < 3; pol++) {
+  static const int order[] = {MEMPORT_WAIT_BLOCK, MEMPORT_WAIT_ADAPTIVE, MEMPORT_WAIT_SPIN};
+  for (int i = 0; i < 3; i++) {
+    int pol = order[i];
     const struct result *st = find_result("stream", mode_name(pol), 0, R_GBPS);
     if (!st && pol != MEMPORT_WAIT_BLOCK) continue;
     snprintf(what, sizeof what, "stream 64 KiB %s GB/s / memcpy GB/s", mode_name(pol));
@@ -1856,13 +1904,13 @@ static void print_targets(void) {
   for (size_t i = 0; i < nsysres; i++) {
     const struct sys_result *r = &sysres[i];
     if (!r->ok) {
-      printf("  steady state, %-44s n/a  (%s)\n", r->what, r->err);
+      printf("  steady state, %-48s n/a  (%s)\n", r->what, r->err);
       continue;
     }
     double sc = (double)(r->syscalls[0] + r->syscalls[1]) / r->messages;
     double al = (double)(r->allocs[0] + r->allocs[1]) / r->messages;
     bool spin = strstr(r->what, "spin") != NULL;
-    printf("  steady state, %-44s %lu+%lu syscalls, %lu+%lu allocations in %u round trips"
+    printf("  steady state, %-48s %lu+%lu syscalls, %lu+%lu allocations in %u round trips"
            " (%.3f syscalls, %.3f allocations per round trip)",
            r->what, r->syscalls[0], r->syscalls[1], r->allocs[0], r->allocs[1], r->messages, sc, al);
     if (spin)
@@ -1889,12 +1937,16 @@ static void print_targets(void) {
 #endif
 
   if (rssrep.ok) {
-    size_t c = rssrep.ring_capacity, rings = rssrep.ring_objects ? rssrep.ring_objects : 1;
-    size_t total = rssrep.ring_resident + rssrep.other_resident;
-    snprintf(what, sizeof what, "resident beyond pool, C = %zu KiB, per ring, KiB", c / KIB);
-    snprintf(detail, sizeof detail, "%zu ring object(s) %zu KiB + private %zu KiB; pool %zu object(s) %zu KiB", rings,
-             rssrep.ring_resident / KIB, rssrep.other_resident / KIB, rssrep.pool_objects, rssrep.pool_resident / KIB);
-    verdict(what, (double)total / (double)rings / (double)KIB, true, true, (double)(c + 64 * KIB) / (double)KIB, detail);
+    /* the endpoint maps one ring per direction, each of capacity C: compare per direction */
+    size_t c = rssrep.ring_capacity, dirs = 2;
+    size_t total = rssrep.ring_resident + rssrep.ctl_resident + rssrep.other_resident;
+    snprintf(what, sizeof what, "resident beyond pool per direction (KiB), C = %zu KiB", c / KIB);
+    snprintf(detail, sizeof detail,
+             "endpoint %zu KiB = ring data %zu (%zu objects) + ring control %zu (%zu) + private %zu; pool %zu KiB",
+             total / KIB, rssrep.ring_resident / KIB, rssrep.ring_objects, rssrep.ctl_resident / KIB,
+             rssrep.ctl_objects, rssrep.other_resident / KIB, rssrep.pool_resident / KIB);
+    verdict(what, (double)total / (double)dirs / (double)KIB, true, true, (double)(c + 64 * KIB) / (double)KIB,
+            detail);
   } else if (cfg.parts & P_RSS) {
     printf("  resident memory beyond pool: n/a (%s)\n", rssrep.err[0] ? rssrep.err : "not measured");
   }
@@ -2055,6 +2107,7 @@ static void usage(FILE *out) {
           "  --plot FILE        draw latency against size (log-log) with gnuplot (PNG with pngcairo or png,\n"
           "                     else SVG, else text)\n"
           "  --no-pin           do not pin the two processes to two CPUs\n"
+          "  -v, --verbose      details on stderr (the mappings the resident-memory figure counts)\n"
           "  -h, --help         this text\n"
           "\n"
           "Method. Every latency figure is one-way: the sender writes CLOCK_MONOTONIC into the message header\n"
@@ -2082,7 +2135,8 @@ static void usage(FILE *out) {
           "the counts read 0 by construction). Blocking mode is shown for contrast (it sleeps in futex).\n"
           "Resident memory (Linux): a channel is opened and both rings exercised over 8 wraps; the\n"
           "mappings added since before the open are read from /proc/self/smaps, each shared memory object\n"
-          "counted once by mincore (a mirrored ring counts once), private mappings by their Rss growth;\n"
+          "counted once by mincore (a mirrored ring counts once), anonymous private mappings (heap,\n"
+          "malloc'd memory) by their Rss growth; library code and data pages are not counted;\n"
           "objects larger than the ring are the pool and reported apart.\n");
 }
 
@@ -2213,13 +2267,14 @@ int main(int argc, char **argv) {
       {"syscheck", no_argument, NULL, 'S'},     {"stream-mib", required_argument, NULL, 'B'},
       {"stream-ring", required_argument, NULL, 'R'}, {"csv", required_argument, NULL, 'c'},
       {"plot", required_argument, NULL, 'p'},   {"no-pin", no_argument, NULL, 'P'},
+      {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
   };
   memset(&cfg, 0, sizeof cfg);
   cfg.pin = true;
   long messages = -1, big = -1, stream_mib = -1, stream_ring_kib = -1;
   int opt;
-  while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
     unsigned long v;
     switch (opt) {
     case 'q': cfg.quick = true; break;
@@ -2270,6 +2325,7 @@ int main(int argc, char **argv) {
     case 'c': cfg.csv = optarg; break;
     case 'p': cfg.plot = optarg; break;
     case 'P': cfg.pin = false; break;
+    case 'v': cfg.verbose = true; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
