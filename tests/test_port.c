@@ -178,6 +178,7 @@ static void test_msg_holds_64_handles_and_closes_a_moved_65th(void **state) {
   memport_sem_close(s5);
   assert_int_equal(th_count_fds(), fds0);
   assert_int_equal(th_count_maps(), maps0);
+  th_assert_ok(memport_sem_create(&extra, 0, 0));
   th_assert_ok(memport_msg_attach_sem(m, extra, 0));
   memport_msg_close(m); /* close closes un-taken handles */
   assert_int_equal(th_count_fds(), fds0);
@@ -1008,7 +1009,10 @@ static void test_port_out_of_descriptors_drops_the_message_with_emfile(void **st
   int fds = th_count_fds();
   low = old;
   low.rlim_cur = (rlim_t)limit_with_free_slots(4); /* room for 4 of the 8 */
-  if (setrlimit(RLIMIT_NOFILE, &low) != 0) { /* e.g. under valgrind */
+  /* valgrind accepts the call but keeps the kernel's limit (it needs descriptors of its own). */
+  const char *preload = getenv("LD_PRELOAD");
+  bool valgrind = preload != NULL && strstr(preload, "vgpreload") != NULL;
+  if (valgrind || setrlimit(RLIMIT_NOFILE, &low) != 0) {
     memport_msg_close(m);
     memport_port_close(a);
     memport_port_close(b);
