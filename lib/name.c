@@ -53,15 +53,20 @@ int memport_service_close(memport_service_t *svc) {
   return 0;
 }
 
+/* One thread may accept while another allows: the slot is written before the count that makes it
+ * visible is published (memport__service_allows loads the count with acquire). Concurrent
+ * allow_uid calls on one service must be serialized by the caller. */
 int memport_service_allow_uid(memport_service_t *svc, uid_t uid) {
   if (svc == NULL)
     return MEMPORT_EINVAL;
-  for (size_t i = 0; i < svc->nallowed; i++)
+  size_t n = __atomic_load_n(&svc->nallowed, __ATOMIC_RELAXED);
+  for (size_t i = 0; i < n; i++)
     if (svc->allowed[i] == uid)
       return 0;
-  if (svc->nallowed >= MEMPORT__MAX_ALLOWED_UIDS)
+  if (n >= MEMPORT__MAX_ALLOWED_UIDS)
     return MEMPORT_ENOSPC;
-  svc->allowed[svc->nallowed++] = uid;
+  svc->allowed[n] = uid;
+  __atomic_store_n(&svc->nallowed, n + 1, __ATOMIC_RELEASE);
   return 0;
 }
 

@@ -55,7 +55,9 @@ bool memport__service_allows(const memport_service_t *svc, const memport_cred_t 
     return true; /* a publication's access function decides, per peer (lib/name.c) */
   if (peer->uid == getuid())
     return true;
-  for (size_t i = 0; i < svc->nallowed; i++)
+  /* memport_service_allow_uid may run concurrently: it fills the slot, then publishes the count. */
+  size_t n = __atomic_load_n(&svc->nallowed, __ATOMIC_ACQUIRE);
+  for (size_t i = 0; i < n; i++)
     if (svc->allowed[i] == peer->uid)
       return true;
   return false;
