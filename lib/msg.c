@@ -69,7 +69,9 @@ void memport__msg_drop_handles(memport_msg_t *msg) {
 }
 
 void memport__msg_forget_handles(memport_msg_t *msg) {
-  /* The OS handles now belong to the peer; free only our objects around them. */
+  /* The OS handles now belong to the peer; free only our objects around them. Only for a backend
+   * whose handle objects hold nothing but the moved OS handle (the Linux backend never calls it:
+   * SCM_RIGHTS copies descriptors, so portable code closes ours after a send). */
   for (size_t i = 0; i < msg->nhandles; i++) {
     struct memport__handle *h = &msg->handles[i];
     free(handle_object(h));
@@ -146,8 +148,16 @@ static int attach_check(memport_msg_t *msg, void *object, int kind, unsigned fla
       handle_close(kind, object);
     return MEMPORT_EINVAL;
   }
-  if ((flags & MEMPORT_ATTACH_COPY) && msg->nhandles >= MEMPORT_MSG_MAX_HANDLES)
-    return MEMPORT_ENOSPC; /* do not make a copy only to close it again */
+  if (flags & MEMPORT_ATTACH_COPY) {
+    if (msg->nhandles >= MEMPORT_MSG_MAX_HANDLES)
+      return MEMPORT_ENOSPC; /* do not make a copy only to close it again */
+    return 1;
+  }
+  /* Moving a handle the message already owns would close it twice later: refuse, and leave it
+   * where it is (still owned by the message). */
+  for (size_t i = 0; i < msg->nhandles; i++)
+    if (msg->handles[i].kind == kind && handle_object(&msg->handles[i]) == object)
+      return MEMPORT_EINVAL;
   return 1;
 }
 

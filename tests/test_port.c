@@ -130,6 +130,13 @@ static void test_msg_moved_handle_belongs_to_the_message_even_on_error(void **st
   th_assert_ok(memport_sem_create(&s, 0, 0));
   th_assert_rc(memport_msg_attach_sem(NULL, s, 0), MEMPORT_EINVAL); /* no message: closed */
   assert_int_equal(th_count_fds(), fds0);
+  /* Moving the same handle in twice is refused; the message keeps the one it has. */
+  th_assert_ok(memport_sem_create(&s, 0, 0));
+  th_assert_ok(memport_msg_attach_sem(m, s, 0));
+  th_assert_rc(memport_msg_attach_sem(m, s, 0), MEMPORT_EINVAL);
+  assert_int_equal(memport_msg_handle_count(m), 1);
+  th_assert_ok(memport_msg_clear(m));
+  assert_int_equal(th_count_fds(), fds0);
   /* A copy stays the caller's when the attach fails. */
   th_assert_ok(memport_sem_create(&s, 0, 0));
   th_assert_rc(memport_msg_attach_sem(NULL, s, MEMPORT_ATTACH_COPY), MEMPORT_EINVAL);

@@ -310,9 +310,10 @@ static int make_handles(memport_msg_t *msg, const struct wire_hdr *hdr, int *fds
     }
     if (rc != 0) {
       free(obj);
-      /* Checked already, so a failure here is resources (EMFILE/ENOMEM) or a file that changed
-       * under us (another holder added seals): report the former, call the rest a protocol error. */
-      return (rc == MEMPORT_ENOMEM || rc == MEMPORT_EMFILE) ? rc : MEMPORT_EPROTO;
+      /* Checked already, so a failure here is resources (EMFILE/ENOMEM), no /proc to reopen a
+       * writable descriptor read-only (ENOTSUP), or a file that changed under us (another holder
+       * added seals): report the first two, call the rest a protocol error. */
+      return (rc == MEMPORT_ENOMEM || rc == MEMPORT_EMFILE || rc == MEMPORT_ENOTSUP) ? rc : MEMPORT_EPROTO;
     }
     fds[i] = -1;
     memport__msg_push(msg, (int)kind, obj); /* cannot fail: n <= MEMPORT_MSG_MAX_HANDLES */
