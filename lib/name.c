@@ -129,7 +129,7 @@ int memport_port_connect(memport_port_t **out, const char *name, int64_t timeout
 
 #define PUB_MAGIC 0x6d70726567696f6eull /* "mpregion" */
 #define PUB_VERSION 1u
-#define PUB_ACCEPT_SLICE_NS 500000000    /* the thread re-checks its stop flag at least this often */
+#define PUB_ACCEPT_SLICE_NS 5000000000LL /* safety net: the stop flag is re-checked this often */
 #define PUB_SEND_TIMEOUT_NS 1000000000   /* a client that does not drain its socket is dropped */
 #define PUB_REPLY_GRACE_NS 1000000000    /* how long memport_region_open waits for a live publisher */
 #define PUB_WAKE_TIMEOUT_NS 200000000    /* the wake-up connection at close */
