@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -75,6 +76,11 @@ static int raw_memfd(size_t size) {
   if (size)
     assert_int_equal(ftruncate(fd, (off_t)size), 0);
   return fd;
+}
+
+static int region_fd_raw(const memport_region_t *r) {
+  memport_os_handle_t h = MEMPORT_OS_HANDLE_INVALID;
+  return memport_region_os_handle(r, &h) == 0 ? h : -1;
 }
 
 static int region_fd(const memport_region_t *r) {
@@ -158,7 +164,7 @@ static void test_region_close_releases_descriptor_and_handles_null(void **state)
   assert_int_equal(th_count_fds(), fds);
 }
 
-static void test_region_memfd_is_sealed_against_resize_cloexec_and_mode_0400(void **state) {
+static void test_region_memfd_is_sealed_against_resize_cloexec_and_mode_0444(void **state) {
   (void)state;
   memport_region_t *r;
   th_assert_ok(memport_region_create(&r, 2 * g_page, 0));
@@ -174,7 +180,7 @@ static void test_region_memfd_is_sealed_against_resize_cloexec_and_mode_0400(voi
   assert_int_equal(errno, EPERM);
   struct stat st;
   assert_int_equal(fstat(fd, &st), 0);
-  assert_int_equal(st.st_mode & 07777, 0400);
+  assert_int_equal(st.st_mode & 07777, 0444);
   assert_int_equal(st.st_size, (off_t)(2 * g_page));
   assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
   assert_int_equal(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDWR);
@@ -459,7 +465,7 @@ static void test_readonly_handle_refuses_proc_reopen_for_writing(void **state) {
   snprintf(path, sizeof path, "/proc/self/fd/%d", f.fd);
   int wfd = open(path, O_RDWR | O_CLOEXEC);
   if (wfd < 0) {
-    /* a process without CAP_DAC_OVERRIDE is stopped by the 0400 mode already */
+    /* a process without CAP_DAC_OVERRIDE is stopped by the 0444 mode already */
     assert_int_equal(errno, EACCES);
   } else {
     /* root may reopen it, but the seal still refuses every write */
@@ -658,6 +664,59 @@ static void test_dup_readonly_is_a_readonly_description_while_region_stays_writa
   memport_region_close(dd);
   memport_region_close(d);
   memport_region_close(r);
+}
+
+/* A holder running as another user, without CAP_DAC_OVERRIDE: the memfd's mode stops it from
+ * reopening the memfd writable through /proc, but lets it make read-only duplicates. */
+struct other_uid_arg {
+  memport_region_t *rw, *ro;
+};
+
+static int child_other_uid(void *arg) {
+  struct other_uid_arg *a = arg;
+  if (geteuid() == 0) {
+    if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+      return 10;
+  }
+  int rofd = region_fd_raw(a->ro), rwfd = region_fd_raw(a->rw);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", rofd);
+  int fd = open(path, O_RDWR | O_CLOEXEC);
+  if (fd >= 0 || errno != EACCES)
+    return 11;
+  snprintf(path, sizeof path, "/proc/self/fd/%d", rwfd);
+  fd = open(path, O_RDWR | O_CLOEXEC);
+  if (fd >= 0 || errno != EACCES)
+    return 12;
+  memport_region_t *d;
+  if (memport_region_dup(a->rw, MEMPORT_DUP_READONLY, &d) != 0)
+    return 13;
+  int dfd = region_fd_raw(d);
+  if ((fcntl(dfd, F_GETFL) & O_ACCMODE) != O_RDONLY)
+    return 14;
+  if (mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, dfd, 0) != MAP_FAILED)
+    return 15;
+  const char *m;
+  if (memport_region_map(d, MEMPORT_MAP_READONLY, (void **)&m) != 0)
+    return 16;
+  int rc = strcmp(m, "shared across users") == 0 ? 0 : 17;
+  memport_unmap((void *)m);
+  memport_region_close(d); /* (valgrind checks the child's leaks too) */
+  return rc;
+}
+
+static void test_other_uid_holder_cannot_reopen_writable_but_can_dup_readonly(void **state) {
+  (void)state;
+  struct other_uid_arg a;
+  th_assert_ok(memport_region_create(&a.rw, g_page, 0));
+  th_assert_ok(memport_region_dup(a.rw, MEMPORT_DUP_READONLY, &a.ro));
+  char *w;
+  th_assert_ok(memport_region_map(a.rw, 0, (void **)&w));
+  strcpy(w, "shared across users");
+  assert_int_equal(th_run_child(child_other_uid, &a, 20), 0);
+  th_assert_ok(memport_unmap(w));
+  memport_region_close(a.ro);
+  memport_region_close(a.rw);
 }
 
 static void test_dup_rejects_bad_arguments_without_leaks(void **state) {
@@ -1023,7 +1082,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_region_create_rounds_up_to_pages_and_is_zero_filled),
       cmocka_unit_test(test_region_create_rejects_bad_arguments_without_leaks),
       cmocka_unit_test(test_region_close_releases_descriptor_and_handles_null),
-      cmocka_unit_test(test_region_memfd_is_sealed_against_resize_cloexec_and_mode_0400),
+      cmocka_unit_test(test_region_memfd_is_sealed_against_resize_cloexec_and_mode_0444),
       cmocka_unit_test(test_map_read_write_is_shared_between_mappings),
       cmocka_unit_test(test_map_stays_valid_after_region_close),
       cmocka_unit_test(test_map_readonly_faults_on_write),
@@ -1043,6 +1102,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_readonly_reader_in_another_process_sees_later_writes),
       cmocka_unit_test(test_dup_shares_memory_and_keeps_access),
       cmocka_unit_test(test_dup_readonly_is_a_readonly_description_while_region_stays_writable),
+      cmocka_unit_test(test_other_uid_holder_cannot_reopen_writable_but_can_dup_readonly),
       cmocka_unit_test(test_dup_rejects_bad_arguments_without_leaks),
       cmocka_unit_test(test_os_handle_rejects_null),
       cmocka_unit_test(test_adopt_takes_size_from_the_file_and_owns_the_handle),

@@ -77,14 +77,15 @@ MEMPORT_HIDDEN bool memport__linux_fd_readonly(int fd);
 
 /* A new memfd of `size` bytes (a page multiple), close-on-exec, never executable where the
  * kernel can say so, sealed F_SEAL_GROW|F_SEAL_SHRINK (no holder can ever change its size, so
- * a mapping of it can never SIGBUS), mode 0400 (a process of another uid cannot reopen it through
- * /proc). `name` shows in /proc/PID/maps as "/memfd:NAME". Returns 0 and *fd, or MEMPORT_ENOMEM
+ * a mapping of it can never SIGBUS), mode 0444 (no holder without CAP_DAC_OVERRIDE can reopen it
+ * writable through /proc; any holder can reopen it read-only). `name` shows in /proc/PID/maps as "/memfd:NAME". Returns 0 and *fd, or MEMPORT_ENOMEM
  * (size impossible or no memory), MEMPORT_EMFILE, or another negative code. */
 MEMPORT_HIDDEN int memport__linux_memfd(const char *name, size_t size, int *fd);
 
 /* Check that fd is a memory object memport can map (a regular file on tmpfs: a memfd or a POSIX
  * shm object) and report its size in bytes and whether it is read-only as
- * memport__linux_fd_readonly says. MEMPORT_EBADF for anything else. Does not take ownership. */
+ * memport__linux_fd_readonly says. MEMPORT_EBADF for anything else, MEMPORT_EACCES for an
+ * O_WRONLY descriptor (it cannot be mapped). Does not take ownership. */
 MEMPORT_HIDDEN int memport__linux_memfd_check(int fd, size_t *size, bool *readonly);
 
 /* The memfd name of memory that memport_inherit(SHARE) moved onto a memfd: "/memfd:NAME" in maps. */

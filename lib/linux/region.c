@@ -78,10 +78,12 @@ int memport__linux_memfd(const char *name, size_t size, int *out) {
     memport__linux_close(fd);
     return e == EINVAL ? MEMPORT_ENOTSUP : -e;
   }
-  /* Defence in depth: a process of another uid (or without CAP_DAC_OVERRIDE) cannot reopen the
-   * memfd writable through /proc/PID/fd. The seals, not the mode, are the real guarantee, so a
-   * failure here (e.g. a sandbox refusing fchmod) is not fatal. */
-  (void)fchmod(fd, 0400);
+  /* Defence in depth: mode 0444, so that a holder without CAP_DAC_OVERRIDE cannot reopen the
+   * memfd writable through /proc/PID/fd (which is how a read-only descriptor would regain write
+   * access), while any holder, of any uid, can still reopen it read-only to make a read-only
+   * duplicate. The seals, not the mode, are the real guarantee, so a failure here (e.g. a sandbox
+   * refusing fchmod) is not fatal. */
+  (void)fchmod(fd, 0444);
   *out = fd;
   return 0;
 }
@@ -122,6 +124,8 @@ static int memport__reopen_readonly(int fd, int *out) {
       return MEMPORT_EMFILE;
     if (e == ENOMEM)
       return MEMPORT_ENOMEM;
+    if (e == EACCES || e == EPERM) /* the file's mode does not let this process read it */
+      return MEMPORT_EACCES;
     return MEMPORT_ENOTSUP; /* no /proc (chroot, sandbox): no other way to drop write access */
   }
   *out = nfd;
