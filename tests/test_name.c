@@ -637,6 +637,65 @@ static void test_other_uid_is_refused_at_accept_until_allowed(void **state) {
   free(n);
 }
 
+/* A process that is not root binds the address where root's names are exported for other users. */
+static int bind_squatter(const char *name) {
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  int n = snprintf(sa.sun_path + 1, sizeof sa.sun_path - 1, "memport/svc/%s", name);
+  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+  if (bind(fd, (struct sockaddr *)&sa, len) != 0 || listen(fd, 8) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int child_squat_then_connect(void *arg) {
+  struct uid_arg *a = arg;
+  if (setgroups(0, NULL) != 0 || setgid(OTHER_UID) != 0 || setuid(OTHER_UID) != 0)
+    return 30;
+  int fd = bind_squatter(a->name);
+  if (fd < 0)
+    return 31;
+  /* Our own squatter answers at the exported address, but it is not root: not a name. */
+  memport_port_t *p = NULL;
+  int rc = memport_port_connect(&p, a->name, 200 * MS);
+  if (rc == 0) {
+    memport_port_close(p);
+    return 32;
+  }
+  if (rc != MEMPORT_ETIMEDOUT)
+    return 33;
+  /* Hold the address for the parent's create. */
+  child_tell(a->sy, 's');
+  child_await(a->sy, 10000);
+  close(fd);
+  return 0;
+}
+
+static void test_exported_address_held_by_non_root_is_not_trusted(void **state) {
+  (void)state;
+  if (geteuid() != 0)
+    skip();
+  char *n = name_dup("squat");
+  struct sync sy;
+  sync_init(&sy);
+  struct uid_arg a = {n, &sy};
+  pid_t pid = th_fork(child_squat_then_connect, &a, 30);
+  assert_int_equal(parent_await(&sy, 10000), 's');
+  /* Root cannot serve a name whose exported address somebody else holds. */
+  memport_service_t *s = NULL;
+  th_assert_rc(memport_service_create(&s, n, 0), MEMPORT_EEXIST);
+  assert_false(entry_exists(n, ".lock"));
+  assert_false(entry_exists(n, ".sock"));
+  parent_tell(&sy, 'q');
+  assert_int_equal(th_wait(pid, 20), 0);
+  sync_close(&sy);
+  free(n);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The private directory.                                                                       */
 
@@ -1242,6 +1301,7 @@ int main(void) {
       cmocka_unit_test(test_connect_waits_for_the_name_to_appear),
       cmocka_unit_test(test_accept_times_out),
       cmocka_unit_test(test_other_uid_is_refused_at_accept_until_allowed),
+      cmocka_unit_test(test_exported_address_held_by_non_root_is_not_trusted),
       cmocka_unit_test(test_private_dir_is_0700_and_owned_by_us),
       cmocka_unit_test(test_symlinked_foreign_or_open_dir_is_refused),
       cmocka_unit_test(test_unusable_xdg_runtime_dir_falls_back_to_tmp),
