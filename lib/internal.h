@@ -44,6 +44,7 @@ struct memport_region {
   memport_os_handle_t handle; /* (os) Linux: memfd; Darwin: send right to the memory entry */
   size_t size;                /* bytes, a page multiple */
   bool readonly;              /* this handle can only be mapped read-only */
+  uintptr_t os;               /* (os) backend state (Darwin: the fork generation of the handle) */
 };
 
 struct memport_sem {
