@@ -53,7 +53,7 @@ struct ctl_msg {
   struct ctl_payload payload;
 };
 
-/* s->os[] slots */
+/* s->os[] slots (MEMPORT__DARWIN_OS_STAMP is the fork generation) */
 #define OS_LOCK_FD 0 /* the registry lock file, + 1 (0: none) */
 
 static void sleep_ns(uint64_t ns) {
@@ -224,26 +224,27 @@ static bool registry_parse(const char *text, memport_name_info_t *info) {
   return true;
 }
 
-/* Is `name` held by a live owner? 1 yes, 0 no, negative when the registry cannot tell (not ours). */
-static int registry_live(const char *name) {
+/* What this user's registry says of `name`: 1 a live owner holds it, 0 a file without a live owner
+ * (a crashed owner's leftover: its bootstrap entry, if any, is stale), -1 no record (never
+ * published by this uid, closed, or another uid's service): only the bootstrap server can tell. */
+static int registry_state(const char *name) {
   int dirfd = -1;
-  int err = registry_open(false, &dirfd);
-  if (err < 0)
-    return err == MEMPORT_ENOENT ? 0 : err;
+  if (registry_open(false, &dirfd) < 0)
+    return -1;
   char file[MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX];
-  int live = 0;
+  int state = -1;
   if (lock_file_name(file, sizeof file, name) == 0) {
     int fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd >= 0) {
-      if (flock(fd, LOCK_SH | LOCK_NB) != 0)
-        live = errno == EWOULDBLOCK ? 1 : -1;
+      if (flock(fd, LOCK_SH | LOCK_NB) == 0)
+        state = 0;
+      else
+        state = errno == EWOULDBLOCK ? 1 : -1;
       close(fd);
-    } else if (errno != ENOENT) {
-      live = -1;
     }
   }
   close(dirfd);
-  return live;
+  return state;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -332,6 +333,9 @@ int memport__os_service_create(memport_service_t *s) {
     return err;
   if (s->kind != MEMPORT_NAME_SERVICE && s->kind != MEMPORT_NAME_REGION)
     return MEMPORT_EINVAL;
+  uintptr_t stamp = memport__darwin_stamp();
+  if (stamp == 0)
+    return MEMPORT_ENOMEM;
   char bname[BOOTSTRAP_MAX_NAME_LEN];
   char file[MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX];
   if ((err = bootstrap_name(bname, s->name)) < 0 || (err = lock_file_name(file, sizeof file, s->name)) < 0)
@@ -355,17 +359,28 @@ int memport__os_service_create(memport_service_t *s) {
     return err;
   }
   s->handle = rx;
+  s->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
   return 0;
 }
 
 void memport__os_service_close(memport_service_t *s) {
   if (s == NULL)
     return;
+  if (!memport__darwin_mine(s->os[MEMPORT__DARWIN_OS_STAMP])) {
+    /* a fork child's copy: the name and the lock stay the parent's; close our lock descriptor */
+    int fd = (int)s->os[OS_LOCK_FD] - 1;
+    if (fd >= 0)
+      close(fd);
+    s->os[OS_LOCK_FD] = 0;
+    s->handle = MACH_PORT_NULL;
+    return;
+  }
   /* Withdraw the port first (pending hellos are destroyed with it: their clients see the peer
    * gone), then the registry entry. */
   memport__darwin_release_receive(s->handle);
   s->handle = MACH_PORT_NULL;
   service_unregister(s);
+  s->os[MEMPORT__DARWIN_OS_STAMP] = 0;
 }
 
 /* Send a WELCOME to `to` (a send right, copied: the caller still owns it): status 0 with a send
@@ -440,7 +455,7 @@ static int ctl_receive(mach_port_name_t rx, void *buf, uint64_t deadline) {
 int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline) {
   if (s == NULL || out == NULL)
     return MEMPORT_EINVAL;
-  if (!MACH_PORT_VALID(s->handle))
+  if (!MACH_PORT_VALID(s->handle) || !memport__darwin_mine(s->os[MEMPORT__DARWIN_OS_STAMP]))
     return MEMPORT_EBADF;
   union {
     mach_msg_header_t hdr;
@@ -497,6 +512,110 @@ int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64
     out->tx = client;
     out->peer = peer;
     memset(out->os, 0, sizeof out->os);
+    out->os[MEMPORT__DARWIN_OS_STAMP] = s->os[MEMPORT__DARWIN_OS_STAMP];
+    return 0;
+  }
+}
+
+/* Send HELLO {kind} with a send right to rx to the service right svc (copied: the caller still
+ * owns svc). The send right is made from rx, or moved when *have_send says an earlier try handed
+ * one back. Such a right is kept for the next try, never released: dropping the last send right
+ * to rx would fire its no-senders notification before the connection exists. Returns 0,
+ * MEMPORT_ENOENT when svc is dead, or another error. */
+static int send_hello(mach_port_name_t svc, mach_port_name_t rx, int kind, uint64_t deadline, bool *have_send) {
+  struct ctl_msg hello;
+  memset(&hello, 0, sizeof hello);
+  hello.hdr.msgh_id = MEMPORT__DARWIN_MSG_HELLO;
+  hello.body.msgh_descriptor_count = 1;
+  hello.port.name = rx;
+  hello.port.disposition = *have_send ? MACH_MSG_TYPE_MOVE_SEND : MACH_MSG_TYPE_MAKE_SEND;
+  hello.port.type = MACH_MSG_PORT_DESCRIPTOR;
+  hello.payload.magic = HELLO_MAGIC;
+  hello.payload.value = kind;
+  mach_msg_return_t mr;
+  for (;;) {
+    /* (Re)build the header: after a timed-out send the kernel hands the message back swapped. The
+     * service right is copied, so it stays ours whatever happens; the send right to rx comes back
+     * under rx with disposition MOVE_SEND, which the next try moves on. */
+    hello.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
+    hello.hdr.msgh_size = sizeof hello;
+    hello.hdr.msgh_remote_port = svc;
+    hello.hdr.msgh_local_port = MACH_PORT_NULL;
+    hello.hdr.msgh_voucher_port = MACH_PORT_NULL;
+    bool forever;
+    mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
+    mr = mach_msg(&hello.hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), sizeof hello, 0, MACH_PORT_NULL,
+                  ms, MACH_PORT_NULL);
+    if (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline))
+      continue;
+    break;
+  }
+  if (mr == MACH_MSG_SUCCESS) {
+    *have_send = false;
+    return 0;
+  }
+  /* Before copy-in nothing moved (a moved right is still ours); after it, the right came back. */
+  *have_send = hello.port.disposition == MACH_MSG_TYPE_MOVE_SEND;
+  switch (mr) {
+  case MACH_SEND_INVALID_DEST:
+    return MEMPORT_ENOENT;
+  case MACH_SEND_TIMED_OUT:
+    return MEMPORT_ETIMEDOUT;
+  default:
+    return memport__darwin_err(mr);
+  }
+}
+
+/* Wait on rx for the service's WELCOME. 0 with *tx and *peer, or an error. */
+static int wait_welcome(mach_port_name_t rx, uint64_t deadline, mach_port_name_t *tx, memport_cred_t *peer) {
+  union {
+    mach_msg_header_t hdr;
+    unsigned char bytes[MEMPORT__DARWIN_CTL_BUF];
+  } buf;
+  for (;;) {
+    int err = ctl_receive(rx, &buf, deadline);
+    if (err < 0)
+      return err;
+    mach_msg_header_t *hdr = &buf.hdr;
+    bool from_kernel = false;
+    if (hdr->msgh_size > sizeof buf || memport__darwin_trailer_cred(hdr, sizeof buf, peer, &from_kernel) < 0) {
+      mach_msg_destroy(hdr);
+      return MEMPORT_EPROTO;
+    }
+    if (from_kernel) {
+      if (hdr->msgh_id == MACH_NOTIFY_NO_SENDERS)
+        return MEMPORT_EPEER; /* our hello was dropped unanswered (the service went away) */
+      mach_msg_destroy(hdr);
+      continue;
+    }
+    if (hdr->msgh_id != MEMPORT__DARWIN_MSG_WELCOME || hdr->msgh_remote_port != MACH_PORT_NULL) {
+      mach_msg_destroy(hdr);
+      return MEMPORT_EPROTO;
+    }
+    if (!(hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX)) {
+      struct {
+        mach_msg_header_t hdr;
+        struct ctl_payload payload;
+      } r;
+      if (hdr->msgh_size != sizeof r)
+        return MEMPORT_EPROTO; /* simple: no rights to release */
+      memcpy(&r, buf.bytes, sizeof r);
+      bool known = r.payload.value == MEMPORT_EPERM || r.payload.value == MEMPORT_ENOENT;
+      return r.payload.magic == WELCOME_MAGIC && known ? r.payload.value : MEMPORT_EPROTO;
+    }
+    struct ctl_msg m;
+    if (hdr->msgh_size != sizeof m) {
+      mach_msg_destroy(hdr);
+      return MEMPORT_EPROTO;
+    }
+    memcpy(&m, buf.bytes, sizeof m);
+    if (m.body.msgh_descriptor_count != 1 || m.port.type != MACH_MSG_PORT_DESCRIPTOR ||
+        m.port.disposition != MACH_MSG_TYPE_PORT_SEND || !MACH_PORT_VALID(m.port.name) ||
+        m.payload.magic != WELCOME_MAGIC || m.payload.value != 0) {
+      mach_msg_destroy(hdr);
+      return MEMPORT_EPROTO;
+    }
+    *tx = m.port.name;
     return 0;
   }
 }
@@ -512,131 +631,52 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
   char bname[BOOTSTRAP_MAX_NAME_LEN];
   if ((err = bootstrap_name(bname, name)) < 0)
     return err;
-
-  /* Wait for the name to appear with a live owner. */
-  mach_port_t svc = MACH_PORT_NULL;
-  for (;;) {
-    int live = registry_live(name); /* negative: not our registry (another uid's service) */
-    if (live != 0) {
-      kern_return_t kr = bootstrap_look_up(bootstrap_port, bname, &svc);
-      if (kr == BOOTSTRAP_SUCCESS && MACH_PORT_VALID(svc))
-        break;
-      if (kr == BOOTSTRAP_SUCCESS)
-        svc = MACH_PORT_NULL;
-      else if (kr != BOOTSTRAP_UNKNOWN_SERVICE)
-        return bootstrap_err(kr);
-    }
-    if (!nap(deadline))
-      return MEMPORT_ENOENT;
-  }
-
+  uintptr_t stamp = memport__darwin_stamp();
+  if (stamp == 0)
+    return MEMPORT_ENOMEM;
   mach_port_name_t rx = MACH_PORT_NULL;
-  if ((err = memport__darwin_new_receive(&rx, true)) < 0) {
-    memport__darwin_release_send(svc);
+  if ((err = memport__darwin_new_receive(&rx, true)) < 0)
+    return err;
+  /* Until the deadline: find the name with a live owner and get our hello into its queue. A
+   * service port that is dead (its owner just exited, launchd not yet updated) counts as absent. */
+  bool have_send = false;
+  for (;;) {
+    if (registry_state(name) != 0) {
+      mach_port_t svc = MACH_PORT_NULL;
+      kern_return_t kr = bootstrap_look_up(bootstrap_port, bname, &svc);
+      if (kr == BOOTSTRAP_SUCCESS && MACH_PORT_VALID(svc)) {
+        err = send_hello(svc, rx, kind, deadline, &have_send);
+        memport__darwin_release_send(svc);
+        if (err == 0)
+          break;
+        if (err != MEMPORT_ENOENT) {
+          (void)mach_port_destroy(mach_task_self(), rx);
+          return err;
+        }
+      } else if (kr == BOOTSTRAP_SUCCESS) {
+        memport__darwin_release_send(svc); /* a dead name */
+      } else if (kr != BOOTSTRAP_UNKNOWN_SERVICE) {
+        (void)mach_port_destroy(mach_task_self(), rx);
+        return bootstrap_err(kr);
+      }
+    }
+    if (!nap(deadline)) {
+      (void)mach_port_destroy(mach_task_self(), rx);
+      return MEMPORT_ENOENT;
+    }
+  }
+  mach_port_name_t tx = MACH_PORT_NULL;
+  memport_cred_t peer;
+  if ((err = wait_welcome(rx, deadline, &tx, &peer)) < 0) {
+    (void)mach_port_destroy(mach_task_self(), rx); /* the server's send right to it turns dead */
     return err;
   }
-  struct ctl_msg hello;
-  memset(&hello, 0, sizeof hello);
-  hello.hdr.msgh_id = MEMPORT__DARWIN_MSG_HELLO;
-  hello.body.msgh_descriptor_count = 1;
-  hello.port.name = rx;
-  hello.port.disposition = MACH_MSG_TYPE_MAKE_SEND;
-  hello.port.type = MACH_MSG_PORT_DESCRIPTOR;
-  hello.payload.magic = HELLO_MAGIC;
-  hello.payload.value = kind;
-  mach_msg_return_t mr;
-  for (;;) {
-    /* (Re)build the header: after a timed-out send the kernel hands the message back swapped. The
-     * service right is copied, so it stays ours whatever happens; the send right made to rx comes
-     * back as a send right under rx (disposition MOVE_SEND), which the next try moves. */
-    hello.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
-    hello.hdr.msgh_size = sizeof hello;
-    hello.hdr.msgh_remote_port = svc;
-    hello.hdr.msgh_local_port = MACH_PORT_NULL;
-    hello.hdr.msgh_voucher_port = MACH_PORT_NULL;
-    bool forever;
-    mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
-    mr = mach_msg(&hello.hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), sizeof hello, 0, MACH_PORT_NULL,
-                  ms, MACH_PORT_NULL);
-    if (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline))
-      continue;
-    break;
-  }
-  memport__darwin_release_send(svc);
-  if (mr != MACH_MSG_SUCCESS) {
-    /* rx is ours alone: destroying the name takes a send right that came back with it */
-    (void)mach_port_destroy(mach_task_self(), rx);
-    return mr == MACH_SEND_INVALID_DEST ? MEMPORT_ENOENT
-           : mr == MACH_SEND_TIMED_OUT  ? MEMPORT_ETIMEDOUT
-                                        : memport__darwin_err(mr);
-  }
-
-  union {
-    mach_msg_header_t hdr;
-    unsigned char bytes[MEMPORT__DARWIN_CTL_BUF];
-  } buf;
-  for (;;) {
-    err = ctl_receive(rx, &buf, deadline);
-    if (err < 0)
-      break;
-    mach_msg_header_t *hdr = &buf.hdr;
-    memport_cred_t peer;
-    bool from_kernel = false;
-    if (hdr->msgh_size > sizeof buf || memport__darwin_trailer_cred(hdr, sizeof buf, &peer, &from_kernel) < 0) {
-      mach_msg_destroy(hdr);
-      err = MEMPORT_EPROTO;
-      break;
-    }
-    if (from_kernel) {
-      if (hdr->msgh_id == MACH_NOTIFY_NO_SENDERS) {
-        err = MEMPORT_EPEER; /* the service dropped our hello without an answer */
-        break;
-      }
-      mach_msg_destroy(hdr);
-      continue;
-    }
-    if (hdr->msgh_id != MEMPORT__DARWIN_MSG_WELCOME || hdr->msgh_remote_port != MACH_PORT_NULL) {
-      mach_msg_destroy(hdr);
-      err = MEMPORT_EPROTO;
-      break;
-    }
-    if (!(hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX)) {
-      struct {
-        mach_msg_header_t hdr;
-        struct ctl_payload payload;
-      } r;
-      if (hdr->msgh_size != sizeof r) {
-        mach_msg_destroy(hdr);
-        err = MEMPORT_EPROTO;
-        break;
-      }
-      memcpy(&r, buf.bytes, sizeof r);
-      bool known = r.payload.value == MEMPORT_EPERM || r.payload.value == MEMPORT_ENOENT;
-      err = r.payload.magic == WELCOME_MAGIC && known ? r.payload.value : MEMPORT_EPROTO;
-      break;
-    }
-    struct ctl_msg m;
-    if (hdr->msgh_size != sizeof m) {
-      mach_msg_destroy(hdr);
-      err = MEMPORT_EPROTO;
-      break;
-    }
-    memcpy(&m, buf.bytes, sizeof m);
-    if (m.body.msgh_descriptor_count != 1 || m.port.type != MACH_MSG_PORT_DESCRIPTOR ||
-        m.port.disposition != MACH_MSG_TYPE_PORT_SEND || !MACH_PORT_VALID(m.port.name) ||
-        m.payload.magic != WELCOME_MAGIC || m.payload.value != 0) {
-      mach_msg_destroy(hdr);
-      err = MEMPORT_EPROTO;
-      break;
-    }
-    out->rx = rx;
-    out->tx = m.port.name;
-    out->peer = peer;
-    memset(out->os, 0, sizeof out->os);
-    return 0;
-  }
-  (void)mach_port_destroy(mach_task_self(), rx);
-  return err;
+  out->rx = rx;
+  out->tx = tx;
+  out->peer = peer;
+  memset(out->os, 0, sizeof out->os);
+  out->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+  return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -85,6 +85,22 @@ static inline int memport__darwin_err(kern_return_t kr) {
   }
 }
 
+/* Fork generations. Mach rights are not inherited by fork(): a child starts with a fresh port name
+ * space, where the names stored in objects copied from the parent mean nothing or, worse, name
+ * the child's own unrelated rights. Every object records the generation it was made in; a
+ * pthread_atfork child handler moves the child to a new generation, and every operation on an
+ * object of an older one fails with MEMPORT_EBADF (closing it only frees the object). */
+MEMPORT_HIDDEN extern _Atomic uintptr_t memport__darwin_gen;
+/* Install the fork handler (once) and return the current generation, for a new object. */
+MEMPORT_HIDDEN uintptr_t memport__darwin_stamp(void);
+/* Was an object stamped `stamp` made in this process (not inherited through fork)? */
+static inline bool memport__darwin_mine(uintptr_t stamp) {
+  return stamp != 0 && stamp == atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
+}
+#define MEMPORT__DARWIN_SEM_STAMP(s) ((uintptr_t)(s)->shared)
+/* memport_port_t.os[] and memport_service_t.os[] slots shared by port.c and name.c */
+#define MEMPORT__DARWIN_OS_STAMP 1
+
 /* True for a port name that denotes a right (not MACH_PORT_NULL, not MACH_PORT_DEAD). */
 static inline bool memport__darwin_valid(mach_port_name_t name) { return MACH_PORT_VALID(name); }
 

@@ -50,8 +50,10 @@ struct wire_handle {
 
 #define RCV_TRAILER (MACH_RCV_TRAILER_TYPE(MACH_MSG_TRAILER_FORMAT_0) | MACH_RCV_TRAILER_ELEMENTS(MACH_RCV_TRAILER_AUDIT))
 
-/* p->os[] slots */
+/* p->os[] slots (MEMPORT__DARWIN_OS_STAMP is the fork generation) */
 #define OS_PEER_GONE 0 /* the no-senders notification has been received */
+
+static bool port_mine(const memport_port_t *p) { return memport__darwin_mine(p->os[MEMPORT__DARWIN_OS_STAMP]); }
 
 static void self_cred(memport_cred_t *c) {
   c->pid = getpid();
@@ -118,6 +120,9 @@ int memport__darwin_trailer_cred(const mach_msg_header_t *hdr, size_t buf_size, 
 int memport__os_port_pair(memport_port_t *a, memport_port_t *b) {
   if (a == NULL || b == NULL)
     return MEMPORT_EINVAL;
+  uintptr_t stamp = memport__darwin_stamp();
+  if (stamp == 0)
+    return MEMPORT_ENOMEM;
   mach_port_t task = mach_task_self();
   mach_port_name_t ra = MACH_PORT_NULL, rb = MACH_PORT_NULL;
   int err = memport__darwin_new_receive(&ra, true);
@@ -149,6 +154,8 @@ int memport__os_port_pair(memport_port_t *a, memport_port_t *b) {
   self_cred(&b->peer);
   memset(a->os, 0, sizeof a->os);
   memset(b->os, 0, sizeof b->os);
+  a->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+  b->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
   return 0;
 fail:
   memport__darwin_release_receive(ra);
@@ -159,10 +166,13 @@ fail:
 void memport__os_port_close(memport_port_t *p) {
   if (p == NULL)
     return;
-  memport__darwin_release_receive(p->rx);
-  memport__darwin_release_send(p->tx);
+  if (port_mine(p)) {
+    memport__darwin_release_receive(p->rx);
+    memport__darwin_release_send(p->tx);
+  }
   p->rx = MACH_PORT_NULL;
   p->tx = MACH_PORT_NULL;
+  p->os[MEMPORT__DARWIN_OS_STAMP] = 0;
 }
 
 int memport__os_port_dup(const memport_port_t *p, memport_port_t *out) {
@@ -205,6 +215,8 @@ static void put_desc(mach_msg_port_descriptor_t *d, mach_port_name_t name, mach_
 int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
   if (p == NULL || msg == NULL)
     return MEMPORT_EINVAL;
+  if (!port_mine(p))
+    return MEMPORT_EBADF;
   if (!MACH_PORT_VALID(p->tx))
     return MEMPORT_EPEER;
   if (msg->len > MEMPORT_MSG_MAX_BYTES || msg->nhandles > MEMPORT_MSG_MAX_HANDLES ||
@@ -221,17 +233,19 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     const struct memport__handle *h = &msg->handles[i];
     switch (h->kind) {
     case MEMPORT_HANDLE_REGION:
-      if (h->u.region == NULL || !has_right(h->u.region->handle, MACH_PORT_TYPE_SEND))
+      if (h->u.region == NULL || !memport__darwin_mine(h->u.region->os) ||
+          !has_right(h->u.region->handle, MACH_PORT_TYPE_SEND))
         return MEMPORT_EBADF;
       ndesc += 1;
       break;
     case MEMPORT_HANDLE_SEM:
-      if (h->u.sem == NULL || !has_right(h->u.sem->handle, MACH_PORT_TYPE_SEND))
+      if (h->u.sem == NULL || !memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(h->u.sem)) ||
+          !has_right(h->u.sem->handle, MACH_PORT_TYPE_SEND))
         return MEMPORT_EBADF;
       ndesc += 1;
       break;
     case MEMPORT_HANDLE_PORT:
-      if (h->u.port == NULL || !has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
+      if (h->u.port == NULL || !port_mine(h->u.port) || !has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
         return MEMPORT_EBADF;
       /* the port we send on, or its peer's end, cannot travel through itself */
       if (h->u.port == p || h->u.port->rx == p->tx)
@@ -506,21 +520,24 @@ static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle 
     }
   }
   /* From here on every right belongs to an object. */
+  uintptr_t stamp = memport__darwin_stamp();
   for (size_t i = 0; i < nh; i++) {
     if (hs[i].kind == MEMPORT_HANDLE_REGION) {
       memport_region_t *r = hs[i].obj;
       r->handle = hs[i].a;
       r->size = hs[i].size;
       r->readonly = hs[i].readonly;
+      r->os = stamp;
     } else if (hs[i].kind == MEMPORT_HANDLE_SEM) {
       memport_sem_t *s = hs[i].obj;
       s->handle = hs[i].a;
-      s->shared = NULL;
+      s->shared = (void *)stamp;
     } else {
       memport_port_t *q = hs[i].obj;
       q->rx = hs[i].a;
       q->tx = hs[i].b;
       q->peer = *sender; /* the process that handed the port over */
+      q->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
       rearm_no_senders(q->rx);
     }
   }
@@ -546,10 +563,10 @@ static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle 
 int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
   if (p == NULL || msg == NULL)
     return MEMPORT_EINVAL;
+  if (!port_mine(p) || !MACH_PORT_VALID(p->rx))
+    return MEMPORT_EBADF;
   if (p->os[OS_PEER_GONE])
     return MEMPORT_EPEER;
-  if (!MACH_PORT_VALID(p->rx))
-    return MEMPORT_EBADF;
   int err = ensure_buf(msg);
   if (err < 0)
     return err;

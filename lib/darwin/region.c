@@ -4,6 +4,7 @@
 
 #include <mach/memory_object_types.h>
 #include <mach/vm_map.h>
+#include <pthread.h>
 
 /* The largest anonymous VM object the kernel creates for MAP_MEM_NAMED_CREATE (ANON_MAX_SIZE in
  * xnu: 4 GiB less one 4 KiB page); larger requests fail there with KERN_FAILURE. */
@@ -11,12 +12,35 @@
 
 size_t memport__os_page_size(void) { return (size_t)vm_page_size; }
 
+_Atomic uintptr_t memport__darwin_gen = 1;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_child(void) {
+  /* The child has a fresh port name space: everything stamped before is the parent's. */
+  atomic_fetch_add_explicit(&memport__darwin_gen, 1, memory_order_relaxed);
+}
+
+static bool fork_installed;
+
+static void fork_install(void) { fork_installed = pthread_atfork(NULL, NULL, fork_child) == 0; }
+
+uintptr_t memport__darwin_stamp(void) {
+  /* Without the handler a fork child could release or send its own unrelated rights: no objects
+   * then (0: the callers fail with MEMPORT_ENOMEM, which is all pthread_atfork can fail with). */
+  if (pthread_once(&fork_once, fork_install) != 0 || !fork_installed)
+    return 0;
+  return atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
+}
+
 static bool page_aligned(uint64_t v) { return (v & (uint64_t)(vm_page_size - 1)) == 0; }
 
 int memport__os_region_create(memport_region_t *r, size_t size) {
   if (r == NULL || size == 0 || !page_aligned(size))
     return MEMPORT_EINVAL;
   if ((uint64_t)size > MEMPORT__DARWIN_REGION_MAX)
+    return MEMPORT_ENOMEM;
+  uintptr_t stamp = memport__darwin_stamp();
+  if (stamp == 0)
     return MEMPORT_ENOMEM;
   memory_object_size_t got = size;
   mach_port_t entry = MACH_PORT_NULL;
@@ -34,14 +58,17 @@ int memport__os_region_create(memport_region_t *r, size_t size) {
     return MEMPORT_ENOMEM;
   }
   r->handle = entry;
+  r->os = stamp;
   return 0;
 }
 
 void memport__os_region_close(memport_region_t *r) {
   if (r == NULL)
     return;
-  memport__darwin_release_send(r->handle);
+  if (memport__darwin_mine(r->os))
+    memport__darwin_release_send(r->handle);
   r->handle = MEMPORT_OS_HANDLE_INVALID;
+  r->os = 0;
 }
 
 /* A new memory entry for [0, size) of the entry `parent` with exactly `prot`. The parent must be
@@ -64,7 +91,7 @@ static int sub_entry(mach_port_t parent, size_t size, vm_prot_t prot, mach_port_
 }
 
 int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_region_t *out) {
-  if (r == NULL || out == NULL || !MACH_PORT_VALID(r->handle))
+  if (r == NULL || out == NULL || !MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os))
     return MEMPORT_EBADF;
   if (readonly && !r->readonly) {
     /* An entry for the same pages that the kernel lets nobody map with VM_PROT_WRITE
@@ -74,6 +101,7 @@ int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_reg
     if (err < 0)
       return err;
     out->handle = ro;
+    out->os = r->os;
     return 0;
   }
   /* Same entry, same access: one more user reference on the send right. */
@@ -81,11 +109,12 @@ int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_reg
   if (kr != KERN_SUCCESS)
     return memport__darwin_err(kr);
   out->handle = r->handle;
+  out->os = r->os;
   return 0;
 }
 
 int memport__os_region_seal(memport_region_t *r) {
-  if (r == NULL || !MACH_PORT_VALID(r->handle))
+  if (r == NULL || !MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os))
     return MEMPORT_EBADF;
   if (r->readonly)
     return 0;
@@ -197,6 +226,9 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
     return MEMPORT_EBADF;
   if (size != 0 && !page_aligned(size))
     return MEMPORT_EINVAL;
+  uintptr_t stamp = memport__darwin_stamp();
+  if (stamp == 0)
+    return MEMPORT_ENOMEM;
   /* First page, read access: proves that h is a memory entry before any request that names it as a
    * parent entry. */
   int err = memport__darwin_entry_check(h, vm_page_size, false);
@@ -229,6 +261,7 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
   r->handle = h;
   r->size = size;
   r->readonly = ro;
+  r->os = stamp;
   return 0;
 }
 
@@ -249,7 +282,7 @@ int memport__os_reserve(size_t len, void **addr) {
 int memport__os_map(const memport_region_t *r, size_t off, size_t len, bool writable, void *fixed, void **addr) {
   if (r == NULL || addr == NULL)
     return MEMPORT_EINVAL;
-  if (!MACH_PORT_VALID(r->handle))
+  if (!MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os))
     return MEMPORT_EBADF;
   if (len == 0 || !page_aligned(off) || !page_aligned(len) || off > r->size || len > r->size - off)
     return MEMPORT_EINVAL;

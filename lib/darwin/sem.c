@@ -16,12 +16,15 @@ int memport__os_sem_create(memport_sem_t *s, unsigned initial) {
     return MEMPORT_EINVAL;
   if (initial > (unsigned)INT_MAX)
     return MEMPORT_EINVAL;
+  uintptr_t stamp = memport__darwin_stamp();
+  if (stamp == 0)
+    return MEMPORT_ENOMEM;
   semaphore_t sem = MACH_PORT_NULL;
   kern_return_t kr = semaphore_create(mach_task_self(), &sem, SYNC_POLICY_FIFO, (int)initial);
   if (kr != KERN_SUCCESS)
     return memport__darwin_err(kr);
   s->handle = sem;
-  s->shared = NULL;
+  s->shared = (void *)stamp; /* Darwin keeps the fork generation here */
   return 0;
 }
 
@@ -30,8 +33,15 @@ void memport__os_sem_close(memport_sem_t *s) {
     return;
   /* Only the send right: semaphore_destroy would destroy the semaphore for every other holder too.
    * The kernel frees it when the last send right is gone. */
-  memport__darwin_release_send(s->handle);
+  if (memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s)))
+    memport__darwin_release_send(s->handle);
   s->handle = MEMPORT_OS_HANDLE_INVALID;
+  s->shared = NULL;
+}
+
+/* A semaphore of this process (not copied from a fork parent) with a right. */
+static bool usable(const memport_sem_t *s) {
+  return s != NULL && MACH_PORT_VALID(s->handle) && memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s));
 }
 
 static int sem_result(kern_return_t kr) {
@@ -41,19 +51,19 @@ static int sem_result(kern_return_t kr) {
 }
 
 int memport__os_sem_signal(memport_sem_t *s) {
-  if (s == NULL || !MACH_PORT_VALID(s->handle))
+  if (!usable(s))
     return MEMPORT_EBADF;
   return sem_result(semaphore_signal(s->handle));
 }
 
 int memport__os_sem_signal_all(memport_sem_t *s) {
-  if (s == NULL || !MACH_PORT_VALID(s->handle))
+  if (!usable(s))
     return MEMPORT_EBADF;
   return sem_result(semaphore_signal_all(s->handle));
 }
 
 int memport__os_sem_wait(memport_sem_t *s, uint64_t deadline) {
-  if (s == NULL || !MACH_PORT_VALID(s->handle))
+  if (!usable(s))
     return MEMPORT_EBADF;
   for (;;) {
     kern_return_t kr;
@@ -84,7 +94,7 @@ int memport__os_sem_wait(memport_sem_t *s, uint64_t deadline) {
 }
 
 int memport__os_sem_trywait(memport_sem_t *s) {
-  if (s == NULL || !MACH_PORT_VALID(s->handle))
+  if (!usable(s))
     return MEMPORT_EBADF;
   for (;;) {
     mach_timespec_t zero = {0, 0};
@@ -98,12 +108,12 @@ int memport__os_sem_trywait(memport_sem_t *s) {
 }
 
 int memport__os_sem_dup(const memport_sem_t *s, memport_sem_t *out) {
-  if (s == NULL || out == NULL || !MACH_PORT_VALID(s->handle))
+  if (out == NULL || !usable(s))
     return MEMPORT_EBADF;
   kern_return_t kr = mach_port_mod_refs(mach_task_self(), s->handle, MACH_PORT_RIGHT_SEND, 1);
   if (kr != KERN_SUCCESS)
     return sem_result(kr);
   out->handle = s->handle;
-  out->shared = NULL;
+  out->shared = s->shared;
   return 0;
 }
