@@ -204,13 +204,15 @@ static void test_sem_wait_is_not_interrupted_by_signals(void **state) {
 
 /* ---- across fork ---- */
 
+#define PINGPONG_ROUNDS 5000
+
 struct pingpong {
   memport_sem_t *to_child, *to_parent;
 };
 
 static int child_waits_then_answers(void *arg) {
   struct pingpong *pp = arg;
-  for (int i = 0; i < 200; i++) {
+  for (int i = 0; i < PINGPONG_ROUNDS; i++) {
     if (memport_sem_wait(pp->to_child, 10000 * MS) != 0)
       return 1;
     if (memport_sem_signal(pp->to_parent) != 0)
@@ -225,8 +227,8 @@ static void test_sem_works_across_fork_both_directions(void **state) {
   th_assert_ok(memport_sem_create(&pp.to_child, 0, 0));
   th_assert_ok(memport_sem_create(&pp.to_parent, 0, 0));
   pid_t pid = th_fork(child_waits_then_answers, &pp, 30);
-  for (int i = 0; i < 200; i++) {
-    if (i % 50 == 0)
+  for (int i = 0; i < PINGPONG_ROUNDS; i++) {
+    if (i % 1000 == 0)
       sleep_ms(5); /* sometimes let the child block in the kernel first */
     th_assert_ok(memport_sem_signal(pp.to_child));
     th_assert_ok(memport_sem_wait(pp.to_parent, 10000 * MS));
@@ -236,6 +238,43 @@ static void test_sem_works_across_fork_both_directions(void **state) {
   th_assert_rc(memport_sem_trywait(pp.to_parent), MEMPORT_EAGAIN);
   memport_sem_close(pp.to_child);
   memport_sem_close(pp.to_parent);
+}
+
+/* ---- contention: producers and consumers in four processes ---- */
+
+#define CONTENTION_ROUNDS 20000
+
+static int producer(void *arg) {
+  for (int i = 0; i < CONTENTION_ROUNDS; i++) {
+    if (memport_sem_signal(arg) != 0)
+      return 1;
+    if (i % 1000 == 0)
+      sleep_ms(1); /* let the consumers run dry and sleep in the kernel now and then */
+  }
+  return 0;
+}
+
+static int consumer(void *arg) {
+  for (int i = 0; i < CONTENTION_ROUNDS; i++)
+    if (memport_sem_wait(arg, 10000 * MS) != 0)
+      return 1; /* a lost wake-up shows as a timeout here */
+  return 0;
+}
+
+static void test_sem_loses_no_wakeup_under_contention(void **state) {
+  (void)state;
+  memport_sem_t *s;
+  th_assert_ok(memport_sem_create(&s, 0, 0));
+  pid_t c1 = th_fork(consumer, s, 60);
+  pid_t c2 = th_fork(consumer, s, 60);
+  pid_t p1 = th_fork(producer, s, 60);
+  pid_t p2 = th_fork(producer, s, 60);
+  assert_int_equal(th_wait(p1, 60), 0);
+  assert_int_equal(th_wait(p2, 60), 0);
+  assert_int_equal(th_wait(c1, 60), 0);
+  assert_int_equal(th_wait(c2, 60), 0);
+  th_assert_rc(memport_sem_trywait(s), MEMPORT_EAGAIN);
+  memport_sem_close(s);
 }
 
 /* ---- sent in a message ---- */
@@ -527,6 +566,7 @@ int main(void) {
       cmocka_unit_test(test_sem_timedwait_expires_with_etimedout_not_early),
       cmocka_unit_test(test_sem_wait_is_not_interrupted_by_signals),
       cmocka_unit_test(test_sem_works_across_fork_both_directions),
+      cmocka_unit_test(test_sem_loses_no_wakeup_under_contention),
       cmocka_unit_test(test_sem_sent_in_a_message_works_in_the_receiver),
       cmocka_unit_test(test_sem_signal_all_wakes_every_waiting_process),
       cmocka_unit_test(test_sem_signal_makes_no_syscall_when_nobody_waits),
