@@ -524,6 +524,30 @@ static void test_port_refuses_to_send_a_region_that_can_shrink(void **state) {
   memport_port_close(b);
 }
 
+static void test_port_whose_peer_is_gone_is_delivered_and_reports_epeer(void **state) {
+  (void)state;
+  memport_port_t *a, *b, *x, *y;
+  th_assert_ok(memport_port_pair(&a, &b));
+  th_assert_ok(memport_port_pair(&x, &y));
+  memport_port_close(y);
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  th_assert_ok(memport_msg_attach_port(m, x, 0));
+  th_assert_ok(memport_port_send(a, m, 1000 * MS));
+  th_assert_ok(memport_port_recv(b, m, 1000 * MS));
+  memport_port_t *got;
+  th_assert_ok(memport_msg_take_port(m, 0, &got));
+  memport_cred_t c;
+  th_assert_ok(memport_port_peer(got, &c));
+  assert_int_equal(c.pid, getpid());
+  th_assert_rc(memport_port_recv(got, m, 1000 * MS), MEMPORT_EPEER);
+  th_assert_rc(memport_port_send(got, m, 1000 * MS), MEMPORT_EPEER);
+  memport_port_close(got);
+  memport_msg_close(m);
+  memport_port_close(a);
+  memport_port_close(b);
+}
+
 /* ---- credentials ---- */
 
 static int child_sends_its_pid(void *arg) {
@@ -1048,6 +1072,7 @@ int main(void) {
       cmocka_unit_test(test_port_moves_and_copies_64_handles_of_every_kind),
       cmocka_unit_test(test_port_send_skips_taken_slots),
       cmocka_unit_test(test_port_refuses_to_send_a_region_that_can_shrink),
+      cmocka_unit_test(test_port_whose_peer_is_gone_is_delivered_and_reports_epeer),
       cmocka_unit_test(test_port_every_message_names_the_process_that_sent_it),
       cmocka_unit_test(test_port_peer_close_gives_epeer_after_queued_messages),
       cmocka_unit_test(test_port_killed_peer_gives_epeer_without_sigpipe),

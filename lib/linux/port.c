@@ -322,8 +322,8 @@ static int make_handles(memport_msg_t *msg, const struct wire_hdr *hdr, int *fds
 }
 
 /* Check one received record; fill msg on success. Never takes descriptors it does not keep. */
-static int accept_record(memport_port_t *p, memport_msg_t *msg, const struct wire_hdr *hdr, size_t len,
-                         int msg_flags, int *fds, size_t nfds, bool fds_overflow) {
+static int accept_record(memport_msg_t *msg, const struct wire_hdr *hdr, size_t len, int msg_flags, int *fds,
+                         size_t nfds, bool fds_overflow) {
   if (msg_flags & MSG_TRUNC)
     return MEMPORT_EMSGSIZE; /* the kernel discarded the rest of the record */
   bool hdr_whole = len >= sizeof *hdr && hdr->magic == WIRE_MAGIC && hdr->version == WIRE_VERSION;
@@ -374,7 +374,6 @@ static int accept_record(memport_port_t *p, memport_msg_t *msg, const struct wir
   if (rc != 0)
     return rc;
   msg->len = nbytes;
-  MEMPORT__UNUSED(p);
   return 0;
 }
 
@@ -445,7 +444,7 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
         return MEMPORT_EPEER;
       rc = MEMPORT_EPROTO;
     } else {
-      rc = accept_record(p, msg, &hdr, (size_t)n, mh.msg_flags, fds, nfds, fds_overflow);
+      rc = accept_record(msg, &hdr, (size_t)n, mh.msg_flags, fds, nfds, fds_overflow);
     }
     if (rc != 0) {
       memport__msg_drop_handles(msg);
