@@ -44,20 +44,32 @@ static bool under_valgrind(void) {
   return p != NULL && strstr(p, "vgpreload") != NULL;
 }
 
-/* Is process `pid` blocked in the futex system call right now? (/proc/PID/syscall starts with the
- * number of the call it sleeps in; a parent may read its children's.) */
-static bool in_futex(pid_t pid) {
-  char path[64], buf[128];
-  snprintf(path, sizeof path, "/proc/%ld/syscall", (long)pid);
+/* Read a small /proc file of process pid into buf; false if it cannot be read. */
+static bool read_proc(pid_t pid, const char *what, char *buf, size_t cap) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%ld/%s", (long)pid, what);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return false;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
+  ssize_t n = read(fd, buf, cap - 1);
   close(fd);
   if (n <= 0)
     return false;
   buf[n] = '\0';
-  return strtol(buf, NULL, 10) == SYS_futex;
+  return true;
+}
+
+/* Is process `pid` blocked in the futex system call right now? /proc/PID/syscall starts with the
+ * number of the call it sleeps in (a parent may read its children's); where that file is not
+ * available, settle for "sleeping" in /proc/PID/stat. */
+static bool in_futex(pid_t pid) {
+  char buf[512];
+  if (read_proc(pid, "syscall", buf, sizeof buf))
+    return strtol(buf, NULL, 10) == SYS_futex;
+  if (!read_proc(pid, "stat", buf, sizeof buf))
+    return false;
+  const char *end = strrchr(buf, ')');
+  return end != NULL && end[1] == ' ' && end[2] == 'S';
 }
 
 /* Wait (up to 10 s) until every pid is asleep in futex. */
@@ -67,7 +79,7 @@ static void wait_all_in_futex(const pid_t *pids, int n) {
     for (int i = 0; i < n; i++)
       asleep += in_futex(pids[i]);
     if (asleep == n) {
-      sleep_ms(20); /* and they stay there */
+      sleep_ms(50); /* and they stay there */
       return;
     }
     sleep_ms(1);
