@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -614,6 +616,57 @@ static void test_readonly_reader_in_another_process_sees_later_writes(void **sta
   ro_teardown(&f);
 }
 
+static void test_readonly_fails_cleanly_where_the_file_cannot_be_sealed(void **state) {
+  (void)state;
+  /* a memfd made without MFD_ALLOW_SEALING carries F_SEAL_SEAL from birth */
+  int fd = (int)syscall(SYS_memfd_create, "test-unsealable", MFD_CLOEXEC);
+  assert_true(fd >= 0);
+  assert_int_equal(ftruncate(fd, (off_t)g_page), 0);
+  memport_region_t *r, *ro = NULL;
+  th_assert_ok(memport_region_adopt(&r, fd, 0, 0));
+  struct counts c = counts_now();
+  th_assert_rc(memport_region_readonly(r, &ro), MEMPORT_ENOTSUP);
+  assert_null(ro);
+  assert_counts(c);
+  th_assert_rc(memport_region_is_readonly(r), 0); /* unchanged */
+  char *p;
+  th_assert_ok(memport_region_map(r, 0, (void **)&p));
+  p[0] = 1;
+  th_assert_ok(memport_unmap(p));
+  memport_region_close(r);
+}
+
+/* Without /proc there is no way to make a read-only description of a writable memfd. */
+static int child_without_proc(void *arg) {
+  memport_region_t **regions = arg;
+  if (unshare(CLONE_NEWNS) != 0 || mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) != 0 ||
+      mount("none", "/proc", "tmpfs", 0, NULL) != 0)
+    return 77; /* no privilege for a private mount namespace here */
+  memport_region_t *d = NULL;
+  if (memport_region_dup(regions[0], MEMPORT_DUP_READONLY, &d) != MEMPORT_ENOTSUP || d != NULL)
+    return 10;
+  /* a sealed region needs no reopening: its duplicate is read-only through the seal */
+  if (memport_region_dup(regions[1], MEMPORT_DUP_READONLY, &d) != 0 || memport_region_is_readonly(d) != 1)
+    return 11;
+  memport_region_close(d);
+  return 0;
+}
+
+static void test_dup_readonly_without_proc_is_enotsup(void **state) {
+  (void)state;
+  memport_region_t *regions[2], *sealed;
+  th_assert_ok(memport_region_create(&regions[0], g_page, 0));
+  th_assert_ok(memport_region_create(&sealed, g_page, 0));
+  th_assert_ok(memport_region_readonly(sealed, &regions[1]));
+  int rc = th_run_child(child_without_proc, regions, 20);
+  memport_region_close(regions[0]);
+  memport_region_close(regions[1]);
+  memport_region_close(sealed);
+  if (rc == 77)
+    skip();
+  assert_int_equal(rc, 0);
+}
+
 /* ---- dup ---------------------------------------------------------------------------------- */
 
 static void test_dup_shares_memory_and_keeps_access(void **state) {
@@ -1100,9 +1153,11 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_readonly_again_returns_another_readonly_handle),
       cmocka_unit_test(test_readonly_handle_holds_in_another_process),
       cmocka_unit_test(test_readonly_reader_in_another_process_sees_later_writes),
+      cmocka_unit_test(test_readonly_fails_cleanly_where_the_file_cannot_be_sealed),
       cmocka_unit_test(test_dup_shares_memory_and_keeps_access),
       cmocka_unit_test(test_dup_readonly_is_a_readonly_description_while_region_stays_writable),
       cmocka_unit_test(test_other_uid_holder_cannot_reopen_writable_but_can_dup_readonly),
+      cmocka_unit_test(test_dup_readonly_without_proc_is_enotsup),
       cmocka_unit_test(test_dup_rejects_bad_arguments_without_leaks),
       cmocka_unit_test(test_os_handle_rejects_null),
       cmocka_unit_test(test_adopt_takes_size_from_the_file_and_owns_the_handle),
