@@ -12,11 +12,13 @@
  *   read-only map  memport_region_readonly + memport_region_map(MEMPORT_MAP_READONLY)
  *
  * Then it forks. The child reads every buffer, writes a few pages of each writable one and
- * measures, with the kernel's own accounting, how many pages those writes made private to it:
- * /proc/self/smaps gives, per mapping, the pages mapped by this process only (Private_Dirty) and
- * those also mapped by another process (Shared_Dirty); after fork every page of a COPY buffer is
- * mapped by both processes, and each write that copies a page moves one page from the shared to
- * the private count. getrusage(RUSAGE_SELF).ru_minflt counts the page faults the writes took.
+ * measures what those writes cost with the kernel's own accounting. /proc/self/smaps gives, per
+ * mapping, the pages this process has in memory (Rss) and those of them that no other process
+ * maps (Private_Dirty). After fork every page of a COPY buffer is mapped by both processes; a
+ * write that copies a page replaces a shared page by a private one: Private_Dirty grows by one
+ * page, Rss does not. A write that needs a page where there was none (ZERO) grows both. So
+ * "new" = growth of Rss, "copied" = growth of Private_Dirty minus new.
+ * getrusage(RUSAGE_SELF).ru_minflt counts the page faults the writes took.
  * Accesses that should fault (the NONE range, a write to the read-only mapping) are made by a
  * grandchild, so the signal ends that grandchild only; it reports the signal by exit status.
  * The child sends its observations to the parent through a pipe and exits; the parent then looks
