@@ -587,7 +587,7 @@ static void test_ring_hostile_indices_and_lengths_give_eproto(void **state) {
     const void *q;
     size_t len;
     void *p;
-    unsigned char buf[64] = {0};
+    static unsigned char buf[2048];
     int rc;
     switch (hc) {
     case H_PROD_PAST_END:
@@ -629,13 +629,9 @@ static void test_ring_hostile_indices_and_lengths_give_eproto(void **state) {
       break;
     default: /* H_CONS_BACKWARDS */
       th_assert_ok(memport_ring_write(r, buf, 2000, 0));
-      th_assert_ok(memport_ring_read(r, NULL, 0, &len, 0) == MEMPORT_EMSGSIZE ? 0 : -1);
-      {
-        unsigned char big[2048];
-        th_assert_ok(memport_ring_read(r, big, sizeof big, &len, 0));
-      }
-      th_assert_ok(memport_ring_write(r, buf, 1500, 0)); /* producer refreshed cons = 2016 */
+      th_assert_ok(memport_ring_read(r, buf, sizeof buf, &len, 0)); /* cons = 2016 */
       th_assert_ok(memport_ring_write(r, buf, 1500, 0));
+      th_assert_ok(memport_ring_write(r, buf, 1500, 0)); /* the producer refreshed cons = 2016 */
       atomic_store(&sh->cons, 0);
       rc = memport_ring_reserve(r, 1500, &p, 0);
       break;
