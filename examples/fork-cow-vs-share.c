@@ -50,7 +50,19 @@ static const char *const kind_label[K_COUNT] = {
 };
 
 /* What a process found when it read a whole buffer. */
-enum seen { SEEN_NOTHING, SEEN_PARENT, SEEN_ZERO, SEEN_CHILD_PAGES, SEEN_FAULT, SEEN_MIXED };
+enum seen {
+  SEEN_NOTHING,
+  SEEN_PARENT,      /* the parent's bytes in every page */
+  SEEN_ZERO,        /* zeros in every page */
+  SEEN_CHILD_PAGES, /* the child's bytes in exactly the pages it writes, the parent's elsewhere */
+  SEEN_CHILD_OTHER, /* the child's bytes in other pages (or more of them), the parent's elsewhere */
+  SEEN_FAULT,
+  SEEN_MIXED /* anything else */
+};
+struct view {
+  enum seen what;
+  size_t child_pages; /* SEEN_CHILD_*: how many pages hold the child's bytes */
+};
 
 /* A fault observed by a grandchild: the signal and its si_code, or 0 when the access worked. */
 struct fault {
@@ -118,7 +130,7 @@ static int page_is(const unsigned char *p, unsigned char byte) {
 }
 
 /* Classify what a buffer holds, page by page. */
-static enum seen look_at(enum kind k, const unsigned char *addr) {
+static struct view look_at(enum kind k, const unsigned char *addr) {
   size_t own = 0, zero = 0, child = 0, child_where_written = 0;
   for (size_t i = 0; i < npages; i++) {
     const unsigned char *p = addr + i * page;
@@ -131,13 +143,14 @@ static enum seen look_at(enum kind k, const unsigned char *addr) {
       child_where_written += (size_t)child_writes_page(i);
     }
   }
+  struct view v = {SEEN_MIXED, child};
   if (own == npages)
-    return SEEN_PARENT;
-  if (zero == npages)
-    return SEEN_ZERO;
-  if (child == nwrites && child_where_written == nwrites && own == npages - nwrites)
-    return SEEN_CHILD_PAGES;
-  return SEEN_MIXED;
+    v.what = SEEN_PARENT;
+  else if (zero == npages)
+    v.what = SEEN_ZERO;
+  else if (own + child == npages)
+    v.what = child == nwrites && child_where_written == nwrites ? SEEN_CHILD_PAGES : SEEN_CHILD_OTHER;
+  return v;
 }
 
 static void fill(enum kind k, unsigned char *addr) {
@@ -291,7 +304,7 @@ static int setup_anonymous(struct buffer *b, int mode) {
     return -1;
   }
   /* The mode keeps the contents (SHARE moves the pages onto shared memory in place). */
-  if (look_at(b->kind, b->addr) != SEEN_PARENT) {
+  if (look_at(b->kind, b->addr).what != SEEN_PARENT) {
     fprintf(stderr, "fork-cow-vs-share: memport_inherit(%s) changed the buffer's contents\n",
             kind_label[b->kind]);
     return -1;
@@ -355,7 +368,7 @@ static void child_examine(const struct buffer *b, struct report *r) {
     r->seen = SEEN_FAULT;
     return;
   }
-  r->seen = look_at(b->kind, b->addr);
+  r->seen = look_at(b->kind, b->addr).what;
   if (b->kind == K_READONLY) {
     r->write_fault = probe(b->addr, 1);
     r->mprotect_errno = mprotect(b->addr, npages * page, PROT_READ | PROT_WRITE) == 0 ? 0 : errno;
@@ -401,12 +414,13 @@ static int child_main(const struct buffer *bufs, int fd) {
 /* ------------------------------------------------------------------------------------------ */
 /* The parent's table.                                                                         */
 
-static const char *seen_text(enum seen s, char *buf, size_t cap) {
-  switch (s) {
+static const char *seen_text(struct view v, char *buf, size_t cap) {
+  switch (v.what) {
   case SEEN_PARENT: return "the parent's data";
   case SEEN_ZERO: return "zero pages";
   case SEEN_CHILD_PAGES:
-    snprintf(buf, cap, "the child's %zu page%s", nwrites, nwrites == 1 ? "" : "s");
+  case SEEN_CHILD_OTHER:
+    snprintf(buf, cap, "the child's %zu page%s", v.child_pages, v.child_pages == 1 ? "" : "s");
     return buf;
   case SEEN_MIXED: return "unexpected contents";
   case SEEN_FAULT: return "(see fault)";
@@ -422,10 +436,17 @@ static void mismatch(enum kind k, const char *what, const char *got, const char 
            kind_label[k], what, got, expected);
 }
 
-static void expect_seen(enum kind k, const char *what, enum seen got, enum seen expected) {
+static void expect_seen(enum kind k, const char *what, struct view got, enum seen expected) {
   char a[64], b[64];
-  if (got != expected)
-    mismatch(k, what, seen_text(got, a, sizeof a), seen_text(expected, b, sizeof b));
+  struct view want = {expected, nwrites};
+  if (got.what != expected)
+    mismatch(k, what, seen_text(got, a, sizeof a), seen_text(want, b, sizeof b));
+}
+
+/* What the child's read found (the child reports the kind only). */
+static struct view child_view(const struct report *r) {
+  struct view v = {(enum seen)r->seen, 0};
+  return v;
 }
 
 /* The table cells of one buffer that judge() fills. */
@@ -436,7 +457,7 @@ struct cells {
 };
 
 /* Check one buffer against what its mode promises; fill its table cells. */
-static void judge(const struct buffer *b, const struct report *r, enum seen parent_sees, struct cells *c) {
+static void judge(const struct buffer *b, const struct report *r, struct view parent_sees, struct cells *c) {
   enum kind k = b->kind;
   long page_kb = (long)(page / 1024);
   /* A write that copies a page leaves Rss alone (one shared page is replaced by a private one)
@@ -455,13 +476,13 @@ static void judge(const struct buffer *b, const struct report *r, enum seen pare
   switch (k) {
   case K_COPY:
     snprintf(c->note, sizeof c->note, "copy-on-write");
-    expect_seen(k, "what the child read", r->seen, SEEN_PARENT);
+    expect_seen(k, "what the child read", child_view(r), SEEN_PARENT);
     expect_seen(k, "what the parent sees", parent_sees, SEEN_PARENT);
     break;
   case K_SHARE:
   case K_REGION:
     snprintf(c->note, sizeof c->note, k == K_SHARE ? "one copy, shared" : "shared memory");
-    expect_seen(k, "what the child read", r->seen, SEEN_PARENT);
+    expect_seen(k, "what the child read", child_view(r), SEEN_PARENT);
     expect_seen(k, "what the parent sees", parent_sees, SEEN_CHILD_PAGES);
     break;
   case K_NONE:
@@ -476,12 +497,12 @@ static void judge(const struct buffer *b, const struct report *r, enum seen pare
       return;
     }
     snprintf(c->note, sizeof c->note, "fresh zero pages");
-    expect_seen(k, "what the child read", r->seen, SEEN_ZERO);
+    expect_seen(k, "what the child read", child_view(r), SEEN_ZERO);
     expect_seen(k, "what the parent sees", parent_sees, SEEN_PARENT);
     break;
   case K_READONLY:
     snprintf(c->note, sizeof c->note, "write refused");
-    expect_seen(k, "what the child read", r->seen, SEEN_PARENT);
+    expect_seen(k, "what the child read", child_view(r), SEEN_PARENT);
     expect_seen(k, "what the parent sees", parent_sees, SEEN_PARENT);
     if (r->write_fault.sig != SIGSEGV && r->write_fault.sig != SIGBUS)
       mismatch(k, "the child's write", fault_text(r->write_fault, got, sizeof got), "SIGSEGV or SIGBUS");
@@ -608,7 +629,9 @@ int main(int argc, char **argv) {
   for (int k = 0; k < K_COUNT; k++) {
     const struct buffer *b = &bufs[k];
     const struct report *r = &reports[k];
-    enum seen parent_sees = b->setup_rc != 0 ? SEEN_NOTHING : look_at(b->kind, b->addr);
+    struct view parent_sees = {SEEN_NOTHING, 0};
+    if (b->setup_rc == 0)
+      parent_sees = look_at(b->kind, b->addr);
     struct cells c;
     char faults[24] = "-", child[64], parent[64], fbuf[48];
     memset(&c, 0, sizeof c);
@@ -620,8 +643,8 @@ int main(int argc, char **argv) {
     else if (k == K_NONE)
       snprintf(child, sizeof child, "%s", fault_text(r->read_fault, fbuf, sizeof fbuf));
     else
-      snprintf(child, sizeof child, "%s", seen_text((enum seen)r->seen, fbuf, sizeof fbuf));
-    snprintf(parent, sizeof parent, "%s", parent_sees == SEEN_PARENT ? "its own data, intact"
+      snprintf(child, sizeof child, "%s", seen_text(child_view(r), fbuf, sizeof fbuf));
+    snprintf(parent, sizeof parent, "%s", parent_sees.what == SEEN_PARENT ? "its own data, intact"
                                           : seen_text(parent_sees, fbuf, sizeof fbuf));
     if (!quiet)
       printf(ROW, kind_label[k], child, parent, c.copied, c.fresh, faults, c.note);
