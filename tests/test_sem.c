@@ -131,6 +131,7 @@ static void test_sem_trywait_takes_the_count_then_eagain(void **state) {
 static void test_sem_dup_shares_the_count_and_outlives_the_original(void **state) {
   (void)state;
   int fds0 = th_count_fds();
+  int maps0 = th_count_maps();
   memport_sem_t *a, *b;
   th_assert_ok(memport_sem_create(&a, 0, 0));
   th_assert_ok(memport_sem_dup(a, &b));
@@ -140,6 +141,8 @@ static void test_sem_dup_shares_the_count_and_outlives_the_original(void **state
   th_assert_rc(memport_sem_trywait(b), MEMPORT_EAGAIN);
   memport_sem_close(b);
   assert_int_equal(th_count_fds(), fds0);
+  if (!under_valgrind()) /* valgrind's own memory shows in /proc/self/maps */
+    assert_int_equal(th_count_maps(), maps0);
 }
 
 static void test_sem_timedwait_expires_with_etimedout_not_early(void **state) {
