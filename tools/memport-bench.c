@@ -411,7 +411,8 @@ struct lat_method {
 struct lat_ctx {
   const struct lat_method *m;
   bool receiver;
-  size_t maxlen;
+  size_t maxlen;       /* largest timed message */
+  size_t buflen;       /* largest message including the priming ones */
   unsigned char *src; /* sender: pattern + marks */
   unsigned char *ref; /* receiver: reference pattern */
   unsigned char *dst; /* receiver: buffer for copying transports */
@@ -746,7 +747,8 @@ static size_t prime_len(const struct lat_ctx *c, unsigned *count) {
   if (c->m->kind != LK_RING) return 0;
   memport_chan_opts_t o;
   chan_options(c->m, c->maxlen, &o);
-  size_t len = o.ring_capacity / 4 < c->maxlen ? o.ring_capacity / 4 : c->maxlen;
+  /* as large as the channel still sends through the ring, at most a quarter of it */
+  size_t len = o.ring_capacity / 4 < o.zerocopy_threshold ? o.ring_capacity / 4 : o.zerocopy_threshold;
   if (len < MIN_BYTES) return 0;
   *count = (unsigned)((2 * o.ring_capacity + len - 1) / len);
   return len;
@@ -828,7 +830,10 @@ static void run_latency(const struct lat_method *m) {
   struct lat_ctx c;
   memset(&c, 0, sizeof c);
   c.m = m;
-  c.maxlen = maxlen;
+  c.maxlen = c.buflen = maxlen;
+  unsigned nprime;
+  size_t plen = prime_len(&c, &nprime);
+  if (plen > c.buflen) c.buflen = plen;
   c.fwd[0] = c.fwd[1] = c.back[0] = c.back[1] = c.wfd = c.rfd = -1;
   if (sh == NULL) {
     progress_more(" n/a (mmap failed)\n");
@@ -854,14 +859,14 @@ static void run_latency(const struct lat_method *m) {
     alarm((unsigned)(120 + total / 500));
     pin_to(cpus[1]);
     c.receiver = true;
-    c.ref = malloc(maxlen);
-    c.dst = malloc(maxlen);
+    c.ref = malloc(c.buflen);
+    c.dst = malloc(c.buflen);
     int rc = -1;
     if (c.ref == NULL || c.dst == NULL)
       ctx_fail(&c, "out of memory");
     else {
-      fill_pattern(c.ref, maxlen);
-      memset(c.dst, 0, maxlen);
+      fill_pattern(c.ref, c.buflen);
+      memset(c.dst, 0, c.buflen);
       rc = lat_side(&c);
       if (rc == 0) rc = lat_receiver(&c, sh);
     }
@@ -871,12 +876,12 @@ static void run_latency(const struct lat_method *m) {
   }
   pin_to(cpus[0]);
   c.receiver = false;
-  c.src = malloc(maxlen);
+  c.src = malloc(c.buflen);
   int rc = -1;
   if (c.src == NULL)
     ctx_fail(&c, "out of memory");
   else {
-    fill_pattern(c.src, maxlen);
+    fill_pattern(c.src, c.buflen);
     rc = lat_side(&c);
     if (rc == 0) rc = lat_sender(&c);
   }
@@ -1789,6 +1794,22 @@ static const struct result *lat_result(const struct lat_method *m, size_t bytes)
   return find_result(m->method, m->policy >= 0 ? mode_name(m->policy) : "", bytes, R_BYTES | R_LAT);
 }
 
+static size_t small_size(void) {
+  for (size_t k = 0; k < cfg.nsizes; k++)
+    if (cfg.sizes[k] == 100) return 100;
+  size_t s = SIZE_MAX;
+  for (size_t k = 0; k < cfg.nsizes; k++)
+    if (cfg.sizes[k] < s) s = cfg.sizes[k];
+  return s;
+}
+
+static size_t large_size(void) {
+  size_t s = 0;
+  for (size_t k = 0; k < cfg.nsizes; k++)
+    if (cfg.sizes[k] > s) s = cfg.sizes[k];
+  return s;
+}
+
 static void print_table(void) {
   printf("\nOne-way latency in microseconds, p50/p98, by message size\n");
   printf("  %u messages per size (after %u warm-up messages); from 1 MiB the copying paths send %u (after %u),\n"
@@ -1826,6 +1847,21 @@ static void print_table(void) {
   }
   printf("  '-': beyond that path's limit (port: MEMPORT_MSG_MAX_BYTES = %u); n/a: not measured or failed\n",
          (unsigned)MEMPORT_MSG_MAX_BYTES);
+  size_t maxlen = large_size();
+  memport_chan_opts_t ro, zo;
+  struct lat_method rm = {LK_RING, "ring", MEMPORT_WAIT_BLOCK, ""}, zm = {LK_ZC, "zerocopy", MEMPORT_WAIT_BLOCK, ""};
+  chan_options(&rm, maxlen, &ro);
+  chan_options(&zm, maxlen, &zo);
+  printf("  pipe: pipe(2) write/read; unix: SOCK_STREAM socketpair; port: memport_port_send/recv (%s);\n"
+         "  ring: memport_chan_send + memport_chan_recv in place, ring capacity %zu KiB (every size fits), wrapped\n"
+         "  twice before timing; zc: memport_chan_alloc/send_buf + memport_chan_recv, pool of %u x %zu KiB buffers,\n"
+         "  each written and compared once, header and marks every message. Copying paths compare every payload.\n",
+#ifdef __APPLE__
+         "Mach messages",
+#else
+         "SOCK_SEQPACKET",
+#endif
+         ro.ring_capacity / KIB, zo.pool_buffers, (zo.pool_buffer_size + KIB - 1) / KIB);
 }
 
 static void print_limits(void) {
@@ -1874,22 +1910,6 @@ static void verdict(const char *what, double value, bool have, bool le, double l
   bool pass = le ? value <= limit : value >= limit;
   printf("  %-62s %7.2f  (%s %.2f)  %s%s%s\n", what, value, le ? "<=" : ">=", limit, pass ? "PASS" : "MISS",
          detail[0] ? "  " : "", detail);
-}
-
-static size_t small_size(void) {
-  for (size_t k = 0; k < cfg.nsizes; k++)
-    if (cfg.sizes[k] == 100) return 100;
-  size_t s = SIZE_MAX;
-  for (size_t k = 0; k < cfg.nsizes; k++)
-    if (cfg.sizes[k] < s) s = cfg.sizes[k];
-  return s;
-}
-
-static size_t large_size(void) {
-  size_t s = 0;
-  for (size_t k = 0; k < cfg.nsizes; k++)
-    if (cfg.sizes[k] > s) s = cfg.sizes[k];
-  return s;
 }
 
 static void print_latency_targets(void) {
@@ -2080,6 +2100,12 @@ static int run_quiet(char *const argv[]) {
 }
 
 static int write_plot(const char *path) {
+  bool any_data = false;
+  for (size_t i = 0; i < nresults && !any_data; i++) any_data = (results[i].has & (R_BYTES | R_LAT)) == (R_BYTES | R_LAT);
+  if (!any_data) {
+    printf("\nPlot: no latency figures in this run (see --only); %s not written\n", path);
+    return 0;
+  }
   static const char *terms[][2] = {
       {"pngcairo", "set terminal pngcairo size 1100,700 enhanced font 'sans,10'"},
       {"png", "set terminal png size 1100,700"},
@@ -2093,8 +2119,10 @@ static int write_plot(const char *path) {
     char *argv[] = {(char *)"gnuplot", (char *)"-e", cmd, NULL};
     int rc = run_quiet(argv);
     if (rc == 127) {
+      /* documented: the plot needs gnuplot; its absence is reported, not an error of the run */
       printf("\nPlot: gnuplot is not installed; %s not written (the CSV has the same figures)\n", path);
-      return -1;
+      fprintf(stderr, "memport-bench: --plot: gnuplot not found in PATH; %s not written\n", path);
+      return 0;
     }
     if (rc == 0) chosen = i;
   }
@@ -2140,7 +2168,6 @@ static int write_plot(const char *path) {
     if (!any) continue;
     fprintf(f, "%s$d%zu using 1:2 with linespoints title '%s'", series++ ? ", " : "", i, methods[i].label);
   }
-  if (series == 0) fprintf(f, "1/0 title 'no data'");
   fprintf(f, "\n");
   if (fclose(f) != 0) {
     unlink(script);
@@ -2167,7 +2194,7 @@ static void usage(FILE *out) {
           "Measure memport against pipes and unix sockets on this machine, and the machine's limits.\n"
           "The table goes to stdout, progress to stderr. A default run takes under a minute.\n"
           "\n"
-          "  --quick            a short run (200 messages per size, 10 from 1 MiB, small stream) for CI\n"
+          "  --quick            a short run (200 messages per size, 5 from 1 MiB, small stream) for CI\n"
           "  --sizes LIST       message sizes in bytes, comma-separated (suffixes k, m: KiB, MiB);\n"
           "                     default: the seed's 100,200,500,1024,...,9216,1048576,5242880,7340032\n"
           "  --messages N       timed messages per size below 1 MiB (default 2000)\n"
@@ -2179,7 +2206,7 @@ static void usage(FILE *out) {
           "  --stream-ring N    ring capacity in KiB for the stream (default 1024)\n"
           "  --csv FILE         write every figure as CSV: method,mode,bytes,messages,p50_us,p98_us,gbps\n"
           "  --plot FILE        draw latency against size (log-log) with gnuplot (PNG with pngcairo or png,\n"
-          "                     else SVG, else text)\n"
+          "                     else SVG, else text); without gnuplot a notice, not a failure\n"
           "  --no-pin           do not pin the two processes to two CPUs\n"
           "  -v, --verbose      details on stderr (the mappings the resident-memory figure counts)\n"
           "  -h, --help         this text\n"
@@ -2418,9 +2445,9 @@ int main(int argc, char **argv) {
   }
   if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS;
   cfg.messages = cfg.quick ? 200 : 2000;
-  cfg.big_messages = cfg.quick ? 10 : 50;
+  cfg.big_messages = cfg.quick ? 5 : 50;
   cfg.warmup = cfg.quick ? 20 : 100;
-  cfg.big_warmup = cfg.quick ? 6 : 8; /* >= the zero-copy pool's buffers, each produced once */
+  cfg.big_warmup = cfg.quick ? 2 : 8; /* copying paths; zero-copy warms up with the full count */
   cfg.base_messages = cfg.quick ? 2000 : 5000;
   cfg.memcpy_bytes = (cfg.quick ? 32 : 128) * MIB;
   cfg.memcpy_reps = cfg.quick ? 3 : 6;
