@@ -263,14 +263,17 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
 
 /* Is fd something a region can be made of: a memory file that can never shrink? */
 static int check_region_fd(int fd) {
+  /* Seals first: F_GET_SEALS answers from the inode of a shmem file and fails at once for anything
+   * else, so a hostile descriptor (a FUSE file whose daemon never answers fstat, a device) is
+   * turned away before any call that could reach its file system. */
+  if (!(memport__linux_seals(fd) & F_SEAL_SHRINK))
+    return MEMPORT_EPROTO;
   size_t size;
   bool ro;
   int rc = memport__linux_memfd_check(fd, &size, &ro);
   if (rc == MEMPORT_ENOMEM)
     return rc;
   if (rc != 0 || size == 0)
-    return MEMPORT_EPROTO;
-  if (!(memport__linux_seals(fd) & F_SEAL_SHRINK))
     return MEMPORT_EPROTO;
   return 0;
 }

@@ -58,16 +58,17 @@ static size_t sem_map_len(void) { return memport__os_page_size(); }
 static struct memport__futex_sem *sem_page(const memport_sem_t *s) { return (struct memport__futex_sem *)s->shared; }
 
 int memport__linux_sem_adopt(memport_sem_t *s, int fd) {
-  struct stat st;
-  if (fstat(fd, &st) != 0)
-    return -errno;
-  size_t len = sem_map_len();
-  /* A hostile sender could hand us a file it can later shrink (SIGBUS on access) or a file
-   * too small for the page: require a regular file of at least one page that cannot shrink. */
-  if (!S_ISREG(st.st_mode) || st.st_size < 0 || (uint64_t)st.st_size < (uint64_t)len)
-    return MEMPORT_EPROTO;
+  /* A hostile sender could hand us a file it can later shrink (SIGBUS on access) or a file too
+   * small for the page: require a memfd (only shmem files have seals; checking them first never
+   * reaches another file system) sealed against shrinking, a regular file of at least one page. */
   int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0 || !(seals & F_SEAL_SHRINK))
+    return MEMPORT_EPROTO;
+  struct stat st;
+  if (fstat(fd, &st) != 0)
+    return MEMPORT_EPROTO;
+  size_t len = sem_map_len();
+  if (!S_ISREG(st.st_mode) || st.st_size < 0 || (uint64_t)st.st_size < (uint64_t)len)
     return MEMPORT_EPROTO;
   void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) {
