@@ -114,7 +114,8 @@ MEMPORT_HIDDEN int memport__linux_vmas(uintptr_t addr, size_t len, struct mempor
 #include "internal.h"
 
 /* Make *p a port over `fd`, a connected AF_UNIX SOCK_SEQPACKET socket (from socketpair, connect
- * or accept). Checks SO_DOMAIN/SO_TYPE (else MEMPORT_EPROTO), turns on SO_PASSCRED (so every
+ * or accept). Checks SO_DOMAIN/SO_TYPE, that it is not listening and has peer credentials (else
+ * MEMPORT_EPROTO), turns on SO_PASSCRED (so every
  * message this end receives carries the sender's kernel-checked pid/uid/gid) and records the peer
  * from SO_PEERCRED. On success *p owns fd; on failure fd is left open for the caller to close and
  * *p is untouched. Set FD_CLOEXEC yourself (SOCK_CLOEXEC / accept4). For no message to arrive
