@@ -1334,7 +1334,7 @@ static int sys_peer(int role, memport_port_t *port, int policy, bool zerocopy, s
       if (rc >= 0 && got != i) {
         snprintf(err, 160, "echo %u, expected %u", got, i);
         rc = MEMPORT_EPROTO;
-        err = NULL;
+        err = NULL; /* keep this text */
       }
     } else {
       memport_buf_t r;
@@ -1389,20 +1389,21 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
   memport_port_close(pa);
   memport_port_close(pb);
   cfg.sys_messages = saved;
-  bool traced[2] = {false, false};
+  if (pids[0] < 0 || pids[1] < 0) snprintf(res->err, sizeof res->err, "fork: %s", strerror(errno));
+  bool unavailable = false;
   int64_t deadline = now_ns() + (int64_t)30 * 1000000000;
-  while ((!atomic_load(&sh->ready[0]) || !atomic_load(&sh->ready[1])) && now_ns() < deadline) {
+  while (!res->err[0] && (!atomic_load(&sh->ready[0]) || !atomic_load(&sh->ready[1])) && now_ns() < deadline) {
     if (sh->err[0][0] || sh->err[1][0] || atomic_load(&sh->notsup)) break;
     sleep_ns(1000000);
   }
   bool ready = atomic_load(&sh->ready[0]) && atomic_load(&sh->ready[1]);
-  for (int i = 0; i < 2 && ready; i++) {
-    if (pids[i] < 0) break;
+  for (int i = 0; i < 2 && ready && !res->err[0]; i++) {
     if (ptrace(PTRACE_SEIZE, pids[i], 0, (void *)(uintptr_t)(PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)) != 0) {
+      /* e.g. Yama ptrace_scope 3 or a container's seccomp policy: the check cannot run here */
+      unavailable = errno == EPERM || errno == ENOSYS || errno == EACCES;
       snprintf(res->err, sizeof res->err, "ptrace(PTRACE_SEIZE): %s", strerror(errno));
       break;
     }
-    traced[i] = true;
     int st;
     if (ptrace(PTRACE_INTERRUPT, pids[i], 0, 0) != 0 || waitpid(pids[i], &st, __WALL) != pids[i] ||
         ptrace(PTRACE_SYSCALL, pids[i], 0, 0) != 0) {
@@ -1461,7 +1462,6 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
       ptrace(PTRACE_SYSCALL, p, 0, (void *)(uintptr_t)sig);
     }
   }
-  (void)traced;
   bool ok = !res->err[0];
   for (int i = 0; i < 2; i++) {
     if (!WIFEXITED(status[i]) || WEXITSTATUS(status[i]) != 0) {
@@ -1476,8 +1476,8 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
   }
   res->probe_allocs = sh->probe_allocs;
   res->ok = ok;
-  if (!ok && atomic_load(&sh->notsup)) {
-    snprintf(res->err, sizeof res->err, "%s", sh->err[0][0] ? sh->err[0] : sh->err[1]);
+  if (!ok && (unavailable || atomic_load(&sh->notsup))) {
+    if (!unavailable) snprintf(res->err, sizeof res->err, "%s", sh->err[0][0] ? sh->err[0] : sh->err[1]);
     progress_more(" n/a (%s)\n", res->err);
   } else if (ok)
     progress_more(" sender %lu syscalls %lu allocations, receiver %lu syscalls %lu allocations\n", res->syscalls[0],
@@ -2197,8 +2197,8 @@ static void usage(FILE *out) {
           "  --quick            a short run (200 messages per size, 5 from 1 MiB, small stream) for CI\n"
           "  --sizes LIST       message sizes in bytes, comma-separated (suffixes k, m: KiB, MiB);\n"
           "                     default: the seed's 100,200,500,1024,...,9216,1048576,5242880,7340032\n"
-          "  --messages N       timed messages per size below 1 MiB (default 2000)\n"
-          "  --big-messages N   timed messages per size from 1 MiB (default 50)\n"
+          "  --messages N       timed messages per size (default 2000)\n"
+          "  --big-messages N   timed messages per size from 1 MiB on the copying paths (default 50)\n"
           "  --modes LIST       channel wait policies for the table: block,adaptive,spin (default block,adaptive)\n"
           "  --only LIST        run only these parts: table,limits,stream,syscheck,rss (default: all)\n"
           "  --syscheck         same as --only syscheck\n"
@@ -2220,9 +2220,11 @@ static void usage(FILE *out) {
           "  pipe       write()/read() of the whole message on a pipe, ack on a second pipe\n"
           "  unix       SOCK_STREAM socketpair, write()/read() of the whole message\n"
           "  port       memport_msg_set_bytes + memport_port_send / memport_port_recv (<= MEMPORT_MSG_MAX_BYTES)\n"
-          "  ring       memport_chan_send (copy into the ring) / memport_chan_recv in place + release\n"
+          "  ring       memport_chan_send (copy into the ring) / memport_chan_recv in place + release; the\n"
+          "             ring is large enough for every size and wrapped twice before the timing starts\n"
           "  zerocopy   memport_chan_alloc, payload written in place, timed from memport_chan_send_buf to\n"
-          "             memport_chan_recv (a read-only view of the same pages) + release\n"
+          "             memport_chan_recv (a read-only view of the same pages) + release; each pool buffer\n"
+          "             is written and compared in full once, header and marks on every message\n"
           "  futex      raw futex ping-pong on one shared cache line (FUTEX_WAIT / FUTEX_WAKE)\n"
           "  spin       busy-poll ping-pong on one shared cache line\n"
           "  memcpy     one process, large buffers, median of several copies\n"
@@ -2439,6 +2441,17 @@ int main(int argc, char **argv) {
     memcpy(cfg.sizes, default_sizes, sizeof default_sizes);
     cfg.nsizes = sizeof default_sizes / sizeof default_sizes[0];
   }
+  /* ascending, without repeats: the table and the plot read them in order */
+  for (size_t i = 1; i < cfg.nsizes; i++)
+    for (size_t j = i; j > 0 && cfg.sizes[j - 1] > cfg.sizes[j]; j--) {
+      size_t t = cfg.sizes[j];
+      cfg.sizes[j] = cfg.sizes[j - 1];
+      cfg.sizes[j - 1] = t;
+    }
+  size_t uniq = 0;
+  for (size_t i = 0; i < cfg.nsizes; i++)
+    if (uniq == 0 || cfg.sizes[uniq - 1] != cfg.sizes[i]) cfg.sizes[uniq++] = cfg.sizes[i];
+  cfg.nsizes = uniq;
   if (cfg.nmodes == 0) {
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_BLOCK;
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_ADAPTIVE;
