@@ -688,6 +688,22 @@ static void test_port_killed_peer_gives_epeer_without_sigpipe(void **state) {
   th_assert_rc(memport_port_send(a, m, 1000 * MS), MEMPORT_EPEER);
   memport_port_close(a);
 
+  /* Blocked in send on a full queue when the peer is killed. */
+  th_assert_ok(memport_port_pair(&a, &b));
+  static unsigned char payload[MEMPORT_MSG_MAX_BYTES];
+  th_assert_ok(memport_msg_set_bytes(m, payload, sizeof payload));
+  int queued = 0;
+  while (queued < 10000 && memport_port_send(a, m, MEMPORT_NOWAIT) == 0)
+    queued++;
+  assert_true(queued < 10000);
+  pid = th_fork(child_dies_later, b, 20);
+  memport_port_close(b);
+  t0 = now_ns();
+  th_assert_rc(memport_port_send(a, m, 10000 * MS), MEMPORT_EPEER);
+  assert_true(now_ns() - t0 < 5000 * MS);
+  assert_int_equal(th_wait(pid, 20), 128 + SIGKILL);
+  memport_port_close(a);
+
   memport_msg_close(m);
   sigaction(SIGPIPE, &old, NULL);
 }
