@@ -1,6 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* inherit.c: fork inheritance of a range on Darwin with mach_vm_inherit (SHARE, COPY, NONE). */
+/* inherit.c: fork inheritance on Darwin: of memory ranges (mach_vm_inherit) and of memport's Mach send rights. */
 #include "darwin/os.h"
+
+#include <mach/mach_param.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ranges.                                                                                      */
 
 int memport__os_inherit(void *addr, size_t len, int mode) {
   vm_inherit_t inh;
@@ -32,4 +40,499 @@ int memport__os_inherit(void *addr, size_t len, int mode) {
   if (kr == KERN_INVALID_ADDRESS)
     return MEMPORT_ENOMEM;
   return memport__darwin_err(kr);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Mach rights across fork.
+ *
+ * fork() gives the child a fresh port name space: none of the parent's rights. So that regions,
+ * semaphores and ports copied into a child keep working there, as descriptors do on Linux:
+ *  - every object holding a Mach right is tracked here while it lives;
+ *  - the prepare handler (parent, before fork) takes one extra send-right reference per tracked
+ *    object (region and semaphore: the object's right; port: the send right to its peer) into a
+ *    fork record with a random token, and puts a send right to the parent's broker port in a free
+ *    slot of the task's registered ports, which fork() copies into the child;
+ *  - the child handler moves the child to a new fork generation (so nothing inherited is used by
+ *    mistake), finds the broker in its registered ports, clears that slot, and claims the record
+ *    with its token: the broker thread of the parent answers with those references (MOVE_SEND),
+ *    and the child stores the new names in its copies of the objects;
+ *  - the parent handler restores the registered ports; the broker drops records nobody claimed
+ *    (the fork failed, or the child died first) after a while.
+ * A port's receive right cannot be shared: a child's copy of a port can send (to the same peer as
+ * the parent's) but not receive (MEMPORT_EBADF). Services are not inherited (their receive right
+ * stays with the parent; the child's copy gives MEMPORT_EBADF). Should anything fail (no free
+ * registered-port slot, no memory, no broker), the child's copies are simply unusable
+ * (MEMPORT_EBADF), never wrong.
+ */
+
+_Atomic uintptr_t memport__darwin_gen = 1;
+
+#define TOKEN_BYTES 16
+#define CLAIM_MAGIC 0x6c63706du /* "mpcl" */
+#define GRANT_MAGIC 0x7267706du /* "mpgr" */
+#define MSG_CLAIM 0x6d700010
+#define MSG_GRANT 0x6d700011
+#define CLAIM_WAIT_MS 2000u                 /* how long a child waits for its parent's broker */
+#define RECORD_TTL_NS 30000000000ull        /* unclaimed records are dropped after 30 s */
+#define BROKER_POLL_MS 5000u
+
+struct tracked {
+  void *obj;
+  int kind; /* MEMPORT_HANDLE_* */
+};
+
+struct fork_record {
+  struct fork_record *next;
+  unsigned char token[TOKEN_BYTES];
+  uint64_t created;
+  size_t n;
+  struct tracked *objs;     /* the objects, as the child will find them in its copy of memory */
+  mach_port_name_t *names;  /* the parent's extra references (MACH_PORT_NULL where none) */
+  void *reply;              /* the child's receive buffer, allocated before fork */
+  size_t reply_size;
+};
+
+struct claim_msg {
+  mach_msg_header_t hdr;
+  uint32_t magic;
+  unsigned char token[TOKEN_BYTES];
+};
+
+struct grant_tail {
+  uint32_t magic;
+  uint32_t count;
+};
+
+static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tracked *tracked;
+static size_t ntracked, captracked;
+static struct fork_record *pending;  /* parent: records the broker may hand out */
+static struct fork_record *current;  /* the record of the fork in progress */
+static int broker_slot = -1;         /* registered-port slot used for the fork in progress */
+static mach_port_name_t saved_ports[TASK_PORT_REGISTER_MAX];
+static mach_port_name_t broker_rx = MACH_PORT_NULL; /* receive right + one send right, same name */
+static bool broker_running;
+static bool handlers_installed;
+static pthread_once_t handlers_once = PTHREAD_ONCE_INIT;
+
+static void record_free(struct fork_record *r, bool release_names) {
+  if (r == NULL)
+    return;
+  if (release_names)
+    for (size_t i = 0; i < r->n; i++)
+      memport__darwin_release_send(r->names[i]);
+  free(r->reply);
+  free(r->objs);
+  free(r->names);
+  free(r);
+}
+
+/* The send right an object hands to a fork child, or MACH_PORT_NULL. */
+static mach_port_name_t object_send_name(const struct tracked *t) {
+  switch (t->kind) {
+  case MEMPORT_HANDLE_REGION: {
+    const memport_region_t *r = t->obj;
+    return memport__darwin_mine(r->os) ? r->handle : MACH_PORT_NULL;
+  }
+  case MEMPORT_HANDLE_SEM: {
+    const memport_sem_t *s = t->obj;
+    return memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s)) ? s->handle : MACH_PORT_NULL;
+  }
+  default: {
+    const memport_port_t *p = t->obj;
+    return memport__darwin_mine(p->os[MEMPORT__DARWIN_OS_STAMP]) ? p->tx : MACH_PORT_NULL;
+  }
+  }
+}
+
+/* ---- the broker (parent side) ---- */
+
+static void broker_reap(uint64_t now) {
+  struct fork_record **pp = &pending;
+  while (*pp != NULL) {
+    struct fork_record *r = *pp;
+    if (now - r->created > RECORD_TTL_NS) {
+      *pp = r->next;
+      record_free(r, true);
+    } else {
+      pp = &r->next;
+    }
+  }
+}
+
+static struct fork_record *broker_take(const unsigned char *token) {
+  for (struct fork_record **pp = &pending; *pp != NULL; pp = &(*pp)->next) {
+    struct fork_record *r = *pp;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < TOKEN_BYTES; i++)
+      diff |= (unsigned char)(r->token[i] ^ token[i]);
+    if (diff == 0) {
+      *pp = r->next;
+      return r;
+    }
+  }
+  return NULL;
+}
+
+/* Answer a claim: the record's references, moved, to the send-once right `reply`. */
+static void broker_grant(struct fork_record *r, mach_port_name_t reply) {
+  size_t size = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) + r->n * sizeof(mach_msg_port_descriptor_t) +
+                sizeof(struct grant_tail);
+  unsigned char *buf = calloc(1, size);
+  if (buf == NULL) {
+    (void)mach_port_deallocate(mach_task_self(), reply); /* the child sees a send-once notification */
+    record_free(r, true);
+    return;
+  }
+  mach_msg_header_t *hdr = (mach_msg_header_t *)(void *)buf;
+  mach_msg_body_t *body = (mach_msg_body_t *)(void *)(buf + sizeof *hdr);
+  mach_msg_port_descriptor_t *d = (mach_msg_port_descriptor_t *)(void *)(buf + sizeof *hdr + sizeof *body);
+  hdr->msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_MOVE_SEND_ONCE, 0) | MACH_MSGH_BITS_COMPLEX;
+  hdr->msgh_size = (mach_msg_size_t)size;
+  hdr->msgh_remote_port = reply;
+  hdr->msgh_local_port = MACH_PORT_NULL;
+  hdr->msgh_id = MSG_GRANT;
+  body->msgh_descriptor_count = (mach_msg_size_t)r->n;
+  for (size_t i = 0; i < r->n; i++) {
+    d[i].name = r->names[i];
+    d[i].disposition = MACH_MSG_TYPE_MOVE_SEND;
+    d[i].type = MACH_MSG_PORT_DESCRIPTOR;
+  }
+  struct grant_tail tail = {GRANT_MAGIC, (uint32_t)r->n};
+  memcpy(buf + size - sizeof tail, &tail, sizeof tail);
+  /* A send-once right is never blocked by a full queue. */
+  mach_msg_return_t mr = mach_msg(hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, (mach_msg_size_t)size, 0, MACH_PORT_NULL,
+                                  0, MACH_PORT_NULL);
+  if (mr == MACH_MSG_SUCCESS) {
+    record_free(r, false); /* the references went to the child */
+  } else if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED) {
+    mach_msg_destroy(hdr); /* copied in and handed back: release what came back */
+    record_free(r, false);
+  } else {
+    /* refused before copy-in: everything is still ours */
+    (void)mach_port_deallocate(mach_task_self(), reply);
+    record_free(r, true);
+  }
+  free(buf);
+}
+
+static void *broker_main(void *arg) {
+  MEMPORT__UNUSED(arg);
+  union {
+    struct claim_msg claim;
+    unsigned char bytes[sizeof(struct claim_msg) + sizeof(mach_msg_max_trailer_t) + 64];
+  } buf;
+  for (;;) {
+    mach_msg_return_t mr = mach_msg(&buf.claim.hdr,
+                                    MACH_RCV_MSG | MACH_RCV_TIMEOUT | MACH_RCV_TRAILER_TYPE(MACH_MSG_TRAILER_FORMAT_0) |
+                                        MACH_RCV_TRAILER_ELEMENTS(MACH_RCV_TRAILER_AUDIT),
+                                    0, sizeof buf, broker_rx, BROKER_POLL_MS, MACH_PORT_NULL);
+    if (mr == MACH_RCV_TIMED_OUT || mr == MACH_RCV_TOO_LARGE || mr == MACH_RCV_INTERRUPTED) {
+      pthread_mutex_lock(&fork_lock);
+      broker_reap(memport__now_ns());
+      pthread_mutex_unlock(&fork_lock);
+      continue;
+    }
+    if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR) {
+      mach_msg_destroy(&buf.claim.hdr);
+      continue;
+    }
+    if (mr != MACH_MSG_SUCCESS)
+      return NULL; /* the broker port is gone: nothing left to serve */
+    struct claim_msg c;
+    memcpy(&c, buf.bytes, sizeof c);
+    bool ok = c.hdr.msgh_id == MSG_CLAIM && !(c.hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX) &&
+              c.hdr.msgh_size == sizeof c && MACH_MSGH_BITS_REMOTE(c.hdr.msgh_bits) == MACH_MSG_TYPE_PORT_SEND_ONCE &&
+              MACH_PORT_VALID(c.hdr.msgh_remote_port) && c.magic == CLAIM_MAGIC;
+    if (!ok) {
+      mach_msg_destroy(&buf.claim.hdr);
+      continue;
+    }
+    pthread_mutex_lock(&fork_lock);
+    struct fork_record *r = broker_take(c.token);
+    pthread_mutex_unlock(&fork_lock);
+    if (r == NULL) {
+      mach_msg_destroy(&buf.claim.hdr); /* unknown or already claimed */
+      continue;
+    }
+    broker_grant(r, c.hdr.msgh_remote_port);
+  }
+}
+
+/* Called with fork_lock held. */
+static bool broker_start(void) {
+  if (broker_running)
+    return true;
+  mach_port_name_t rx = MACH_PORT_NULL;
+  if (memport__darwin_new_receive(&rx, false) < 0)
+    return false;
+  if (mach_port_insert_right(mach_task_self(), rx, rx, MACH_MSG_TYPE_MAKE_SEND) != KERN_SUCCESS) {
+    memport__darwin_release_receive(rx);
+    return false;
+  }
+  broker_rx = rx;
+  pthread_attr_t attr;
+  pthread_t thread;
+  bool ok = pthread_attr_init(&attr) == 0;
+  if (ok) {
+    ok = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+         pthread_create(&thread, &attr, broker_main, NULL) == 0;
+    pthread_attr_destroy(&attr);
+  }
+  if (!ok) {
+    (void)mach_port_destroy(mach_task_self(), rx);
+    broker_rx = MACH_PORT_NULL;
+    return false;
+  }
+  broker_running = true;
+  return true;
+}
+
+/* ---- the fork handlers ---- */
+
+static void fork_prepare(void) {
+  pthread_mutex_lock(&fork_lock);
+  current = NULL;
+  broker_slot = -1;
+  if (ntracked == 0 || !broker_start())
+    return;
+  mach_port_t task = mach_task_self();
+  struct fork_record *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return;
+  r->n = ntracked;
+  r->objs = malloc(ntracked * sizeof *r->objs);
+  r->names = calloc(ntracked, sizeof *r->names);
+  r->reply_size = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) +
+                  ntracked * sizeof(mach_msg_port_descriptor_t) + sizeof(struct grant_tail) +
+                  sizeof(mach_msg_max_trailer_t);
+  r->reply = malloc(r->reply_size);
+  if (r->objs == NULL || r->names == NULL || r->reply == NULL) {
+    record_free(r, false);
+    return;
+  }
+  memcpy(r->objs, tracked, ntracked * sizeof *tracked);
+  arc4random_buf(r->token, sizeof r->token);
+  r->created = memport__now_ns();
+  for (size_t i = 0; i < ntracked; i++) {
+    mach_port_name_t name = object_send_name(&r->objs[i]);
+    if (MACH_PORT_VALID(name) && mach_port_mod_refs(task, name, MACH_PORT_RIGHT_SEND, 1) == KERN_SUCCESS)
+      r->names[i] = name;
+  }
+  /* Borrow a free registered-port slot for the broker. */
+  mach_port_array_t regs = NULL;
+  mach_msg_type_number_t nregs = 0;
+  if (mach_ports_lookup(task, &regs, &nregs) != KERN_SUCCESS) {
+    record_free(r, true);
+    return;
+  }
+  mach_port_t set[TASK_PORT_REGISTER_MAX] = {MACH_PORT_NULL};
+  int slot = -1;
+  for (mach_msg_type_number_t i = 0; i < TASK_PORT_REGISTER_MAX; i++) {
+    set[i] = i < nregs ? regs[i] : MACH_PORT_NULL;
+    saved_ports[i] = set[i];
+    if (slot < 0 && set[i] == MACH_PORT_NULL)
+      slot = (int)i;
+  }
+  for (mach_msg_type_number_t i = TASK_PORT_REGISTER_MAX; i < nregs; i++)
+    memport__darwin_release_send(regs[i]);
+  (void)vm_deallocate(task, (vm_address_t)regs, nregs * sizeof *regs);
+  if (slot >= 0) {
+    set[slot] = broker_rx;
+    if (mach_ports_register(task, set, TASK_PORT_REGISTER_MAX) != KERN_SUCCESS)
+      slot = -1;
+  }
+  if (slot < 0) {
+    for (int i = 0; i < TASK_PORT_REGISTER_MAX; i++)
+      memport__darwin_release_send(saved_ports[i]);
+    record_free(r, true);
+    return;
+  }
+  broker_slot = slot;
+  r->next = pending;
+  pending = r;
+  current = r;
+}
+
+static void fork_parent(void) {
+  if (broker_slot >= 0) {
+    (void)mach_ports_register(mach_task_self(), saved_ports, TASK_PORT_REGISTER_MAX);
+    for (int i = 0; i < TASK_PORT_REGISTER_MAX; i++) {
+      memport__darwin_release_send(saved_ports[i]);
+      saved_ports[i] = MACH_PORT_NULL;
+    }
+  }
+  broker_slot = -1;
+  current = NULL;
+  pthread_mutex_unlock(&fork_lock);
+}
+
+/* In the child: claim the record of this fork from the parent's broker and install the rights. */
+static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
+  mach_port_t task = mach_task_self();
+  mach_port_name_t reply = MACH_PORT_NULL;
+  if (mach_port_allocate(task, MACH_PORT_RIGHT_RECEIVE, &reply) != KERN_SUCCESS)
+    return false;
+  union {
+    struct claim_msg c;
+    unsigned char bytes[sizeof(struct claim_msg)];
+  } out;
+  memset(&out, 0, sizeof out);
+  out.c.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, MACH_MSG_TYPE_MAKE_SEND_ONCE);
+  out.c.hdr.msgh_size = sizeof out.c;
+  out.c.hdr.msgh_remote_port = broker;
+  out.c.hdr.msgh_local_port = reply;
+  out.c.hdr.msgh_id = MSG_CLAIM;
+  out.c.magic = CLAIM_MAGIC;
+  memcpy(out.c.token, r->token, sizeof out.c.token);
+  mach_msg_return_t mr = mach_msg(&out.c.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof out.c, 0, MACH_PORT_NULL,
+                                  CLAIM_WAIT_MS, MACH_PORT_NULL);
+  if (mr != MACH_MSG_SUCCESS) {
+    (void)mach_port_destroy(task, reply);
+    return false;
+  }
+  mach_msg_header_t *hdr = r->reply;
+  mr = mach_msg(hdr, MACH_RCV_MSG | MACH_RCV_TIMEOUT, 0, (mach_msg_size_t)r->reply_size, reply, CLAIM_WAIT_MS,
+                MACH_PORT_NULL);
+  (void)mach_port_destroy(task, reply);
+  if (mr != MACH_MSG_SUCCESS) {
+    if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR)
+      mach_msg_destroy(hdr);
+    return false;
+  }
+  size_t want = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) + r->n * sizeof(mach_msg_port_descriptor_t) +
+                sizeof(struct grant_tail);
+  const unsigned char *b = r->reply;
+  mach_msg_body_t body;
+  memcpy(&body, b + sizeof *hdr, sizeof body);
+  struct grant_tail tail = {0, 0};
+  if (hdr->msgh_size == want)
+    memcpy(&tail, b + want - sizeof tail, sizeof tail);
+  bool ok = hdr->msgh_id == MSG_GRANT && (hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX) && hdr->msgh_size == want &&
+            body.msgh_descriptor_count == r->n && tail.magic == GRANT_MAGIC && tail.count == r->n;
+  const unsigned char *dp = b + sizeof *hdr + sizeof body;
+  for (size_t i = 0; ok && i < r->n; i++) {
+    mach_msg_port_descriptor_t d;
+    memcpy(&d, dp + i * sizeof d, sizeof d);
+    ok = d.type == MACH_MSG_PORT_DESCRIPTOR && (d.name == MACH_PORT_NULL || d.disposition == MACH_MSG_TYPE_PORT_SEND);
+  }
+  if (!ok) {
+    mach_msg_destroy(hdr);
+    return false;
+  }
+  uintptr_t gen = atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
+  size_t kept = 0;
+  for (size_t i = 0; i < r->n; i++) {
+    mach_msg_port_descriptor_t d;
+    memcpy(&d, dp + i * sizeof d, sizeof d);
+    struct tracked *t = &r->objs[i];
+    if (!MACH_PORT_VALID(d.name) && t->kind != MEMPORT_HANDLE_PORT)
+      continue; /* nothing for this one: it stays unusable here */
+    if (t->kind == MEMPORT_HANDLE_REGION) {
+      memport_region_t *o = t->obj;
+      o->handle = d.name;
+      o->os = gen;
+    } else if (t->kind == MEMPORT_HANDLE_SEM) {
+      memport_sem_t *o = t->obj;
+      o->handle = d.name;
+      o->shared = (void *)gen;
+    } else {
+      memport_port_t *o = t->obj;
+      o->rx = MACH_PORT_NULL; /* stays with the parent */
+      o->tx = MACH_PORT_VALID(d.name) ? d.name : MACH_PORT_DEAD;
+      o->os[MEMPORT__DARWIN_OS_STAMP] = gen;
+    }
+    tracked[kept++] = *t; /* the child's own object from now on */
+  }
+  ntracked = kept;
+  return true;
+}
+
+static void fork_child(void) {
+  /* Everything stamped before belongs to the parent's name space. */
+  atomic_fetch_add_explicit(&memport__darwin_gen, 1, memory_order_relaxed);
+  struct fork_record *r = current;
+  int slot = broker_slot;
+  /* None of the parent's records, threads or ports exist here. Free the copies of the records
+   * (the child's memory) other than ours; their names mean nothing in this task. */
+  for (struct fork_record *p = pending; p != NULL;) {
+    struct fork_record *next = p->next;
+    if (p != r)
+      record_free(p, false);
+    p = next;
+  }
+  pending = NULL;
+  current = NULL;
+  broker_slot = -1;
+  broker_running = false;
+  broker_rx = MACH_PORT_NULL;
+  bool claimed = false;
+  if (r != NULL && slot >= 0) {
+    mach_port_t task = mach_task_self();
+    mach_port_array_t regs = NULL;
+    mach_msg_type_number_t nregs = 0;
+    if (mach_ports_lookup(task, &regs, &nregs) == KERN_SUCCESS) {
+      mach_port_t set[TASK_PORT_REGISTER_MAX] = {MACH_PORT_NULL};
+      for (mach_msg_type_number_t i = 0; i < TASK_PORT_REGISTER_MAX && i < nregs; i++)
+        set[i] = regs[i];
+      mach_port_name_t broker = set[slot];
+      set[slot] = MACH_PORT_NULL; /* the child's own registration is the parent's original one */
+      (void)mach_ports_register(task, set, TASK_PORT_REGISTER_MAX);
+      if (MACH_PORT_VALID(broker))
+        claimed = child_claim(broker, r);
+      for (mach_msg_type_number_t i = 0; i < nregs; i++)
+        memport__darwin_release_send(regs[i]);
+      (void)vm_deallocate(task, (vm_address_t)regs, nregs * sizeof *regs);
+    }
+  }
+  if (!claimed)
+    ntracked = 0; /* nothing of the parent's is usable here */
+  record_free(r, false);
+  pthread_mutex_unlock(&fork_lock);
+}
+
+static void handlers_install(void) {
+  handlers_installed = pthread_atfork(fork_prepare, fork_parent, fork_child) == 0;
+}
+
+uintptr_t memport__darwin_stamp(void) {
+  /* Without the handlers a fork child could release or send its own unrelated rights: no objects
+   * then (0: the callers fail with MEMPORT_ENOMEM, which is all pthread_atfork can fail with). */
+  if (pthread_once(&handlers_once, handlers_install) != 0 || !handlers_installed)
+    return 0;
+  return atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
+}
+
+void memport__darwin_track(void *obj, int kind) {
+  if (obj == NULL)
+    return;
+  pthread_mutex_lock(&fork_lock);
+  if (ntracked == captracked) {
+    size_t cap = captracked == 0 ? 64 : captracked * 2;
+    struct tracked *n = realloc(tracked, cap * sizeof *n);
+    if (n == NULL) {
+      pthread_mutex_unlock(&fork_lock);
+      return; /* not inherited by fork children: their copy gives MEMPORT_EBADF */
+    }
+    tracked = n;
+    captracked = cap;
+  }
+  tracked[ntracked].obj = obj;
+  tracked[ntracked].kind = kind;
+  ntracked++;
+  pthread_mutex_unlock(&fork_lock);
+}
+
+void memport__darwin_untrack(void *obj) {
+  if (obj == NULL)
+    return;
+  pthread_mutex_lock(&fork_lock);
+  for (size_t i = ntracked; i-- > 0;) {
+    if (tracked[i].obj == obj) {
+      tracked[i] = tracked[ntracked - 1];
+      ntracked--;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&fork_lock);
 }

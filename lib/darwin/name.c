@@ -513,6 +513,7 @@ int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64
     out->peer = peer;
     memset(out->os, 0, sizeof out->os);
     out->os[MEMPORT__DARWIN_OS_STAMP] = s->os[MEMPORT__DARWIN_OS_STAMP];
+    memport__darwin_track(out, MEMPORT_HANDLE_PORT);
     return 0;
   }
 }
@@ -676,6 +677,7 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
   out->peer = peer;
   memset(out->os, 0, sizeof out->os);
   out->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+  memport__darwin_track(out, MEMPORT_HANDLE_PORT);
   return 0;
 }
 

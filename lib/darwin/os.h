@@ -93,6 +93,10 @@ static inline int memport__darwin_err(kern_return_t kr) {
 MEMPORT_HIDDEN extern _Atomic uintptr_t memport__darwin_gen;
 /* Install the fork handler (once) and return the current generation, for a new object. */
 MEMPORT_HIDDEN uintptr_t memport__darwin_stamp(void);
+/* Track an object that holds Mach rights (kind MEMPORT_HANDLE_*) so that a fork child's copy of it
+ * gets rights of its own (see inherit.c); untrack it before its rights are released. */
+MEMPORT_HIDDEN void memport__darwin_track(void *obj, int kind);
+MEMPORT_HIDDEN void memport__darwin_untrack(void *obj);
 /* Was an object stamped `stamp` made in this process (not inherited through fork)? */
 static inline bool memport__darwin_mine(uintptr_t stamp) {
   return stamp != 0 && stamp == atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);

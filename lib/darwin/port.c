@@ -156,6 +156,8 @@ int memport__os_port_pair(memport_port_t *a, memport_port_t *b) {
   memset(b->os, 0, sizeof b->os);
   a->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
   b->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+  memport__darwin_track(a, MEMPORT_HANDLE_PORT);
+  memport__darwin_track(b, MEMPORT_HANDLE_PORT);
   return 0;
 fail:
   memport__darwin_release_receive(ra);
@@ -166,13 +168,16 @@ fail:
 void memport__os_port_close(memport_port_t *p) {
   if (p == NULL)
     return;
-  if (port_mine(p)) {
-    memport__darwin_release_receive(p->rx);
-    memport__darwin_release_send(p->tx);
-  }
+  memport__darwin_untrack(p);
+  mach_port_name_t rx = p->rx, tx = p->tx;
+  bool mine = port_mine(p);
   p->rx = MACH_PORT_NULL;
   p->tx = MACH_PORT_NULL;
   p->os[MEMPORT__DARWIN_OS_STAMP] = 0;
+  if (mine) {
+    memport__darwin_release_receive(rx);
+    memport__darwin_release_send(tx);
+  }
 }
 
 int memport__os_port_dup(const memport_port_t *p, memport_port_t *out) {
@@ -326,17 +331,20 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     /* The peer now holds its own rights: drop ours (the copies were made by the kernel). */
     for (size_t i = 0; i < msg->nhandles; i++) {
       struct memport__handle *h = &msg->handles[i];
+      /* (fields cleared before the release: a fork racing with us must not see a stale name) */
+      mach_port_name_t name;
       if (h->kind == MEMPORT_HANDLE_REGION) {
-        memport__darwin_release_send(h->u.region->handle);
+        name = h->u.region->handle;
         h->u.region->handle = MEMPORT_OS_HANDLE_INVALID;
       } else if (h->kind == MEMPORT_HANDLE_SEM) {
-        memport__darwin_release_send(h->u.sem->handle);
+        name = h->u.sem->handle;
         h->u.sem->handle = MEMPORT_OS_HANDLE_INVALID;
       } else {
         h->u.port->rx = MACH_PORT_NULL; /* moved */
-        memport__darwin_release_send(h->u.port->tx);
+        name = h->u.port->tx;
         h->u.port->tx = MACH_PORT_NULL;
       }
+      memport__darwin_release_send(name);
     }
     return 0;
   }
@@ -541,6 +549,8 @@ static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle 
       rearm_no_senders(q->rx);
     }
   }
+  for (size_t i = 0; i < nh; i++)
+    memport__darwin_track(hs[i].obj, hs[i].kind);
   for (size_t i = 0; i < nh; i++) {
     void *obj = hs[i].obj;
     hs[i].obj = NULL;

@@ -4,33 +4,12 @@
 
 #include <mach/memory_object_types.h>
 #include <mach/vm_map.h>
-#include <pthread.h>
 
 /* The largest anonymous VM object the kernel creates for MAP_MEM_NAMED_CREATE (ANON_MAX_SIZE in
  * xnu: 4 GiB less one 4 KiB page); larger requests fail there with KERN_FAILURE. */
 #define MEMPORT__DARWIN_REGION_MAX ((uint64_t)0xFFFFF000u)
 
 size_t memport__os_page_size(void) { return (size_t)vm_page_size; }
-
-_Atomic uintptr_t memport__darwin_gen = 1;
-static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
-
-static void fork_child(void) {
-  /* The child has a fresh port name space: everything stamped before is the parent's. */
-  atomic_fetch_add_explicit(&memport__darwin_gen, 1, memory_order_relaxed);
-}
-
-static bool fork_installed;
-
-static void fork_install(void) { fork_installed = pthread_atfork(NULL, NULL, fork_child) == 0; }
-
-uintptr_t memport__darwin_stamp(void) {
-  /* Without the handler a fork child could release or send its own unrelated rights: no objects
-   * then (0: the callers fail with MEMPORT_ENOMEM, which is all pthread_atfork can fail with). */
-  if (pthread_once(&fork_once, fork_install) != 0 || !fork_installed)
-    return 0;
-  return atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
-}
 
 static bool page_aligned(uint64_t v) { return (v & (uint64_t)(vm_page_size - 1)) == 0; }
 
@@ -59,16 +38,20 @@ int memport__os_region_create(memport_region_t *r, size_t size) {
   }
   r->handle = entry;
   r->os = stamp;
+  memport__darwin_track(r, MEMPORT_HANDLE_REGION);
   return 0;
 }
 
 void memport__os_region_close(memport_region_t *r) {
   if (r == NULL)
     return;
-  if (memport__darwin_mine(r->os))
-    memport__darwin_release_send(r->handle);
+  memport__darwin_untrack(r);
+  mach_port_name_t h = r->handle;
+  bool mine = memport__darwin_mine(r->os);
   r->handle = MEMPORT_OS_HANDLE_INVALID;
   r->os = 0;
+  if (mine)
+    memport__darwin_release_send(h);
 }
 
 /* A new memory entry for [0, size) of the entry `parent` with exactly `prot`. The parent must be
@@ -102,6 +85,7 @@ int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_reg
       return err;
     out->handle = ro;
     out->os = r->os;
+    memport__darwin_track(out, MEMPORT_HANDLE_REGION);
     return 0;
   }
   /* Same entry, same access: one more user reference on the send right. */
@@ -110,6 +94,7 @@ int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_reg
     return memport__darwin_err(kr);
   out->handle = r->handle;
   out->os = r->os;
+  memport__darwin_track(out, MEMPORT_HANDLE_REGION);
   return 0;
 }
 
@@ -125,8 +110,9 @@ int memport__os_region_seal(memport_region_t *r) {
   /* Drop this handle's read-write right: from now on it names only the read-only entry. Other
    * handles to the read-write entry (earlier duplicates, copies sent away) are not affected: a
    * Mach memory entry is a capability, there is no seal on the memory object itself. */
-  memport__darwin_release_send(r->handle);
+  mach_port_name_t rw = r->handle;
   r->handle = ro;
+  memport__darwin_release_send(rw);
   return 0;
 }
 
@@ -262,6 +248,7 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
   r->size = size;
   r->readonly = ro;
   r->os = stamp;
+  memport__darwin_track(r, MEMPORT_HANDLE_REGION);
   return 0;
 }
 

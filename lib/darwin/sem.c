@@ -25,6 +25,7 @@ int memport__os_sem_create(memport_sem_t *s, unsigned initial) {
     return memport__darwin_err(kr);
   s->handle = sem;
   s->shared = (void *)stamp; /* Darwin keeps the fork generation here */
+  memport__darwin_track(s, MEMPORT_HANDLE_SEM);
   return 0;
 }
 
@@ -33,10 +34,13 @@ void memport__os_sem_close(memport_sem_t *s) {
     return;
   /* Only the send right: semaphore_destroy would destroy the semaphore for every other holder too.
    * The kernel frees it when the last send right is gone. */
-  if (memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s)))
-    memport__darwin_release_send(s->handle);
+  memport__darwin_untrack(s);
+  mach_port_name_t h = s->handle;
+  bool mine = memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s));
   s->handle = MEMPORT_OS_HANDLE_INVALID;
   s->shared = NULL;
+  if (mine)
+    memport__darwin_release_send(h);
 }
 
 /* A semaphore of this process (not copied from a fork parent) with a right. */
@@ -115,5 +119,6 @@ int memport__os_sem_dup(const memport_sem_t *s, memport_sem_t *out) {
     return sem_result(kr);
   out->handle = s->handle;
   out->shared = s->shared;
+  memport__darwin_track(out, MEMPORT_HANDLE_SEM);
   return 0;
 }
