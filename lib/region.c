@@ -159,23 +159,36 @@ int memport_region_dup(memport_region_t *region, unsigned flags, memport_region_
 int memport_region_readonly(memport_region_t *region, memport_region_t **out) {
   if (region == NULL || out == NULL)
     return MEMPORT_EINVAL;
-  /* The read-only handle first: if that fails, nothing has changed. */
   memport_region_t *n = calloc(1, sizeof *n);
   if (n == NULL)
     return MEMPORT_ENOMEM;
+  /* The read-only handle first, so that a failure changes nothing. */
   int rc = memport__os_region_dup(region, true, n);
-  if (rc < 0) {
+  if (rc == MEMPORT_ENOTSUP) {
+    /* This backend cannot make a read-only duplicate of a writable object here (Linux without
+     * /proc); once the object itself is read-only, a plain duplicate is. */
+    rc = memport__os_region_seal(region);
+    if (rc == 0) {
+      region->readonly = true;
+      rc = memport__os_region_dup(region, true, n);
+    }
+    if (rc < 0) {
+      free(n);
+      return rc;
+    }
+  } else if (rc < 0) {
     free(n);
     return rc;
+  } else {
+    rc = memport__os_region_seal(region);
+    if (rc < 0) {
+      memport__os_region_close(n);
+      free(n);
+      return rc;
+    }
   }
   n->size = region->size;
   n->readonly = true;
-  rc = memport__os_region_seal(region);
-  if (rc < 0) {
-    memport__os_region_close(n);
-    free(n);
-    return rc;
-  }
   region->readonly = true;
   *out = n;
   return 0;

@@ -649,10 +649,20 @@ static int child_without_proc(void *arg) {
   if (memport_region_dup(regions[1], MEMPORT_DUP_READONLY, &d) != 0 || memport_region_is_readonly(d) != 1)
     return 11;
   memport_region_close(d);
+  /* memport_region_readonly still works: it seals first, then duplicates */
+  memport_region_t *ro = NULL;
+  if (memport_region_readonly(regions[0], &ro) != 0 || memport_region_is_readonly(ro) != 1 ||
+      memport_region_is_readonly(regions[0]) != 1)
+    return 12;
+  memport_os_handle_t fd;
+  if (memport_region_os_handle(ro, &fd) != 0 || !(fcntl(fd, F_GET_SEALS) & F_SEAL_FUTURE_WRITE) ||
+      mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED)
+    return 13;
+  memport_region_close(ro);
   return 0;
 }
 
-static void test_dup_readonly_without_proc_is_enotsup(void **state) {
+static void test_dup_readonly_without_proc_is_enotsup_but_readonly_works(void **state) {
   (void)state;
   memport_region_t *regions[2], *sealed;
   th_assert_ok(memport_region_create(&regions[0], g_page, 0));
@@ -1157,7 +1167,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_dup_shares_memory_and_keeps_access),
       cmocka_unit_test(test_dup_readonly_is_a_readonly_description_while_region_stays_writable),
       cmocka_unit_test(test_other_uid_holder_cannot_reopen_writable_but_can_dup_readonly),
-      cmocka_unit_test(test_dup_readonly_without_proc_is_enotsup),
+      cmocka_unit_test(test_dup_readonly_without_proc_is_enotsup_but_readonly_works),
       cmocka_unit_test(test_dup_rejects_bad_arguments_without_leaks),
       cmocka_unit_test(test_os_handle_rejects_null),
       cmocka_unit_test(test_adopt_takes_size_from_the_file_and_owns_the_handle),
