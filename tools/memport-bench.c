@@ -1998,7 +1998,8 @@ static void print_targets(void) {
            " (%.3f syscalls, %.3f allocations per round trip)",
            r->what, r->syscalls[0], r->syscalls[1], r->allocs[0], r->allocs[1], r->messages, sc, al);
     if (spin)
-      printf("  %s\n", sc < 0.01 && r->allocs[0] + r->allocs[1] == 0 ? "PASS" : "MISS");
+      printf("  %s%s\n", sc < 0.01 && r->allocs[0] + r->allocs[1] == 0 ? "PASS" : "MISS",
+             r->probe_allocs ? "" : " (system calls only: allocations not counted)");
     else
       printf("  (contrast: blocking mode sleeps)\n");
 #ifdef BENCH_COUNTS_MALLOC
