@@ -286,7 +286,7 @@ static void test_share_is_a_noop_on_a_memport_mapping(void **state) {
   memport_region_close(r);
 }
 
-static void test_shared_memory_can_be_remapped(void **state) {
+static void test_shared_memory_can_be_remapped_and_is_not_moved_back_while_viewed(void **state) {
   (void)state;
   if (!can_duplicate_mappings())
     skip();
@@ -298,7 +298,22 @@ static void test_shared_memory_can_be_remapped(void **state) {
   th_assert_ok(memport_remap(p, 2 * g_page, 0, (void **)&view));
   strcpy(p + g_page, "one page, two addresses");
   assert_string_equal(view + g_page, "one page, two addresses");
+  /* moving it back to private memory would detach it from the view: refused while it exists */
+  struct counts c = counts_now();
+  th_assert_rc(memport_inherit(p, 2 * g_page, MEMPORT_INHERIT_COPY), MEMPORT_EBUSY);
+  th_assert_rc(memport_inherit(p + g_page, g_page, MEMPORT_INHERIT_ZERO), MEMPORT_EBUSY);
+  assert_counts(c);
+  assert_true(is_shared(p));
+  /* a view of the first page only does not hold the second */
+  char *view1;
+  th_assert_ok(memport_remap(p, g_page, MEMPORT_MAP_READONLY, (void **)&view1));
   th_assert_ok(memport_unmap(view));
+  th_assert_ok(memport_inherit(p + g_page, g_page, MEMPORT_INHERIT_COPY));
+  th_assert_rc(memport_inherit(p, g_page, MEMPORT_INHERIT_COPY), MEMPORT_EBUSY);
+  th_assert_ok(memport_unmap(view1));
+  th_assert_ok(memport_inherit(p, g_page, MEMPORT_INHERIT_COPY));
+  assert_false(is_shared(p));
+  assert_string_equal(p + g_page, "one page, two addresses");
   unanon(p, 2);
 }
 
@@ -520,7 +535,7 @@ int main(void) {
       cmocka_unit_test(test_share_keeps_protection_and_unreadable_contents),
       cmocka_unit_test(test_share_of_heap_memory_works),
       cmocka_unit_test(test_share_is_a_noop_on_a_memport_mapping),
-      cmocka_unit_test(test_shared_memory_can_be_remapped),
+      cmocka_unit_test(test_shared_memory_can_be_remapped_and_is_not_moved_back_while_viewed),
       cmocka_unit_test(test_share_refuses_file_backed_and_executable_memory),
       cmocka_unit_test(test_copy_is_copy_on_write_from_both_sides),
       cmocka_unit_test(test_copy_moves_shared_memory_back_to_private_keeping_contents),

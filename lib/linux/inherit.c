@@ -142,6 +142,31 @@ static int memport__share(uintptr_t addr, size_t len, const struct memport__vma 
   return rc;
 }
 
+/* Does another mapping of this process show the same memfd pages as the SHARE'd piece `v`
+ * (a view made by memport_remap)? Moving the piece back to private memory would silently
+ * detach it from that view. */
+struct memport__views {
+  const struct memport__vma *piece;
+  uint64_t off_hi;
+};
+
+static int memport__views_fn(const struct memport__vma *w, void *arg) {
+  const struct memport__views *q = arg;
+  const struct memport__vma *v = q->piece;
+  if (w->inode != v->inode || w->dev_major != v->dev_major || w->dev_minor != v->dev_minor)
+    return 0;
+  if (v->start >= w->start && v->start < w->end)
+    return 0; /* the piece's own mapping */
+  uint64_t lo = w->pgoff, hi = w->pgoff + (w->end - w->start);
+  return (lo < q->off_hi && v->pgoff < hi) ? 1 : 0;
+}
+
+static int memport__check_no_views(const struct memport__vma *v) {
+  struct memport__views q = {.piece = v, .off_hi = v->pgoff + (v->end - v->start)};
+  int rc = memport__linux_maps_foreach(memport__views_fn, &q);
+  return rc > 0 ? MEMPORT_EBUSY : rc;
+}
+
 static int memport__madvise(uintptr_t addr, size_t n, int advice) {
   if (madvise((void *)addr, n, advice) == 0)
     return 0;
@@ -173,6 +198,8 @@ int memport__os_inherit(void *addr, size_t len, int mode) {
         rc = MEMPORT_ENOTSUP;
       else if (mode == MEMPORT_INHERIT_ZERO && !v[i].shared && !v[i].anon)
         rc = MEMPORT_ENOTSUP; /* MADV_WIPEONFORK takes private anonymous memory only */
+      else if (v[i].memport_share)
+        rc = memport__check_no_views(&v[i]); /* MEMPORT_EBUSY while remapped elsewhere */
     }
     for (size_t i = 0; i < nv && rc == 0; i++)
       if (v[i].memport_share)

@@ -91,18 +91,23 @@ MEMPORT_HIDDEN int memport__linux_memfd_check(int fd, size_t *size, bool *readon
 /* The memfd name of memory that memport_inherit(SHARE) moved onto a memfd: "/memfd:NAME" in maps. */
 #define MEMPORT__LINUX_SHARE_NAME "memport-share"
 
-/* One kernel mapping (VMA) of this process, as /proc/self/maps shows it, clipped to a range. */
+/* One kernel mapping (VMA) of this process, as /proc/self/maps shows it. */
 struct memport__vma {
   uintptr_t start, end; /* [start, end), page-aligned */
+  uint64_t pgoff;       /* file offset of start */
+  unsigned dev_major, dev_minor;
+  uint64_t inode;       /* 0: no file behind it */
   int prot;             /* PROT_READ | PROT_WRITE | PROT_EXEC */
   bool shared;          /* MAP_SHARED */
-  bool inode_zero;      /* no file behind it */
   bool anon;            /* private or shared anonymous memory: no file, or [heap], [stack], [anon:...] */
   bool memport_share;   /* a memfd made by memport_inherit(MEMPORT_INHERIT_SHARE) */
 };
-/* The mappings covering [addr, addr+len), in address order, clipped to the range, in a malloc'd
- * array the caller frees. MEMPORT_ENOMEM if part of the range is not mapped; MEMPORT_ENOTSUP if
- * /proc/self/maps cannot be read. A snapshot: other threads may change mappings meanwhile. */
+/* Call fn for every mapping of this process, in address order, until fn returns non-zero (which
+ * is returned). MEMPORT_ENOTSUP if /proc/self/maps cannot be read. A snapshot: fn must not map
+ * or unmap memory, and other threads may change mappings meanwhile. */
+MEMPORT_HIDDEN int memport__linux_maps_foreach(int (*fn)(const struct memport__vma *v, void *arg), void *arg);
+/* The mappings covering [addr, addr+len), in address order, clipped to the range (pgoff adjusted),
+ * in a malloc'd array the caller frees. MEMPORT_ENOMEM if part of the range is not mapped. */
 MEMPORT_HIDDEN int memport__linux_vmas(uintptr_t addr, size_t len, struct memport__vma **out, size_t *count);
 
 #endif /* MEMPORT_LINUX_OS_H */

@@ -264,73 +264,69 @@ static int memport__hexval(char c) {
   return -1;
 }
 
-/* Parse one line of /proc/self/maps; 0 on success. */
+/* A number in base 16 or 10 at *p (advanced past it); false when there are no digits. */
+static bool memport__parse_num(const char **pp, const char *end, unsigned base, uint64_t *out) {
+  const char *p = *pp;
+  uint64_t v = 0;
+  int d;
+  while (p < end && (d = memport__hexval(*p)) >= 0 && (unsigned)d < base) {
+    v = v * base + (uint64_t)d;
+    p++;
+  }
+  if (p == *pp)
+    return false;
+  *pp = p;
+  *out = v;
+  return true;
+}
+
+/* Parse one line of /proc/self/maps: "start-end perms offset major:minor inode   path". */
 static int memport__parse_maps_line(const char *line, size_t n, struct memport__vma *v) {
   const char *p = line, *end = line + n;
-  uintptr_t lo = 0, hi = 0;
-  int d, digits = 0;
-  while (p < end && (d = memport__hexval(*p)) >= 0) {
-    lo = (lo << 4) | (uintptr_t)d;
-    p++, digits++;
-  }
-  if (digits == 0 || p >= end || *p++ != '-')
-    return -1;
-  digits = 0;
-  while (p < end && (d = memport__hexval(*p)) >= 0) {
-    hi = (hi << 4) | (uintptr_t)d;
-    p++, digits++;
-  }
-  if (digits == 0 || p + 5 > end || *p++ != ' ')
+  uint64_t lo, hi, off, major, minor, inode;
+  if (!memport__parse_num(&p, end, 16, &lo) || p >= end || *p++ != '-' || !memport__parse_num(&p, end, 16, &hi) ||
+      p + 6 > end || *p++ != ' ')
     return -1;
   memset(v, 0, sizeof *v);
-  v->start = lo;
-  v->end = hi;
   v->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) | (p[2] == 'x' ? PROT_EXEC : 0);
   v->shared = p[3] == 's';
   p += 4;
-  /* offset, device, inode, then the path (which may contain spaces) */
-  for (int field = 0; field < 3; field++) {
-    while (p < end && *p == ' ')
-      p++;
-    const char *f = p;
-    while (p < end && *p != ' ')
-      p++;
-    if (field == 2)
-      v->inode_zero = (p - f == 1 && *f == '0');
-  }
+  if (p >= end || *p++ != ' ' || !memport__parse_num(&p, end, 16, &off) || p >= end || *p++ != ' ' ||
+      !memport__parse_num(&p, end, 16, &major) || p >= end || *p++ != ':' || !memport__parse_num(&p, end, 16, &minor) ||
+      p >= end || *p++ != ' ' || !memport__parse_num(&p, end, 10, &inode))
+    return -1;
+  v->start = (uintptr_t)lo;
+  v->end = (uintptr_t)hi;
+  v->pgoff = off;
+  v->dev_major = (unsigned)major;
+  v->dev_minor = (unsigned)minor;
+  v->inode = inode;
   while (p < end && *p == ' ')
     p++;
-  size_t plen = (size_t)(end - p);
+  size_t plen = (size_t)(end - p); /* the path, which may contain spaces */
 #define MEMPORT__IS(lit) (plen == sizeof lit - 1 && memcmp(p, lit, plen) == 0)
-  v->anon = v->inode_zero && (plen == 0 || MEMPORT__IS("[heap]") || MEMPORT__IS("[stack]") ||
-                              (plen > 6 && memcmp(p, "[anon:", 6) == 0));
+  v->anon = inode == 0 && (plen == 0 || MEMPORT__IS("[heap]") || MEMPORT__IS("[stack]") ||
+                           (plen > 6 && memcmp(p, "[anon:", 6) == 0));
   static const char share_name[] = "/memfd:" MEMPORT__LINUX_SHARE_NAME " (deleted)";
   v->memport_share = v->shared && MEMPORT__IS(share_name);
 #undef MEMPORT__IS
   return 0;
 }
 
-int memport__linux_vmas(uintptr_t addr, size_t len, struct memport__vma **out, size_t *count) {
-  *out = NULL;
-  *count = 0;
-  if (len == 0 || addr + len < addr)
-    return MEMPORT_EINVAL;
-  uintptr_t lim = addr + len;
+int memport__linux_maps_foreach(int (*fn)(const struct memport__vma *v, void *arg), void *arg) {
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return (errno == EMFILE || errno == ENFILE || errno == ENOMEM) ? memport__linux_err() : MEMPORT_ENOTSUP;
   size_t cap = 8192; /* a line is at most ~100 bytes plus a path of at most PATH_MAX */
   char *buf = malloc(cap);
-  struct memport__vma *v = NULL;
-  size_t nv = 0, vcap = 0, have = 0;
-  uintptr_t next = addr; /* the first address not yet accounted for */
+  size_t have = 0;
+  bool eof = false;
   int rc = 0;
-  bool eof = false, done = false;
   if (buf == NULL) {
     rc = MEMPORT_ENOMEM;
     goto out;
   }
-  while (!done) {
+  while (rc == 0) {
     char *nl = memchr(buf, '\n', have);
     if (nl == NULL) {
       if (eof) {
@@ -340,14 +336,14 @@ int memport__linux_vmas(uintptr_t addr, size_t len, struct memport__vma **out, s
       } else {
         if (have == cap) {
           rc = MEMPORT_EPROTO; /* a line longer than any real one */
-          goto out;
+          break;
         }
         ssize_t n = read(fd, buf + have, cap - have);
         if (n < 0 && errno == EINTR)
           continue;
         if (n < 0) {
           rc = memport__linux_err();
-          goto out;
+          break;
         }
         if (n == 0)
           eof = true;
@@ -357,48 +353,65 @@ int memport__linux_vmas(uintptr_t addr, size_t len, struct memport__vma **out, s
     }
     size_t linelen = (size_t)(nl - buf);
     struct memport__vma cur;
-    if (memport__parse_maps_line(buf, linelen, &cur) == 0) {
-      if (cur.start >= lim) {
-        done = true;
-      } else if (cur.end > next) {
-        if (cur.start > next) { /* a hole in the range */
-          rc = MEMPORT_ENOMEM;
-          goto out;
-        }
-        cur.start = next;
-        if (cur.end > lim)
-          cur.end = lim;
-        if (nv == vcap) {
-          size_t ncap = vcap ? vcap * 2 : 8;
-          struct memport__vma *nvp = realloc(v, ncap * sizeof *v);
-          if (nvp == NULL) {
-            rc = MEMPORT_ENOMEM;
-            goto out;
-          }
-          v = nvp;
-          vcap = ncap;
-        }
-        v[nv++] = cur;
-        next = cur.end;
-        if (next >= lim)
-          done = true;
-      }
-    }
+    if (memport__parse_maps_line(buf, linelen, &cur) == 0)
+      rc = fn(&cur, arg);
     size_t consumed = linelen < have ? linelen + 1 : have;
     memmove(buf, buf + consumed, have - consumed);
     have -= consumed;
   }
-  if (next < lim)
-    rc = MEMPORT_ENOMEM; /* the range runs past the last mapping */
 out:
   memport__linux_close(fd);
   free(buf);
+  return rc;
+}
+
+struct memport__vma_collect {
+  uintptr_t next, lim; /* the first address not yet accounted for; the end of the range */
+  struct memport__vma *v;
+  size_t nv, cap;
+};
+
+static int memport__vma_collect_fn(const struct memport__vma *vma, void *arg) {
+  struct memport__vma_collect *c = arg;
+  if (vma->start >= c->lim)
+    return 1;
+  if (vma->end <= c->next)
+    return 0;
+  if (vma->start > c->next)
+    return MEMPORT_ENOMEM; /* a hole in the range */
+  struct memport__vma cur = *vma;
+  cur.pgoff += c->next - cur.start;
+  cur.start = c->next;
+  if (cur.end > c->lim)
+    cur.end = c->lim;
+  if (c->nv == c->cap) {
+    size_t ncap = c->cap ? c->cap * 2 : 8;
+    struct memport__vma *n = realloc(c->v, ncap * sizeof *n);
+    if (n == NULL)
+      return MEMPORT_ENOMEM;
+    c->v = n;
+    c->cap = ncap;
+  }
+  c->v[c->nv++] = cur;
+  c->next = cur.end;
+  return c->next >= c->lim ? 1 : 0;
+}
+
+int memport__linux_vmas(uintptr_t addr, size_t len, struct memport__vma **out, size_t *count) {
+  *out = NULL;
+  *count = 0;
+  if (len == 0 || addr + len < addr)
+    return MEMPORT_EINVAL;
+  struct memport__vma_collect c = {.next = addr, .lim = addr + len};
+  int rc = memport__linux_maps_foreach(memport__vma_collect_fn, &c);
+  if (rc >= 0 && c.next < c.lim)
+    rc = MEMPORT_ENOMEM; /* the range runs past the last mapping */
   if (rc < 0) {
-    free(v);
+    free(c.v);
     return rc;
   }
-  *out = v;
-  *count = nv;
+  *out = c.v;
+  *count = c.nv;
   return 0;
 }
 
