@@ -304,12 +304,14 @@ static int child_receives_sem(void *arg) {
     return 2;
   if (memport_msg_take_sem(m, 0, &s) != 0)
     return 3;
-  memport_msg_close(m);
-  /* The parent kept its handle: it signals us, we answer twice. */
+  /* The parent kept its handle: it signals us, we say so on the port, then answer twice. */
   if (memport_sem_wait(s, 10000 * MS) != 0)
     return 4;
-  if (memport_sem_signal(s) != 0 || memport_sem_signal(s) != 0)
+  if (memport_msg_set_bytes(m, "taken", 5) != 0 || memport_port_send(port, m, 10000 * MS) != 0)
     return 5;
+  if (memport_sem_signal(s) != 0 || memport_sem_signal(s) != 0)
+    return 6;
+  memport_msg_close(m);
   memport_sem_close(s);
   return 0;
 }
@@ -327,8 +329,12 @@ static void test_sem_sent_in_a_message_works_in_the_receiver(void **state) {
   th_assert_ok(memport_msg_attach_sem(m, s, MEMPORT_ATTACH_COPY));
   th_assert_ok(memport_port_send(a, m, 10000 * MS));
   th_assert_ok(memport_sem_signal(s));
-  sleep_ms(20);
-  /* Our own signal was taken by the child, not by us. */
+  /* The child took our signal (it says so), then made two of its own. */
+  th_assert_ok(memport_port_recv(a, m, 10000 * MS));
+  size_t len;
+  const void *bytes = memport_msg_bytes(m, &len);
+  assert_int_equal(len, 5);
+  assert_memory_equal(bytes, "taken", 5);
   th_assert_ok(memport_sem_wait(s, 10000 * MS));
   th_assert_ok(memport_sem_wait(s, 10000 * MS));
   assert_int_equal(th_wait(pid, 30), 0);
