@@ -8,7 +8,82 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------------------------------ */
-/* Ranges.                                                                                      */
+/* Ranges.
+ *
+ * SHARE, COPY and NONE are the kernel's own inheritance values (mach_vm_inherit). xnu has no
+ * zero-on-fork value (vm_inherit.h: SHARE, COPY, NONE, and the obsolete DONATE_COPY), so ZERO is
+ * built from NONE: the range is marked VM_INHERIT_NONE, so that no byte of it ever reaches a child,
+ * and remembered; in a child made by fork(), memport's atfork handler maps fresh zero-filled pages
+ * at the same addresses with the same protections, and marks them NONE again for grandchildren.
+ * Children made without fork()'s atfork handlers (a raw fork system call) see the range absent,
+ * as with NONE. Setting another mode on (part of) the range forgets it.
+ */
+
+struct zero_range {
+  uint64_t start, end;
+};
+
+struct zero_piece {
+  uint64_t start, end;
+  vm_prot_t prot, max;
+};
+
+static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER; /* guards everything below */
+static struct zero_range *zeros;
+static size_t nzeros, capzeros;
+static struct zero_piece *zero_plan; /* made by the prepare handler, used in the child */
+static size_t nplan;
+
+/* Forget [start, end) from the ZERO ranges (fork_lock held). May need one more slot. */
+static int zero_forget(uint64_t start, uint64_t end) {
+  for (size_t i = 0; i < nzeros; i++) {
+    struct zero_range z = zeros[i];
+    if (z.end <= start || z.start >= end)
+      continue;
+    if (z.start < start && z.end > end) { /* split in two */
+      if (nzeros == capzeros) {
+        size_t cap = capzeros == 0 ? 16 : capzeros * 2;
+        struct zero_range *n = realloc(zeros, cap * sizeof *n);
+        if (n == NULL)
+          return MEMPORT_ENOMEM;
+        zeros = n;
+        capzeros = cap;
+      }
+      zeros[i].end = start;
+      zeros[nzeros].start = end;
+      zeros[nzeros].end = z.end;
+      nzeros++;
+      continue;
+    }
+    if (z.start < start) {
+      zeros[i].end = start;
+    } else if (z.end > end) {
+      zeros[i].start = end;
+    } else {
+      zeros[i] = zeros[--nzeros];
+      i--; /* look at the moved one */
+    }
+  }
+  return 0;
+}
+
+static int zero_remember(uint64_t start, uint64_t end) {
+  int err = zero_forget(start, end);
+  if (err < 0)
+    return err;
+  if (nzeros == capzeros) {
+    size_t cap = capzeros == 0 ? 16 : capzeros * 2;
+    struct zero_range *n = realloc(zeros, cap * sizeof *n);
+    if (n == NULL)
+      return MEMPORT_ENOMEM;
+    zeros = n;
+    capzeros = cap;
+  }
+  zeros[nzeros].start = start;
+  zeros[nzeros].end = end;
+  nzeros++;
+  return 0;
+}
 
 int memport__os_inherit(void *addr, size_t len, int mode) {
   vm_inherit_t inh;
@@ -20,12 +95,9 @@ int memport__os_inherit(void *addr, size_t len, int mode) {
     inh = VM_INHERIT_COPY;
     break;
   case MEMPORT_INHERIT_NONE:
+  case MEMPORT_INHERIT_ZERO:
     inh = VM_INHERIT_NONE;
     break;
-  case MEMPORT_INHERIT_ZERO:
-    /* xnu has no zero-on-fork inheritance (vm_inherit.h defines SHARE, COPY, NONE and the
-     * obsolete DONATE_COPY only; minherit(2) the same three). */
-    return MEMPORT_ENOTSUP;
   default:
     return MEMPORT_EINVAL;
   }
@@ -34,12 +106,105 @@ int memport__os_inherit(void *addr, size_t len, int mode) {
     return MEMPORT_EINVAL;
   if ((uintptr_t)addr > UINTPTR_MAX - len)
     return MEMPORT_EOVERFLOW;
-  kern_return_t kr = mach_vm_inherit(mach_task_self(), (mach_vm_address_t)(uintptr_t)addr, (mach_vm_size_t)len, inh);
-  /* vm_map_inherit applies the mode to every mapping inside the range and passes over holes (where
-   * Linux's madvise(2) fails with ENOMEM); an address outside the task's map is "not mapped". */
-  if (kr == KERN_INVALID_ADDRESS)
-    return MEMPORT_ENOMEM;
-  return memport__darwin_err(kr);
+  if (mode == MEMPORT_INHERIT_ZERO && memport__darwin_stamp() == 0)
+    return MEMPORT_ENOMEM; /* no fork handlers */
+  uint64_t start = (uint64_t)(uintptr_t)addr, end = start + len;
+  pthread_mutex_lock(&fork_lock);
+  /* Room for the bookkeeping first, so that a failure leaves the inheritance unchanged. */
+  int err = 0;
+  if (nzeros + 2 > capzeros) {
+    size_t cap = capzeros == 0 ? 16 : capzeros * 2 + 2;
+    struct zero_range *n = realloc(zeros, cap * sizeof *n);
+    if (n == NULL)
+      err = MEMPORT_ENOMEM;
+    else {
+      zeros = n;
+      capzeros = cap;
+    }
+  }
+  if (err == 0) {
+    kern_return_t kr = mach_vm_inherit(mach_task_self(), (mach_vm_address_t)start, (mach_vm_size_t)len, inh);
+    /* vm_map_inherit applies the mode to every mapping inside the range and passes over holes
+     * (where Linux's madvise(2) fails with ENOMEM); an address outside the task's map is "not
+     * mapped". */
+    if (kr == KERN_INVALID_ADDRESS)
+      err = MEMPORT_ENOMEM;
+    else if (kr != KERN_SUCCESS)
+      err = memport__darwin_err(kr);
+  }
+  if (err == 0)
+    err = mode == MEMPORT_INHERIT_ZERO ? zero_remember(start, end) : zero_forget(start, end);
+  pthread_mutex_unlock(&fork_lock);
+  return err;
+}
+
+/* Prepare handler: the pieces of the ZERO ranges that are still mapped with VM_INHERIT_NONE, and
+ * their protections (fork_lock held). Ranges nothing is mapped in any more are dropped. */
+static void zero_plan_make(void) {
+  free(zero_plan);
+  zero_plan = NULL;
+  nplan = 0;
+  if (nzeros == 0)
+    return;
+  size_t cap = nzeros * 2 + 8;
+  zero_plan = malloc(cap * sizeof *zero_plan);
+  if (zero_plan == NULL)
+    return;
+  mach_port_t task = mach_task_self();
+  for (size_t i = 0; i < nzeros; i++) {
+    bool mapped = false;
+    mach_vm_address_t a = zeros[i].start;
+    while (a < zeros[i].end) {
+      mach_vm_address_t ra = a;
+      mach_vm_size_t rs = 0;
+      vm_region_basic_info_data_64_t info;
+      mach_msg_type_number_t count = VM_REGION_BASIC_INFO_COUNT_64;
+      mach_port_t obj = MACH_PORT_NULL;
+      kern_return_t kr =
+          mach_vm_region(task, &ra, &rs, VM_REGION_BASIC_INFO_64, (vm_region_info_t)&info, &count, &obj);
+      memport__darwin_release_send(obj);
+      if (kr != KERN_SUCCESS || ra >= zeros[i].end || rs == 0)
+        break;
+      mapped = true;
+      uint64_t ps = ra > a ? ra : a;
+      uint64_t pe = ra + rs < zeros[i].end ? ra + rs : zeros[i].end;
+      if (info.inheritance == VM_INHERIT_NONE && pe > ps) {
+        if (nplan == cap) {
+          struct zero_piece *n = realloc(zero_plan, cap * 2 * sizeof *n);
+          if (n == NULL)
+            return;
+          zero_plan = n;
+          cap *= 2;
+        }
+        zero_plan[nplan].start = ps;
+        zero_plan[nplan].end = pe;
+        zero_plan[nplan].prot = info.protection;
+        zero_plan[nplan].max = info.max_protection;
+        nplan++;
+      }
+      a = ra + rs;
+    }
+    if (!mapped) { /* unmapped since: forget it */
+      zeros[i] = zeros[--nzeros];
+      i--;
+    }
+  }
+}
+
+/* Child handler: fresh zero pages where the parent had ZERO ranges (absent here, being NONE). */
+static void zero_plan_apply(void) {
+  mach_port_t task = mach_task_self();
+  for (size_t i = 0; i < nplan; i++) {
+    struct zero_piece *z = &zero_plan[i];
+    mach_vm_address_t a = z->start;
+    mach_vm_size_t len = z->end - z->start;
+    /* FIXED without OVERWRITE: only where nothing is mapped, which is where the NONE range was */
+    if (mach_vm_allocate(task, &a, len, VM_FLAGS_FIXED) != KERN_SUCCESS)
+      continue;
+    (void)mach_vm_protect(task, a, len, TRUE, z->max);
+    (void)mach_vm_protect(task, a, len, FALSE, z->prot);
+    (void)mach_vm_inherit(task, a, len, VM_INHERIT_NONE); /* still ZERO for grandchildren */
+  }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -103,7 +268,6 @@ struct grant_tail {
   uint32_t count;
 };
 
-static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tracked *tracked;
 static size_t ntracked, captracked;
 static struct fork_record *pending;  /* parent: records the broker may hand out */
@@ -294,6 +458,7 @@ static void fork_prepare(void) {
   pthread_mutex_lock(&fork_lock);
   current = NULL;
   broker_slot = -1;
+  zero_plan_make();
   if (ntracked == 0 || !broker_start())
     return;
   mach_port_t task = mach_task_self();
@@ -364,6 +529,9 @@ static void fork_parent(void) {
   }
   broker_slot = -1;
   current = NULL;
+  free(zero_plan);
+  zero_plan = NULL;
+  nplan = 0;
   pthread_mutex_unlock(&fork_lock);
 }
 
@@ -451,6 +619,10 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
 static void fork_child(void) {
   /* Everything stamped before belongs to the parent's name space. */
   atomic_fetch_add_explicit(&memport__darwin_gen, 1, memory_order_relaxed);
+  zero_plan_apply();
+  free(zero_plan);
+  zero_plan = NULL;
+  nplan = 0;
   struct fork_record *r = current;
   int slot = broker_slot;
   /* None of the parent's records, threads or ports exist here. Free the copies of the records
