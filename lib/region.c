@@ -19,11 +19,13 @@ struct memport__mapping {
   uintptr_t base;
   size_t len;
   unsigned flags; /* MEMPORT__MAPPING_* */
+  uintptr_t src;  /* MEMPORT__MAPPING_REMAP: the range this view shows, [src, src+len) */
 };
 
 static pthread_mutex_t memport__reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct memport__mapping *memport__reg;
 static size_t memport__reg_count, memport__reg_cap;
+static size_t memport__reg_views; /* entries with MEMPORT__MAPPING_REMAP */
 static pthread_once_t memport__reg_once = PTHREAD_ONCE_INIT;
 
 /* fork() while another thread holds the lock must not leave the child's registry locked. */
@@ -52,6 +54,18 @@ static size_t memport__reg_lower_bound(uintptr_t base) {
   return lo;
 }
 
+/* Is some memport_remap view showing pages of [base, base+len)? Lock held. */
+static bool memport__reg_viewed(uintptr_t base, size_t len) {
+  if (memport__reg_views == 0)
+    return false;
+  for (size_t i = 0; i < memport__reg_count; i++) {
+    const struct memport__mapping *m = &memport__reg[i];
+    if ((m->flags & MEMPORT__MAPPING_REMAP) && m->src < base + len && base < m->src + m->len)
+      return true;
+  }
+  return false;
+}
+
 /* Index of the entry starting exactly at base, or SIZE_MAX. Lock held. */
 static size_t memport__reg_find(uintptr_t base) {
   size_t i = memport__reg_lower_bound(base);
@@ -59,6 +73,8 @@ static size_t memport__reg_find(uintptr_t base) {
 }
 
 static void memport__reg_remove_at(size_t i) {
+  if (memport__reg[i].flags & MEMPORT__MAPPING_REMAP)
+    memport__reg_views--;
   memmove(&memport__reg[i], &memport__reg[i + 1], (memport__reg_count - i - 1) * sizeof *memport__reg);
   memport__reg_count--;
   if (memport__reg_count == 0) {
@@ -70,7 +86,7 @@ static void memport__reg_remove_at(size_t i) {
 
 /* Record a mapping the kernel just gave us. Entries overlapping it are stale (their owner
  * unmapped them behind memport's back, since the kernel handed the addresses out again) and go. */
-static int memport__reg_add(void *addr, size_t len, unsigned flags) {
+static int memport__reg_add(void *addr, size_t len, unsigned flags, const void *src) {
   uintptr_t base = (uintptr_t)addr;
   int rc = 0;
   memport__reg_lock_acquire();
@@ -92,8 +108,10 @@ static int memport__reg_add(void *addr, size_t len, unsigned flags) {
     memport__reg_cap = ncap;
   }
   memmove(&memport__reg[i + 1], &memport__reg[i], (memport__reg_count - i) * sizeof *memport__reg);
-  memport__reg[i] = (struct memport__mapping){.base = base, .len = len, .flags = flags};
+  memport__reg[i] = (struct memport__mapping){.base = base, .len = len, .flags = flags, .src = (uintptr_t)src};
   memport__reg_count++;
+  if (flags & MEMPORT__MAPPING_REMAP)
+    memport__reg_views++;
 out:
   pthread_mutex_unlock(&memport__reg_lock);
   return rc;
@@ -264,7 +282,7 @@ int memport_region_map(memport_region_t *region, unsigned flags, void **addr) {
     if (rc < 0)
       return rc;
   }
-  rc = memport__reg_add(base, len, rflags);
+  rc = memport__reg_add(base, len, rflags, NULL);
   if (rc < 0) {
     memport__os_unmap(base, len);
     return rc;
@@ -281,6 +299,10 @@ int memport_unmap(void *addr) {
   size_t i = memport__reg_find((uintptr_t)addr);
   if (i == SIZE_MAX) {
     rc = MEMPORT_EINVAL;
+  } else if (memport__reg_viewed(memport__reg[i].base, memport__reg[i].len)) {
+    /* A view made by memport_remap still shows these pages: unmap the view first, so that the
+     * lifetime of a view never outlasts what it was made from (the same rule on every OS). */
+    rc = MEMPORT_EBUSY;
   } else {
     /* Unmapped under the lock: the address cannot be handed out and registered meanwhile. */
     rc = memport__os_unmap(addr, memport__reg[i].len);
@@ -318,7 +340,7 @@ int memport_remap(void *addr, size_t len, unsigned flags, void **out) {
   int rc = memport__os_remap(addr, len, readonly, &view);
   if (rc < 0)
     return rc;
-  rc = memport__reg_add(view, len, MEMPORT__MAPPING_REMAP | (readonly ? MEMPORT__MAPPING_READONLY : 0u));
+  rc = memport__reg_add(view, len, MEMPORT__MAPPING_REMAP | (readonly ? MEMPORT__MAPPING_READONLY : 0u), addr);
   if (rc < 0) {
     memport__os_unmap(view, len);
     return rc;

@@ -953,7 +953,7 @@ static void test_region_travels_across_fork_and_exec_as_a_raw_handle(void **stat
 
 /* ---- remap -------------------------------------------------------------------------------- */
 
-static void test_remap_of_a_memport_mapping_shares_the_pages(void **state) {
+static void test_remap_of_a_memport_mapping_shares_the_pages_and_holds_the_original(void **state) {
   (void)state;
   if (!can_duplicate_mappings())
     skip();
@@ -969,12 +969,19 @@ static void test_remap_of_a_memport_mapping_shares_the_pages(void **state) {
   assert_string_equal(v + 10, "original");
   strcpy(v + g_page + 20, "view");
   assert_string_equal(p + 2 * g_page + 20, "view");
-  /* the view stays valid after the original goes */
-  th_assert_ok(memport_unmap(p));
-  assert_string_equal(v + 10, "original");
+  /* the original cannot go while a view of it exists */
+  th_assert_rc(memport_unmap(p), MEMPORT_EBUSY);
+  assert_true(is_mapped(p, 4 * g_page));
+  /* a view of a view holds the first view */
+  char *vv;
+  th_assert_ok(memport_remap(v + g_page, g_page, MEMPORT_MAP_READONLY, (void **)&vv));
+  assert_string_equal(vv + 20, "view");
+  th_assert_rc(memport_unmap(v), MEMPORT_EBUSY);
+  th_assert_ok(memport_unmap(vv));
   th_assert_ok(memport_unmap(v));
   assert_false(is_mapped(v, 2 * g_page));
   th_assert_rc(memport_unmap(v), MEMPORT_EINVAL);
+  th_assert_ok(memport_unmap(p));
   memport_region_close(r);
 }
 
@@ -1010,6 +1017,11 @@ static void test_remap_of_a_whole_mirror_is_a_mirror(void **state) {
   assert_int_equal(v[7], 0x42);
   assert_int_equal(m[7], 0x42);
   assert_int_equal(m[g_page + 7], 0x42);
+  /* views only hold the mappings they show */
+  void *other;
+  th_assert_ok(memport_region_map(r, 0, &other));
+  th_assert_ok(memport_unmap(other));
+  th_assert_rc(memport_unmap(m), MEMPORT_EBUSY);
   th_assert_ok(memport_unmap(v));
   th_assert_ok(memport_unmap(m));
   memport_region_close(r);
@@ -1174,7 +1186,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_adopt_detects_readonly_from_seals_and_access_mode),
       cmocka_unit_test(test_adopt_failure_leaves_the_handle_open_and_leaks_nothing),
       cmocka_unit_test(test_region_travels_across_fork_and_exec_as_a_raw_handle),
-      cmocka_unit_test(test_remap_of_a_memport_mapping_shares_the_pages),
+      cmocka_unit_test(test_remap_of_a_memport_mapping_shares_the_pages_and_holds_the_original),
       cmocka_unit_test(test_remap_readonly_view_faults_while_original_stays_writable),
       cmocka_unit_test(test_remap_of_a_whole_mirror_is_a_mirror),
       cmocka_unit_test(test_remap_of_private_memory_is_enotsup),
