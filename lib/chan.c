@@ -64,8 +64,14 @@ struct memport_chan {
   uint32_t pn;
   uint8_t *pheld;    /* 1 while the application holds that buffer */
   uint32_t *pgen;    /* generation the peer gave with it */
-  struct memport__ctl_release_entry *rel; /* releases not yet sent */
+  struct memport__ctl_release_entry *rel; /* releases not yet sent (the queue was full) */
   uint32_t nrel;
+
+  /* Release queues (in the rings' control pages): ours to push into (TX ring), the peer's to take
+   * from (RX ring). */
+  uint64_t rq_tail;      /* entries we pushed */
+  uint64_t rq_head_seen; /* entries the peer took, last validated */
+  uint64_t rq_head;      /* entries we took */
 
   /* Oversized messages. */
   uint32_t tx_blob_seq;
@@ -160,6 +166,66 @@ static int chan_break(memport_chan_t *ch, int err) {
   ch->port = NULL;
   ch->nrel = 0;
   return ch->broken;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Release queues: pool buffers go back to their owner through shared memory, no system call.  */
+
+static int ctl_send(memport_chan_t *ch, const void *bytes, size_t len, int64_t timeout_ns);
+
+/* Give the peer's buffer back through our TX ring's queue: 1 done, 0 full (use the port), or an
+ * error when the peer's consumer index is inconsistent. */
+static int relq_push(memport_chan_t *ch, uint32_t index, uint32_t gen) {
+  struct memport__ring_shared *sh = memport__ring_ctrl(ch->tx);
+  if (ch->rq_tail - ch->rq_head_seen >= MEMPORT__REL_QUEUE) {
+    uint64_t h = atomic_load_explicit(&sh->rel_head, memory_order_acquire);
+    if (h < ch->rq_head_seen || h > ch->rq_tail)
+      return MEMPORT_EPROTO;
+    ch->rq_head_seen = h;
+    if (ch->rq_tail - h >= MEMPORT__REL_QUEUE)
+      return 0;
+  }
+  atomic_store_explicit(&sh->rel[ch->rq_tail % MEMPORT__REL_QUEUE], ((uint64_t)gen << 32) | index,
+                        memory_order_relaxed);
+  ch->rq_tail++;
+  atomic_exchange_explicit(&sh->rel_tail, ch->rq_tail, memory_order_seq_cst);
+  if (atomic_load_explicit(&sh->rel_wait, memory_order_seq_cst) != 0 &&
+      atomic_exchange_explicit(&sh->rel_wait, 0, memory_order_seq_cst) != 0) {
+    struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
+    (void)ctl_send(ch, &h, sizeof h, MEMPORT_NOWAIT); /* a full port wakes the peer anyway */
+  }
+  return 1;
+}
+
+/* Take the releases the peer queued for our pool (validated: index, state, generation). */
+static int relq_drain(memport_chan_t *ch) {
+  struct memport__ring_shared *sh = memport__ring_ctrl(ch->rx);
+  uint64_t t = atomic_load_explicit(&sh->rel_tail, memory_order_seq_cst);
+  if (MEMPORT__LIKELY(t == ch->rq_head))
+    return 0;
+  if (t < ch->rq_head || t - ch->rq_head > MEMPORT__REL_QUEUE)
+    return MEMPORT_EPROTO;
+  for (uint64_t h = ch->rq_head; h != t; h++) {
+    uint64_t e = atomic_load_explicit(&sh->rel[h % MEMPORT__REL_QUEUE], memory_order_relaxed);
+    uint32_t i = (uint32_t)e, gen = (uint32_t)(e >> 32);
+    if (i >= ch->pool_n || ch->pool_state[i] != POOL_INFLIGHT || ch->pool_gen[i] != gen)
+      return MEMPORT_EPROTO;
+    ch->pool_state[i] = POOL_FREE;
+    ch->pool_free[ch->pool_nfree++] = i;
+  }
+  ch->rq_head = t;
+  atomic_store_explicit(&sh->rel_head, t, memory_order_release);
+  return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -603,29 +669,80 @@ int memport_chan_close(memport_chan_t *chan) {
 /* ------------------------------------------------------------------------------------------ */
 /* Sending.                                                                                    */
 
+/* Wait for one of our pool buffers to come back: from the release queue (spinning as the wait
+ * policy says), or, asleep, from the port (a wake after the peer queued one, a release sent
+ * over the port when its queue was full, or the peer's death). */
+static int pool_wait(memport_chan_t *ch, uint64_t deadline, int64_t timeout_ns) {
+  int rc = relq_drain(ch);
+  if (rc == 0 && ch->pool_nfree == 0) {
+    rc = chan_drain(ch);
+    if (rc == 0)
+      rc = relq_drain(ch);
+  }
+  if (rc < 0)
+    return rc == MEMPORT_EPROTO ? chan_break(ch, rc) : rc;
+  if (ch->pool_nfree != 0)
+    return 0;
+  if (timeout_ns == 0)
+    return MEMPORT_EAGAIN;
+  uint64_t now = memport__now_ns();
+  if (ch->wait_policy != MEMPORT_WAIT_BLOCK) {
+    uint64_t spin = ch->spin_ns > 0 ? (uint64_t)ch->spin_ns : (uint64_t)CHAN_DEFAULT_SPIN_NS;
+    uint64_t spin_end = ch->wait_policy == MEMPORT_WAIT_SPIN ? UINT64_MAX : now + spin;
+    uint64_t next_look = now + CHAN_SLICE_NS;
+    for (unsigned i = 1;; i++) {
+      if ((rc = relq_drain(ch)) < 0)
+        return chan_break(ch, rc);
+      if (ch->pool_nfree != 0)
+        return 0;
+      cpu_relax();
+      if ((i & 31) == 0) {
+        now = memport__now_ns();
+        if (now >= deadline)
+          return MEMPORT_ETIMEDOUT;
+        if (now >= next_look) {
+          if ((rc = chan_drain(ch)) < 0)
+            return rc;
+          next_look = now + CHAN_SLICE_NS;
+        }
+        if (now >= spin_end)
+          break;
+      }
+    }
+  }
+  _Atomic uint32_t *w = &memport__ring_ctrl(ch->rx)->rel_wait;
+  for (;;) {
+    atomic_fetch_or_explicit(w, MEMPORT__WAIT_PORT, memory_order_seq_cst);
+    rc = relq_drain(ch);
+    if (rc < 0 || ch->pool_nfree != 0) {
+      atomic_fetch_and_explicit(w, ~MEMPORT__WAIT_PORT, memory_order_relaxed);
+      return rc < 0 ? chan_break(ch, rc) : 0;
+    }
+    int64_t left = -1;
+    if (deadline != MEMPORT__NO_DEADLINE) {
+      now = memport__now_ns();
+      if (now >= deadline) {
+        atomic_fetch_and_explicit(w, ~MEMPORT__WAIT_PORT, memory_order_relaxed);
+        return MEMPORT_ETIMEDOUT;
+      }
+      left = (int64_t)(deadline - now);
+    }
+    rc = chan_flush(ch);
+    if (rc == 0)
+      rc = chan_pump(ch, left);
+    if (rc < 0 && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EAGAIN) {
+      atomic_fetch_and_explicit(w, ~MEMPORT__WAIT_PORT, memory_order_relaxed);
+      return rc;
+    }
+  }
+}
+
 static int chan_alloc_internal(memport_chan_t *ch, size_t len, memport_buf_t *buf, uint64_t deadline,
                                int64_t timeout_ns) {
   if (ch->pool_n != 0 && len <= ch->pool_bufsize) {
     if (ch->pool_nfree == 0) {
-      int rc = chan_drain(ch);
+      int rc = pool_wait(ch, deadline, timeout_ns);
       if (rc < 0)
-        return rc;
-    }
-    while (ch->pool_nfree == 0) {
-      if (timeout_ns == 0)
-        return MEMPORT_EAGAIN;
-      int64_t left = -1;
-      if (deadline != MEMPORT__NO_DEADLINE) {
-        uint64_t now = memport__now_ns();
-        if (now >= deadline)
-          return MEMPORT_ETIMEDOUT;
-        left = (int64_t)(deadline - now);
-      }
-      int rc = chan_flush(ch);
-      if (rc < 0)
-        return rc;
-      rc = chan_pump(ch, left);
-      if (rc < 0 && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EAGAIN)
         return rc;
     }
     uint32_t i = ch->pool_free[--ch->pool_nfree];
@@ -946,12 +1063,18 @@ int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_
   }
 }
 
-/* Give a pool buffer back to the peer: batched while more messages wait (the application will
- * call again), sent at once when nothing else waits or half the peer's pool is owed. */
+/* Give a pool buffer back to the peer: through the release queue in shared memory; when that is
+ * full, over the port, batched while more messages wait (the application will call again) and
+ * sent at once when nothing else waits or half the peer's pool is owed. */
 static int rx_pool_release(memport_chan_t *ch, uint32_t i) {
   ch->pheld[i] = 0;
   if (ch->broken || ch->peer_dead)
     return 0;
+  if (ch->nrel == 0) { /* keep the order simple: the queue only while nothing waits for the port */
+    int rc = relq_push(ch, i, ch->pgen[i]);
+    if (rc != 0)
+      return rc > 0 ? 0 : chan_break(ch, rc);
+  }
   ch->rel[ch->nrel].index = i;
   ch->rel[ch->nrel].gen = ch->pgen[i];
   ch->nrel++;

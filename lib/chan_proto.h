@@ -17,6 +17,7 @@
 #define MEMPORT__RING_ALIGN 16u             /* records start on 16-byte boundaries */
 #define MEMPORT__RING_HDR 16u               /* bytes of record header */
 #define MEMPORT__RING_MAX_CAPACITY (1u << 30) /* data area limit (records carry 32-bit lengths) */
+#define MEMPORT__REL_QUEUE 256u             /* entries of the channel's release queue */
 
 /* Bits of the wait words. A sleeper sets them; the other side clears them by exchange and acts. */
 #define MEMPORT__WAIT_SEM  1u /* asleep (or about to be) on the semaphore: signal it */
@@ -38,6 +39,18 @@ struct memport__ring_shared {
   unsigned char pad3[MEMPORT__RING_LINE - 4];
   _Atomic uint32_t prod_wait; /* producer waiting for space: MEMPORT__WAIT_SEM */
   unsigned char pad4[MEMPORT__RING_LINE - 4];
+  /* Channel only: the release queue. Pool buffers of the ring's CONSUMER that the ring's producer
+   * has finished with travel back in the same direction as the ring's records, through this
+   * single-producer single-consumer queue of (gen << 32 | index) entries, without a system call.
+   * The consumer sets rel_wait before it sleeps waiting for a release; the producer, seeing it,
+   * clears it and sends MEMPORT__CTL_WAKE over the port. */
+  _Atomic uint64_t rel_tail; /* written by the ring's producer: entries pushed */
+  unsigned char pad5[MEMPORT__RING_LINE - 8];
+  _Atomic uint64_t rel_head; /* written by the ring's consumer: entries taken */
+  unsigned char pad6[MEMPORT__RING_LINE - 8];
+  _Atomic uint32_t rel_wait; /* MEMPORT__WAIT_PORT while the consumer waits for a release */
+  unsigned char pad7[MEMPORT__RING_LINE - 4];
+  _Atomic uint64_t rel[MEMPORT__REL_QUEUE];
 };
 
 /* The header in front of every record (16 bytes, so payloads are 16-byte aligned). The record
@@ -136,6 +149,8 @@ MEMPORT_HIDDEN int memport__ring_readable(struct memport_ring *r);
 /* Producer: abandon the current reservation. */
 MEMPORT_HIDDEN void memport__ring_unreserve(struct memport_ring *r);
 MEMPORT_HIDDEN void memport__ring_set_policy(struct memport_ring *r, int policy, uint64_t spin_ns);
+/* The mapped control page (for the channel's release queue). */
+MEMPORT_HIDDEN struct memport__ring_shared *memport__ring_ctrl(struct memport_ring *r);
 #endif
 
 #endif /* MEMPORT_CHAN_PROTO_H */

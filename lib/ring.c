@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-_Static_assert(sizeof(struct memport__ring_shared) == 5 * MEMPORT__RING_LINE, "ring control layout");
+_Static_assert(sizeof(struct memport__ring_shared) == 8 * MEMPORT__RING_LINE + 8 * MEMPORT__REL_QUEUE,
+               "ring control layout");
+_Static_assert(sizeof(struct memport__ring_shared) <= 4096, "the control block fits the smallest page");
 _Static_assert(sizeof(struct memport__ring_rec) == MEMPORT__RING_HDR, "record header size");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2, "shared atomics must be lock-free");
 
@@ -353,6 +355,8 @@ int memport_ring_set_wait(memport_ring_t *ring, int policy, int64_t spin_ns) {
   memport__ring_set_policy(ring, policy, (uint64_t)spin_ns);
   return 0;
 }
+
+struct memport__ring_shared *memport__ring_ctrl(memport_ring_t *r) { return r->sh; }
 
 void memport__ring_set_hook(memport_ring_t *r, int (*fn)(void *arg), void *arg, uint64_t slice_ns) {
   r->hook = fn;

@@ -982,6 +982,76 @@ static void test_chan_hostile_records_and_controls_give_eproto(void **state) {
   assert_int_equal(count_memport_maps(), maps);
 }
 
+/* A peer that scribbles the release queue of our pool: bad index, replayed generation, tail
+ * beyond what it could have pushed. Our alloc notices when it looks for a buffer. */
+static void test_chan_hostile_release_queue_gives_eproto(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = count_memport_maps();
+  for (int k = 0; k < 4; k++) {
+    memport_port_t *pa, *pb;
+    th_assert_ok(memport_port_pair(&pa, &pb));
+    struct raw_peer rp;
+    raw_peer_init(&rp, pb);
+    memport_msg_t *m = raw_hello(&rp, 2, 65536);
+    th_assert_ok(memport_port_send(rp.port, m, SEC));
+    memport_chan_opts_t o;
+    small_opts(&o);
+    memport_chan_t *c = NULL;
+    th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
+    memport_msg_clear(m);
+    memport_buf_t z[4];
+    for (int i = 0; i < 4; i++)
+      th_assert_ok(memport_chan_alloc(c, 10, &z[i], 0));
+    th_assert_ok(memport_chan_send_buf(c, &z[0], SEC)); /* index 0, generation 1 in flight */
+    uint32_t sent = 0;
+    switch (k) {
+    case 0: atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | 9); break;     /* no such buffer */
+    case 1: atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | 3); break;     /* allocated, not sent */
+    case 2: atomic_store(&rp.sh->rel[0], ((uint64_t)7 << 32) | sent); break;  /* wrong generation */
+    default: atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | sent); break; /* right entry, ... */
+    }
+    atomic_store(&rp.sh->rel_tail, k == 3 ? MEMPORT__REL_QUEUE + 1 : 1);      /* ... impossible tail */
+    memport_buf_t extra;
+    int rc = memport_chan_alloc(c, 10, &extra, 50 * MS);
+    if (rc != MEMPORT_EPROTO)
+      fail_msg("hostile release queue %d: %s, expected MEMPORT_EPROTO", k, memport_err_name(rc));
+    th_assert_rc(memport_chan_send(c, "x", 1, 0, 0), MEMPORT_EPROTO);
+    for (int i = 1; i < 4; i++)
+      th_assert_ok(memport_chan_free_buf(c, &z[i]));
+    memport_chan_close(c);
+    memport_msg_close(m);
+    raw_peer_fini(&rp);
+  }
+  /* The honest case for contrast: a correct entry gives the buffer back. */
+  {
+    memport_port_t *pa, *pb;
+    th_assert_ok(memport_port_pair(&pa, &pb));
+    struct raw_peer rp;
+    raw_peer_init(&rp, pb);
+    memport_msg_t *m = raw_hello(&rp, 2, 65536);
+    th_assert_ok(memport_port_send(rp.port, m, SEC));
+    memport_chan_opts_t o;
+    small_opts(&o);
+    o.pool_buffers = 1;
+    memport_chan_t *c = NULL;
+    th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
+    memport_buf_t z;
+    th_assert_ok(memport_chan_alloc(c, 10, &z, 0));
+    th_assert_ok(memport_chan_send_buf(c, &z, SEC));
+    th_assert_rc(memport_chan_alloc(c, 10, &z, 0), MEMPORT_EAGAIN);
+    atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | 0);
+    atomic_store(&rp.sh->rel_tail, 1);
+    th_assert_ok(memport_chan_alloc(c, 10, &z, 0));
+    assert_int_equal(atomic_load(&rp.sh->rel_head), 1);
+    th_assert_ok(memport_chan_free_buf(c, &z));
+    memport_chan_close(c);
+    memport_msg_close(m);
+    raw_peer_fini(&rp);
+  }
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
@@ -1002,6 +1072,7 @@ int main(void) {
       cmocka_unit_test(test_chan_connect_and_accept_over_a_named_service),
       cmocka_unit_test(test_chan_hostile_handshakes_give_eproto),
       cmocka_unit_test(test_chan_hostile_records_and_controls_give_eproto),
+      cmocka_unit_test(test_chan_hostile_release_queue_gives_eproto),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
