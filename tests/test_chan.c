@@ -701,6 +701,44 @@ static void test_chan_sender_blocked_in_alloc_or_send_sees_epeer(void **state) {
   assert_int_equal(count_memport_maps(), maps);
 }
 
+static int exit_soon(void *varg) {
+  struct death_arg *a = varg;
+  sleep_ms(50);
+  a->stamp[0] = now_ns();
+  _exit(0);
+}
+
+/* A sender that never blocks (the ring has room) still learns of the peer's death. */
+static void test_chan_sender_with_room_sees_epeer(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_chan_opts_t o;
+  small_opts(&o);
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  volatile uint64_t *stamp = shared_page();
+  struct death_arg arg = {b, stamp, 0, 0, 0};
+  pid_t pid = th_fork(exit_soon, &arg, 10);
+  memport_chan_close(b);
+  int rc;
+  unsigned sent = 0;
+  uint64_t t0 = now_ns();
+  while ((rc = memport_chan_send(a, "tick", 4, 0, 0)) == 0 && now_ns() - t0 < 5 * (uint64_t)SEC) {
+    sent++;
+    sleep_ms(1);
+  }
+  uint64_t t = now_ns();
+  th_assert_rc(rc, MEMPORT_EPEER);
+  assert_int_equal(th_wait(pid, 10), 0);
+  double ms = (double)(t - stamp[0]) / 1e6;
+  printf("# a sender with room: MEMPORT_EPEER %.1f ms after the peer exited (%u sends)\n", ms, sent);
+  assert_true(ms < 1000.0);
+  memport_chan_close(a);
+  munmap((void *)stamp, 4096);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Poll.                                                                                        */
 
@@ -1068,6 +1106,7 @@ int main(void) {
       cmocka_unit_test(test_chan_messages_committed_before_death_are_delivered),
       cmocka_unit_test(test_chan_peer_exit_while_holding_zero_copy_buffers),
       cmocka_unit_test(test_chan_sender_blocked_in_alloc_or_send_sees_epeer),
+      cmocka_unit_test(test_chan_sender_with_room_sees_epeer),
       cmocka_unit_test(test_chan_pollable_becomes_ready_when_a_message_waits),
       cmocka_unit_test(test_chan_connect_and_accept_over_a_named_service),
       cmocka_unit_test(test_chan_hostile_handshakes_give_eproto),
