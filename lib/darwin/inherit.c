@@ -85,6 +85,25 @@ static int zero_remember(uint64_t start, uint64_t end) {
   return 0;
 }
 
+/* Is every page of [start, end) mapped? (vm_map_inherit itself passes over holes.) */
+static bool range_mapped(uint64_t start, uint64_t end) {
+  mach_port_t task = mach_task_self();
+  mach_vm_address_t a = start;
+  while (a < end) {
+    mach_vm_address_t ra = a;
+    mach_vm_size_t rs = 0;
+    vm_region_basic_info_data_64_t info;
+    mach_msg_type_number_t count = VM_REGION_BASIC_INFO_COUNT_64;
+    mach_port_t obj = MACH_PORT_NULL;
+    kern_return_t kr = mach_vm_region(task, &ra, &rs, VM_REGION_BASIC_INFO_64, (vm_region_info_t)&info, &count, &obj);
+    memport__darwin_release_send(obj);
+    if (kr != KERN_SUCCESS || ra > a || rs == 0)
+      return false; /* nothing at a, or the next mapping starts after it */
+    a = ra + rs;
+  }
+  return true;
+}
+
 int memport__os_inherit(void *addr, size_t len, int mode) {
   vm_inherit_t inh;
   switch (mode) {
@@ -122,11 +141,11 @@ int memport__os_inherit(void *addr, size_t len, int mode) {
       capzeros = cap;
     }
   }
+  /* A range with unmapped pages is refused, as madvise(2) refuses it on Linux (ENOMEM). */
+  if (err == 0 && !range_mapped(start, end))
+    err = MEMPORT_ENOMEM;
   if (err == 0) {
     kern_return_t kr = mach_vm_inherit(mach_task_self(), (mach_vm_address_t)start, (mach_vm_size_t)len, inh);
-    /* vm_map_inherit applies the mode to every mapping inside the range and passes over holes
-     * (where Linux's madvise(2) fails with ENOMEM); an address outside the task's map is "not
-     * mapped". */
     if (kr == KERN_INVALID_ADDRESS)
       err = MEMPORT_ENOMEM;
     else if (kr != KERN_SUCCESS)
