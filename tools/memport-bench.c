@@ -133,10 +133,37 @@ static struct config {
   size_t nmodes;
   unsigned parts;
   bool pin, quick, verbose;
+  int placement; /* PLACE_* */
   const char *csv, *plot;
 } cfg;
 
-static int cpus[2] = {-1, -1}; /* where the sender / receiver run, -1: not pinned */
+static int cpus[2] = {-1, -1}; /* the two CPUs the processes are pinned to, -1: not pinned */
+
+/* Placement. A blocking hand-off is a context switch: on one CPU it costs a few microseconds, while
+ * waking a peer asleep on another (virtual) CPU can cost much more; spinning needs a CPU per side.
+ * PLACE_AUTO runs blocking paths with both processes on cpus[0], spinning ones on cpus[0], cpus[1]. */
+#define PLACE_AUTO  0
+#define PLACE_SAME  1
+#define PLACE_SPLIT 2
+
+/* The CPU for role 0 (sender/producer) or 1 (receiver/consumer) of a spinning or blocking path. */
+static int cpu_for(int role, bool spinning) {
+  if (cpus[0] < 0) return -1;
+  if (cfg.placement == PLACE_SPLIT || (cfg.placement == PLACE_AUTO && spinning)) return cpus[role];
+  return cpus[0];
+}
+
+static const char *placement_text(bool spinning) {
+  if (cpus[0] < 0) return "not pinned";
+  return cpu_for(1, spinning) == cpu_for(0, spinning) ? "one CPU" : "two CPUs";
+}
+
+/* The futex ping-pong across two CPUs, shown next to the one-CPU figure (not in the CSV). */
+static struct {
+  bool have;
+  unsigned n;
+  double p50, p98;
+} futex_split;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Small helpers.                                                                              */
@@ -857,7 +884,7 @@ static void run_latency(const struct lat_method *m) {
     unsigned long total = 0;
     for (size_t k = 0; k < cfg.nsizes; k++) total += warm_for(m, cfg.sizes[k]) + count_for(m, cfg.sizes[k]);
     alarm((unsigned)(120 + total / 500));
-    pin_to(cpus[1]);
+    pin_to(cpu_for(1, m->policy == MEMPORT_WAIT_SPIN || m->policy == MEMPORT_WAIT_ADAPTIVE));
     c.receiver = true;
     c.ref = malloc(c.buflen);
     c.dst = malloc(c.buflen);
@@ -874,7 +901,7 @@ static void run_latency(const struct lat_method *m) {
     lat_close(&c);
     _exit(rc < 0 ? 1 : 0);
   }
-  pin_to(cpus[0]);
+  pin_to(cpu_for(0, m->policy == MEMPORT_WAIT_SPIN || m->policy == MEMPORT_WAIT_ADAPTIVE));
   c.receiver = false;
   c.src = malloc(c.buflen);
   int rc = -1;
@@ -965,7 +992,7 @@ static void pp_post(_Atomic uint32_t *w, uint32_t v, bool futex) {
 #endif
 }
 
-static void run_pingpong(bool futex) {
+static void run_pingpong(bool futex, bool split) {
   const char *name = futex ? "futex" : "spin";
 #ifndef __linux__
   if (futex) {
@@ -981,12 +1008,13 @@ static void run_pingpong(bool futex) {
   size_t shlen = sizeof(struct pingpong) + (size_t)n * sizeof(int64_t);
   struct pingpong *pp = shared_alloc(shlen);
   if (pp == NULL) return;
-  progress("%s ping-pong: %u messages", name, n);
+  progress("%s ping-pong%s: %u messages", name, split ? " across two CPUs" : "", n);
+  int cpu0 = split ? cpus[0] : cpu_for(0, !futex), cpu1 = split ? cpus[1] : cpu_for(1, !futex);
   fflush(NULL);
   pid_t pid = fork();
   if (pid == 0) {
     alarm(60);
-    pin_to(cpus[1]);
+    pin_to(cpu1);
     int64_t deadline = now_ns() + (int64_t)30 * 1000000000;
     for (uint32_t i = 1; i <= w + n; i++) {
       if (!pp_wait(&pp->fwd, i, futex, deadline)) {
@@ -1004,7 +1032,7 @@ static void run_pingpong(bool futex) {
     progress_more(" fork failed\n");
     return;
   }
-  pin_to(cpus[0]);
+  pin_to(cpu0);
   int64_t deadline = now_ns() + (int64_t)30 * 1000000000;
   bool ok = true;
   for (uint32_t i = 1; i <= w + n && ok; i++) {
@@ -1021,11 +1049,18 @@ static void run_pingpong(bool futex) {
     bench_failures++;
   } else {
     qsort(pp->samples, n, sizeof(int64_t), cmp_i64);
-    struct result *r = add_result(name, "");
-    r->messages = n;
-    r->p50 = pct_us(pp->samples, n, 50);
-    r->p98 = pct_us(pp->samples, n, 98);
-    r->has = R_MSGS | R_LAT;
+    if (split) {
+      futex_split.have = true;
+      futex_split.n = n;
+      futex_split.p50 = pct_us(pp->samples, n, 50);
+      futex_split.p98 = pct_us(pp->samples, n, 98);
+    } else {
+      struct result *r = add_result(name, "");
+      r->messages = n;
+      r->p50 = pct_us(pp->samples, n, 50);
+      r->p98 = pct_us(pp->samples, n, 98);
+      r->has = R_MSGS | R_LAT;
+    }
     progress_more(" done\n");
   }
   munmap(pp, shlen);
@@ -1115,7 +1150,7 @@ static void run_stream(int policy) {
   pid_t pid = fork();
   if (pid == 0) {
     alarm((unsigned)(120 + (n + w) / 1000)); /* at least 64 MB/s */
-    pin_to(cpus[1]);
+    pin_to(cpu_for(1, policy != MEMPORT_WAIT_BLOCK));
     unsigned char *buf = malloc(STREAM_RECORD);
     int e = buf ? memport_ring_set_wait(ring, policy, 0) : MEMPORT_ENOMEM;
     if (e < 0) {
@@ -1149,7 +1184,7 @@ static void run_stream(int policy) {
     munmap(sh, sizeof *sh);
     return;
   }
-  pin_to(cpus[0]);
+  pin_to(cpu_for(0, policy != MEMPORT_WAIT_BLOCK));
   unsigned char *src = malloc(STREAM_RECORD);
   char err[200] = "";
   rc = src ? memport_ring_set_wait(ring, policy, 0) : MEMPORT_ENOMEM;
@@ -1381,7 +1416,7 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
     pids[role] = fork();
     if (pids[role] == 0) {
       alarm(60);
-      pin_to(cpus[role]);
+      pin_to(cpu_for(role, policy != MEMPORT_WAIT_BLOCK));
       memport_port_close(role == 0 ? pb : pa);
       _exit(sys_peer(role, role == 0 ? pa : pb, policy, zerocopy, sh) < 0 ? 1 : 0);
     }
@@ -1870,33 +1905,42 @@ static void print_limits(void) {
   const struct result *s = find_result("spin", "", 0, R_LAT);
   const struct result *m = find_result("memcpy", "", 0, R_GBPS);
   char a[16], b[16];
+  char label[64];
+  snprintf(label, sizeof label, "futex ping-pong (%s):", placement_text(false));
   if (f) {
     fmt_us(f->p50, a, sizeof a);
     fmt_us(f->p98, b, sizeof b);
-    printf("  futex ping-pong, one-way:            p50 %s us, p98 %s us (%u messages)\n", a, b, f->messages);
+    printf("  %-42sp50 %s us, p98 %s us (%u messages, one-way)\n", label, a, b, f->messages);
   } else {
-    printf("  futex ping-pong, one-way:            n/a\n");
+    printf("  %-42sn/a\n", label);
   }
+  if (futex_split.have) {
+    fmt_us(futex_split.p50, a, sizeof a);
+    fmt_us(futex_split.p98, b, sizeof b);
+    printf("  %-42sp50 %s us, p98 %s us (%u messages; for reference, not in the CSV)\n",
+           "futex ping-pong (two CPUs):", a, b, futex_split.n);
+  }
+  snprintf(label, sizeof label, "spin ping-pong (%s):", placement_text(true));
   if (s) {
     fmt_us(s->p50, a, sizeof a);
     fmt_us(s->p98, b, sizeof b);
-    printf("  spin ping-pong (one cache line):     p50 %s us, p98 %s us (%u messages)\n", a, b, s->messages);
+    printf("  %-42sp50 %s us, p98 %s us (%u messages, one-way, one cache line)\n", label, a, b, s->messages);
   } else {
-    printf("  spin ping-pong (one cache line):     n/a\n");
+    printf("  %-42sn/a\n", label);
   }
   if (m)
-    printf("  memcpy bandwidth:                    %.2f GB/s (median of %u copies of %zu MiB)\n", m->gbps, m->messages,
+    printf("  %-42s%.2f GB/s (median of %u copies of %zu MiB)\n", "memcpy bandwidth:", m->gbps, m->messages,
            m->bytes / MIB);
   else
-    printf("  memcpy bandwidth:                    n/a\n");
+    printf("  %-42sn/a\n", "memcpy bandwidth:");
   static const int order[] = {MEMPORT_WAIT_BLOCK, MEMPORT_WAIT_ADAPTIVE, MEMPORT_WAIT_SPIN};
   for (int i = 0; i < 3; i++) {
     int pol = order[i];
     const struct result *r = find_result("stream", mode_name(pol), 0, R_GBPS);
     if (r) {
-      char label[48];
-      snprintf(label, sizeof label, "ring stream 64 KiB records, %s:", mode_name(pol));
-      printf("  %-37s%.2f GB/s (%u records, copy in + copy out, %zu KiB ring; median of %d segments)\n", label,
+      snprintf(label, sizeof label, "ring stream 64 KiB, %s (%s):", mode_name(pol),
+               placement_text(pol != MEMPORT_WAIT_BLOCK));
+      printf("  %-42s%.2f GB/s (%u records, copy in + copy out, %zu KiB ring; median of %d segments)\n", label,
              r->gbps, r->messages, cfg.stream_ring / KIB, STREAM_SEGMENTS);
     }
   }
@@ -2208,7 +2252,9 @@ static void usage(FILE *out) {
           "  --csv FILE         write every figure as CSV: method,mode,bytes,messages,p50_us,p98_us,gbps\n"
           "  --plot FILE        draw latency against size (log-log) with gnuplot (PNG with pngcairo or png,\n"
           "                     else SVG, else text); without gnuplot a notice, not a failure\n"
-          "  --no-pin           do not pin the two processes to two CPUs\n"
+          "  --placement MODE   auto (default): blocking paths on one CPU, spinning ones on two; same: every\n"
+          "                     path on one CPU; split: every path on two CPUs\n"
+          "  --no-pin           do not pin the processes at all (the scheduler places them)\n"
           "  -v, --verbose      details on stderr (the mappings the resident-memory figure counts)\n"
           "  -h, --help         this text\n"
           "\n"
@@ -2217,7 +2263,7 @@ static void usage(FILE *out) {
           "checked the header and the marks in the middle and at the end of the payload. The receiver then\n"
           "compares the whole payload with the expected pattern (outside the timing) and acknowledges with\n"
           "8 bytes over the same path, so exactly one message is in flight. The two processes (fork) are\n"
-          "pinned to two different CPUs unless --no-pin.\n"
+          "pinned (see --placement).\n"
           "  pipe       write()/read() of the whole message on a pipe, ack on a second pipe\n"
           "  unix       SOCK_STREAM socketpair, write()/read() of the whole message\n"
           "  port       memport_msg_set_bytes + memport_port_send / memport_port_recv (<= MEMPORT_MSG_MAX_BYTES)\n"
@@ -2347,9 +2393,14 @@ static void print_header(void) {
   if (uname(&u) == 0)
     printf("%s %s %s", u.sysname, u.release, u.machine);
   printf(", %d CPUs (%s)\n", online_cpus(), cpu);
-  if (cpus[0] >= 0)
-    printf("Processes pinned: sender/producer on CPU %d, receiver/consumer on CPU %d (sched_setaffinity)\n", cpus[0],
-           cpus[1]);
+  if (cpus[0] >= 0 && cfg.placement == PLACE_AUTO)
+    printf("Placement (sched_setaffinity): blocking paths (pipe, unix, port, channel block, futex, stream block) run\n"
+           "both processes on CPU %d, where a hand-off is one context switch; spinning paths (channel adaptive/spin,\n"
+           "spin ping-pong, stream adaptive/spin) run them on CPUs %d and %d. --placement split|same to change.\n",
+           cpus[0], cpus[0], cpus[1]);
+  else if (cpus[0] >= 0)
+    printf("Placement (sched_setaffinity, --placement): every path runs %s\n",
+           cfg.placement == PLACE_SAME ? "both processes on one CPU" : "sender/producer and receiver/consumer on two CPUs");
   else
     printf("Processes not pinned (%s)\n",
 #ifdef __linux__
@@ -2371,7 +2422,7 @@ int main(int argc, char **argv) {
       {"syscheck", no_argument, NULL, 'S'},     {"stream-mib", required_argument, NULL, 'B'},
       {"stream-ring", required_argument, NULL, 'R'}, {"csv", required_argument, NULL, 'c'},
       {"plot", required_argument, NULL, 'p'},   {"no-pin", no_argument, NULL, 'P'},
-      {"verbose", no_argument, NULL, 'v'},
+      {"verbose", no_argument, NULL, 'v'},     {"placement", required_argument, NULL, 'L'},
       {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
   };
   memset(&cfg, 0, sizeof cfg);
@@ -2430,6 +2481,18 @@ int main(int argc, char **argv) {
     case 'p': cfg.plot = optarg; break;
     case 'P': cfg.pin = false; break;
     case 'v': cfg.verbose = true; break;
+    case 'L':
+      if (strcmp(optarg, "auto") == 0)
+        cfg.placement = PLACE_AUTO;
+      else if (strcmp(optarg, "same") == 0)
+        cfg.placement = PLACE_SAME;
+      else if (strcmp(optarg, "split") == 0)
+        cfg.placement = PLACE_SPLIT;
+      else {
+        fprintf(stderr, "memport-bench: --placement: auto, same or split\n");
+        return 2;
+      }
+      break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -2488,8 +2551,9 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < nmethods; i++)
       if (methods[i].kind < LK_RING) run_latency(&methods[i]);
   if (cfg.parts & P_LIMITS) {
-    run_pingpong(true);
-    run_pingpong(false);
+    run_pingpong(true, false);
+    if (cpus[0] >= 0 && cfg.placement != PLACE_SPLIT) run_pingpong(true, true);
+    run_pingpong(false, false);
   }
   if (cfg.parts & P_TABLE)
     for (size_t i = 0; i < nmethods; i++)
