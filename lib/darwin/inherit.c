@@ -3,6 +3,7 @@
 #include "darwin/os.h"
 
 #include <mach/mach_param.h>
+#include <mach/notify.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,29 +237,40 @@ static void zero_plan_apply(void) {
  *    object (region and semaphore: the object's right; port: the send right to its peer) into a
  *    fork record with a random token, and puts a send right to the parent's broker port in a free
  *    slot of the task's registered ports, which fork() copies into the child;
- *  - the child handler moves the child to a new fork generation (so nothing inherited is used by
- *    mistake), finds the broker in its registered ports, clears that slot, and claims the record
- *    with its token: the broker thread of the parent answers with those references (MOVE_SEND),
- *    and the child stores the new names in its copies of the objects;
- *  - the parent handler restores the registered ports; the broker drops records nobody claimed
- *    (the fork failed, or the child died first) after a while.
- * A port's receive right cannot be shared: a child's copy of a port can send (to the same peer as
- * the parent's) but not receive (MEMPORT_EBADF). Services are not inherited (their receive right
- * stays with the parent; the child's copy gives MEMPORT_EBADF). Should anything fail (no free
- * registered-port slot, no memory, no broker), the child's copies are simply unusable
- * (MEMPORT_EBADF), never wrong.
+ *  - the parent handler restores the registered ports;
+ *  - the child handler moves the child to a new fork generation (so that nothing inherited is
+ *    used by mistake), takes the broker out of its registered ports and claims the record with
+ *    its token and a "lifeline" (a send right to a port the child keeps until it exits): the
+ *    parent's broker thread answers with the references (MOVE_SEND), which the child stores in
+ *    its copies of the objects.
+ * A receive right has one holder. A port's receive right stays with the parent; the child's copy
+ * of the port gets it on its first receive, once the parent has closed its own copy (as a parent
+ * does with the child's end of a pair): the parent's close parks the right in the fork record
+ * instead of destroying it, and the broker moves it to the child (a child that asks earlier waits,
+ * within its deadline, for the parent's close). Until then the child's copy can send (to the same
+ * peer) but has no receive right: memport_port_pollable gives MACH_PORT_NULL.
+ * The broker forgets a record when the child's lifeline dies (parked rights are destroyed then),
+ * or 30 s after the fork when nobody claimed it (the fork failed, or the child died first).
+ * Services are not inherited (the child's copy gives MEMPORT_EBADF). Should anything fail (no free
+ * registered-port slot, no memory, no broker), the child's copies are unusable (MEMPORT_EBADF),
+ * never wrong.
  */
 
 _Atomic uintptr_t memport__darwin_gen = 1;
 
 #define TOKEN_BYTES 16
-#define CLAIM_MAGIC 0x6c63706du /* "mpcl" */
-#define GRANT_MAGIC 0x7267706du /* "mpgr" */
+#define CLAIM_MAGIC 0x6c63706du   /* "mpcl" */
+#define GRANT_MAGIC 0x7267706du   /* "mpgr" */
+#define RXCLAIM_MAGIC 0x7263706du /* "mpcr" */
 #define MSG_CLAIM 0x6d700010
 #define MSG_GRANT 0x6d700011
-#define CLAIM_WAIT_MS 2000u                 /* how long a child waits for its parent's broker */
-#define RECORD_TTL_NS 30000000000ull        /* unclaimed records are dropped after 30 s */
+#define MSG_RXCLAIM 0x6d700012
+#define MSG_RXGRANT 0x6d700013
+#define CLAIM_WAIT_MS 2000u          /* how long a child waits for its parent's broker at fork */
+#define RECORD_TTL_NS 30000000000ull /* records nobody claimed are dropped after 30 s */
 #define BROKER_POLL_MS 5000u
+
+enum { RX_NONE, RX_HELD, RX_PARKED, RX_GONE };
 
 struct tracked {
   void *obj;
@@ -269,17 +281,38 @@ struct fork_record {
   struct fork_record *next;
   unsigned char token[TOKEN_BYTES];
   uint64_t created;
+  bool claimed;
+  bool granting; /* the broker is sending the grant without fork_lock: nobody else frees it */
+  mach_port_name_t lifeline; /* parent: a send right to the child's lifeline (dead-name armed) */
   size_t n;
-  struct tracked *objs;     /* the objects, as the child will find them in its copy of memory */
-  mach_port_name_t *names;  /* the parent's extra references (MACH_PORT_NULL where none) */
-  void *reply;              /* the child's receive buffer, allocated before fork */
+  struct tracked *objs;       /* the objects, as the child finds them in its copy of memory */
+  mach_port_name_t *names;    /* the parent's extra send references (MACH_PORT_NULL where none) */
+  mach_port_name_t *rx;       /* ports: the parent's receive right, by name */
+  unsigned char *rx_state;    /* RX_* */
+  mach_port_name_t *rx_waiter; /* ports: a child's send-once reply right waiting for the right */
+  void *reply;                /* the child's receive buffer for the grant, allocated before fork */
   size_t reply_size;
 };
 
-struct claim_msg {
+struct claim_msg { /* child -> broker at fork */
   mach_msg_header_t hdr;
+  mach_msg_body_t body;
+  mach_msg_port_descriptor_t lifeline;
   uint32_t magic;
   unsigned char token[TOKEN_BYTES];
+};
+
+struct rxclaim_msg { /* child -> broker: the receive right of port `index` */
+  mach_msg_header_t hdr;
+  uint32_t magic;
+  uint32_t index;
+  unsigned char token[TOKEN_BYTES];
+};
+
+struct rxgrant_msg { /* broker -> child */
+  mach_msg_header_t hdr;
+  mach_msg_body_t body;
+  mach_msg_port_descriptor_t rx;
 };
 
 struct grant_tail {
@@ -289,7 +322,7 @@ struct grant_tail {
 
 static struct tracked *tracked;
 static size_t ntracked, captracked;
-static struct fork_record *pending;  /* parent: records the broker may hand out */
+static struct fork_record *pending;  /* parent: records the broker serves */
 static struct fork_record *current;  /* the record of the fork in progress */
 static int broker_slot = -1;         /* registered-port slot used for the fork in progress */
 static mach_port_name_t saved_ports[TASK_PORT_REGISTER_MAX];
@@ -297,16 +330,34 @@ static mach_port_name_t broker_rx = MACH_PORT_NULL; /* receive right + one send 
 static bool broker_running;
 static bool handlers_installed;
 static pthread_once_t handlers_once = PTHREAD_ONCE_INIT;
+/* child side: where to claim receive rights of inherited ports (valid in generation claim_gen) */
+static mach_port_name_t claim_broker = MACH_PORT_NULL;
+static unsigned char claim_token[TOKEN_BYTES];
+static uintptr_t claim_gen;
 
-static void record_free(struct fork_record *r, bool release_names) {
+#define OS_CLAIM MEMPORT__DARWIN_OS_CLAIM
+
+static void record_free(struct fork_record *r, bool parent_side) {
   if (r == NULL)
     return;
-  if (release_names)
-    for (size_t i = 0; i < r->n; i++)
+  if (parent_side) {
+    mach_port_t task = mach_task_self();
+    for (size_t i = 0; i < r->n; i++) {
       memport__darwin_release_send(r->names[i]);
+      if (r->rx_state[i] == RX_PARKED)
+        memport__darwin_release_receive(r->rx[i]);
+      if (MACH_PORT_VALID(r->rx_waiter[i]))
+        (void)mach_port_deallocate(task, r->rx_waiter[i]);
+    }
+    if (MACH_PORT_VALID(r->lifeline))
+      (void)mach_port_deallocate(task, r->lifeline);
+  }
   free(r->reply);
   free(r->objs);
   free(r->names);
+  free(r->rx);
+  free(r->rx_state);
+  free(r->rx_waiter);
   free(r);
 }
 
@@ -328,13 +379,29 @@ static mach_port_name_t object_send_name(const struct tracked *t) {
   }
 }
 
-/* ---- the broker (parent side) ---- */
+/* ---- the broker (parent side; fork_lock held unless said otherwise) ---- */
+
+static bool record_done(const struct fork_record *r) {
+  for (size_t i = 0; i < r->n; i++)
+    if (r->rx_state[i] == RX_HELD || r->rx_state[i] == RX_PARKED)
+      return false;
+  return true;
+}
+
+static void record_unlink(struct fork_record *r) {
+  for (struct fork_record **pp = &pending; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == r) {
+      *pp = r->next;
+      return;
+    }
+  }
+}
 
 static void broker_reap(uint64_t now) {
   struct fork_record **pp = &pending;
   while (*pp != NULL) {
     struct fork_record *r = *pp;
-    if (now - r->created > RECORD_TTL_NS) {
+    if (!r->claimed && now - r->created > RECORD_TTL_NS) {
       *pp = r->next;
       record_free(r, true);
     } else {
@@ -343,29 +410,69 @@ static void broker_reap(uint64_t now) {
   }
 }
 
-static struct fork_record *broker_take(const unsigned char *token) {
-  for (struct fork_record **pp = &pending; *pp != NULL; pp = &(*pp)->next) {
-    struct fork_record *r = *pp;
+static struct fork_record *broker_find(const unsigned char *token) {
+  for (struct fork_record *r = pending; r != NULL; r = r->next) {
     unsigned char diff = 0;
     for (size_t i = 0; i < TOKEN_BYTES; i++)
       diff |= (unsigned char)(r->token[i] ^ token[i]);
-    if (diff == 0) {
-      *pp = r->next;
+    if (diff == 0)
       return r;
-    }
   }
   return NULL;
 }
 
-/* Answer a claim: the record's references, moved, to the send-once right `reply`. */
-static void broker_grant(struct fork_record *r, mach_port_name_t reply) {
+/* Move the parked receive right of entry i to its waiting child. */
+static void broker_hand_rx(struct fork_record *r, size_t i) {
+  struct rxgrant_msg m;
+  memset(&m, 0, sizeof m);
+  m.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_MOVE_SEND_ONCE, 0) | MACH_MSGH_BITS_COMPLEX;
+  m.hdr.msgh_size = sizeof m;
+  m.hdr.msgh_remote_port = r->rx_waiter[i];
+  m.hdr.msgh_id = MSG_RXGRANT;
+  m.body.msgh_descriptor_count = 1;
+  m.rx.name = r->rx[i];
+  m.rx.disposition = MACH_MSG_TYPE_MOVE_RECEIVE;
+  m.rx.type = MACH_MSG_PORT_DESCRIPTOR;
+  mach_msg_return_t mr =
+      mach_msg(&m.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof m, 0, MACH_PORT_NULL, 0, MACH_PORT_NULL);
+  if (mr == MACH_MSG_SUCCESS) {
+    r->rx_state[i] = RX_GONE;
+    r->rx_waiter[i] = MACH_PORT_NULL;
+    return;
+  }
+  if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED) {
+    /* handed back: the receive right under the name in the descriptor, the reply right spent */
+    r->rx[i] = m.rx.name;
+  } else {
+    /* refused before copy-in (the child stopped waiting): everything is as it was */
+    (void)mach_port_deallocate(mach_task_self(), r->rx_waiter[i]);
+  }
+  r->rx_waiter[i] = MACH_PORT_NULL;
+}
+
+/* A refusal (no right) to a send-once reply right. */
+static void broker_refuse(mach_port_name_t reply) {
+  mach_msg_header_t h;
+  memset(&h, 0, sizeof h);
+  h.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_MOVE_SEND_ONCE, 0);
+  h.msgh_size = sizeof h;
+  h.msgh_remote_port = reply;
+  h.msgh_id = MSG_RXGRANT;
+  if (mach_msg(&h, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof h, 0, MACH_PORT_NULL, 0, MACH_PORT_NULL) !=
+      MACH_MSG_SUCCESS)
+    (void)mach_port_deallocate(mach_task_self(), reply);
+}
+
+/* Answer the fork-time claim: the record's send references, moved, to the send-once `reply`.
+ * Called without fork_lock (the record is marked claimed, so nobody frees it meanwhile; only this
+ * thread frees records). */
+static bool broker_grant(struct fork_record *r, mach_port_name_t reply) {
   size_t size = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) + r->n * sizeof(mach_msg_port_descriptor_t) +
                 sizeof(struct grant_tail);
   unsigned char *buf = calloc(1, size);
   if (buf == NULL) {
     (void)mach_port_deallocate(mach_task_self(), reply); /* the child sees a send-once notification */
-    record_free(r, true);
-    return;
+    return false;
   }
   mach_msg_header_t *hdr = (mach_msg_header_t *)(void *)buf;
   mach_msg_body_t *body = (mach_msg_body_t *)(void *)(buf + sizeof *hdr);
@@ -373,7 +480,6 @@ static void broker_grant(struct fork_record *r, mach_port_name_t reply) {
   hdr->msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_MOVE_SEND_ONCE, 0) | MACH_MSGH_BITS_COMPLEX;
   hdr->msgh_size = (mach_msg_size_t)size;
   hdr->msgh_remote_port = reply;
-  hdr->msgh_local_port = MACH_PORT_NULL;
   hdr->msgh_id = MSG_GRANT;
   body->msgh_descriptor_count = (mach_msg_size_t)r->n;
   for (size_t i = 0; i < r->n; i++) {
@@ -386,27 +492,121 @@ static void broker_grant(struct fork_record *r, mach_port_name_t reply) {
   /* A send-once right is never blocked by a full queue. */
   mach_msg_return_t mr = mach_msg(hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, (mach_msg_size_t)size, 0, MACH_PORT_NULL,
                                   0, MACH_PORT_NULL);
-  if (mr == MACH_MSG_SUCCESS) {
-    record_free(r, false); /* the references went to the child */
+  bool ok = mr == MACH_MSG_SUCCESS;
+  if (ok) {
+    memset(r->names, 0, r->n * sizeof *r->names); /* the references went to the child */
   } else if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED) {
     mach_msg_destroy(hdr); /* copied in and handed back: release what came back */
-    record_free(r, false);
+    memset(r->names, 0, r->n * sizeof *r->names);
   } else {
-    /* refused before copy-in: everything is still ours */
-    (void)mach_port_deallocate(mach_task_self(), reply);
-    record_free(r, true);
+    (void)mach_port_deallocate(mach_task_self(), reply); /* refused before copy-in */
   }
   free(buf);
+  return ok;
+}
+
+static void broker_claim(const struct claim_msg *c, mach_msg_header_t *raw) {
+  bool ok = !!(c->hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX) && c->hdr.msgh_size == sizeof *c &&
+            MACH_MSGH_BITS_REMOTE(c->hdr.msgh_bits) == MACH_MSG_TYPE_PORT_SEND_ONCE &&
+            MACH_PORT_VALID(c->hdr.msgh_remote_port) && c->body.msgh_descriptor_count == 1 &&
+            c->lifeline.type == MACH_MSG_PORT_DESCRIPTOR && c->lifeline.disposition == MACH_MSG_TYPE_PORT_SEND &&
+            MACH_PORT_VALID(c->lifeline.name) && c->magic == CLAIM_MAGIC;
+  if (!ok) {
+    mach_msg_destroy(raw);
+    return;
+  }
+  pthread_mutex_lock(&fork_lock);
+  struct fork_record *r = broker_find(c->token);
+  if (r == NULL || r->claimed) {
+    pthread_mutex_unlock(&fork_lock);
+    mach_msg_destroy(raw); /* unknown or already claimed */
+    return;
+  }
+  r->claimed = true;
+  r->granting = true;
+  pthread_mutex_unlock(&fork_lock);
+  bool granted = broker_grant(r, c->hdr.msgh_remote_port);
+  pthread_mutex_lock(&fork_lock);
+  r->granting = false;
+  if (granted && !record_done(r)) {
+    /* ports to hand over later: keep the record while the child lives */
+    mach_port_t prev = MACH_PORT_NULL;
+    r->lifeline = c->lifeline.name;
+    kern_return_t kr = mach_port_request_notification(mach_task_self(), r->lifeline, MACH_NOTIFY_DEAD_NAME, 1,
+                                                      broker_rx, MACH_MSG_TYPE_MAKE_SEND_ONCE, &prev);
+    if (kr == KERN_SUCCESS) {
+      if (MACH_PORT_VALID(prev))
+        (void)mach_port_deallocate(mach_task_self(), prev);
+      pthread_mutex_unlock(&fork_lock);
+      return;
+    }
+  } else {
+    (void)mach_port_deallocate(mach_task_self(), c->lifeline.name);
+  }
+  record_unlink(r);
+  pthread_mutex_unlock(&fork_lock);
+  record_free(r, true);
+}
+
+static void broker_rxclaim(const struct rxclaim_msg *c, mach_msg_header_t *raw) {
+  bool ok = !(c->hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX) && c->hdr.msgh_size == sizeof *c &&
+            MACH_MSGH_BITS_REMOTE(c->hdr.msgh_bits) == MACH_MSG_TYPE_PORT_SEND_ONCE &&
+            MACH_PORT_VALID(c->hdr.msgh_remote_port) && c->magic == RXCLAIM_MAGIC;
+  if (!ok) {
+    mach_msg_destroy(raw);
+    return;
+  }
+  mach_port_name_t reply = c->hdr.msgh_remote_port;
+  pthread_mutex_lock(&fork_lock);
+  struct fork_record *r = broker_find(c->token);
+  size_t i = c->index;
+  if (r == NULL || !r->claimed || i >= r->n || (r->rx_state[i] != RX_HELD && r->rx_state[i] != RX_PARKED)) {
+    pthread_mutex_unlock(&fork_lock);
+    broker_refuse(reply);
+    return;
+  }
+  if (MACH_PORT_VALID(r->rx_waiter[i])) /* an earlier request that gave up waiting */
+    (void)mach_port_deallocate(mach_task_self(), r->rx_waiter[i]);
+  r->rx_waiter[i] = reply;
+  if (r->rx_state[i] == RX_PARKED)
+    broker_hand_rx(r, i);
+  /* RX_HELD: the parent still uses the port; its close hands the right over */
+  if (record_done(r)) {
+    record_unlink(r);
+    pthread_mutex_unlock(&fork_lock);
+    record_free(r, true);
+    return;
+  }
+  pthread_mutex_unlock(&fork_lock);
+}
+
+static void broker_dead_name(mach_port_name_t name) {
+  pthread_mutex_lock(&fork_lock);
+  for (struct fork_record *r = pending; r != NULL; r = r->next) {
+    if (r->lifeline == name) {
+      record_unlink(r);
+      pthread_mutex_unlock(&fork_lock);
+      /* the notification brought one more reference to the dead name; record_free drops ours */
+      (void)mach_port_deallocate(mach_task_self(), name);
+      record_free(r, true);
+      return;
+    }
+  }
+  pthread_mutex_unlock(&fork_lock);
+  (void)mach_port_deallocate(mach_task_self(), name);
 }
 
 static void *broker_main(void *arg) {
   MEMPORT__UNUSED(arg);
   union {
+    mach_msg_header_t hdr;
     struct claim_msg claim;
+    struct rxclaim_msg rxclaim;
+    mach_dead_name_notification_t dead;
     unsigned char bytes[sizeof(struct claim_msg) + sizeof(mach_msg_max_trailer_t) + 64];
   } buf;
   for (;;) {
-    mach_msg_return_t mr = mach_msg(&buf.claim.hdr,
+    mach_msg_return_t mr = mach_msg(&buf.hdr,
                                     MACH_RCV_MSG | MACH_RCV_TIMEOUT | MACH_RCV_TRAILER_TYPE(MACH_MSG_TRAILER_FORMAT_0) |
                                         MACH_RCV_TRAILER_ELEMENTS(MACH_RCV_TRAILER_AUDIT),
                                     0, sizeof buf, broker_rx, BROKER_POLL_MS, MACH_PORT_NULL);
@@ -417,28 +617,35 @@ static void *broker_main(void *arg) {
       continue;
     }
     if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR) {
-      mach_msg_destroy(&buf.claim.hdr);
+      mach_msg_destroy(&buf.hdr);
       continue;
     }
     if (mr != MACH_MSG_SUCCESS)
       return NULL; /* the broker port is gone: nothing left to serve */
-    struct claim_msg c;
-    memcpy(&c, buf.bytes, sizeof c);
-    bool ok = c.hdr.msgh_id == MSG_CLAIM && !(c.hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX) &&
-              c.hdr.msgh_size == sizeof c && MACH_MSGH_BITS_REMOTE(c.hdr.msgh_bits) == MACH_MSG_TYPE_PORT_SEND_ONCE &&
-              MACH_PORT_VALID(c.hdr.msgh_remote_port) && c.magic == CLAIM_MAGIC;
-    if (!ok) {
-      mach_msg_destroy(&buf.claim.hdr);
+    memport_cred_t sender;
+    bool from_kernel = false;
+    if (memport__darwin_trailer_cred(&buf.hdr, sizeof buf, &sender, &from_kernel) < 0) {
+      mach_msg_destroy(&buf.hdr);
       continue;
     }
-    pthread_mutex_lock(&fork_lock);
-    struct fork_record *r = broker_take(c.token);
-    pthread_mutex_unlock(&fork_lock);
-    if (r == NULL) {
-      mach_msg_destroy(&buf.claim.hdr); /* unknown or already claimed */
+    if (from_kernel) {
+      if (buf.hdr.msgh_id == MACH_NOTIFY_DEAD_NAME && buf.hdr.msgh_size >= offsetof(mach_dead_name_notification_t, trailer))
+        broker_dead_name(buf.dead.not_port);
+      else
+        mach_msg_destroy(&buf.hdr);
       continue;
     }
-    broker_grant(r, c.hdr.msgh_remote_port);
+    if (buf.hdr.msgh_id == MSG_CLAIM && buf.hdr.msgh_size == sizeof(struct claim_msg)) {
+      struct claim_msg c;
+      memcpy(&c, buf.bytes, sizeof c);
+      broker_claim(&c, &buf.hdr);
+    } else if (buf.hdr.msgh_id == MSG_RXCLAIM && buf.hdr.msgh_size == sizeof(struct rxclaim_msg)) {
+      struct rxclaim_msg c;
+      memcpy(&c, buf.bytes, sizeof c);
+      broker_rxclaim(&c, &buf.hdr);
+    } else {
+      mach_msg_destroy(&buf.hdr);
+    }
   }
 }
 
@@ -471,6 +678,57 @@ static bool broker_start(void) {
   return true;
 }
 
+bool memport__darwin_park_receive(const memport_port_t *p) {
+  bool parked = false;
+  pthread_mutex_lock(&fork_lock);
+  struct fork_record *done = NULL;
+  for (struct fork_record **pp = &pending; *pp != NULL;) {
+    struct fork_record *r = *pp;
+    for (size_t i = 0; i < r->n; i++) {
+      if (r->objs[i].obj != p || r->rx_state[i] != RX_HELD)
+        continue;
+      if (!parked && r->rx[i] == p->rx) {
+        /* the newest fork's child gets it (records are newest first) */
+        r->rx_state[i] = RX_PARKED;
+        parked = true;
+        if (MACH_PORT_VALID(r->rx_waiter[i]))
+          broker_hand_rx(r, i);
+      } else {
+        r->rx_state[i] = RX_GONE;
+        if (MACH_PORT_VALID(r->rx_waiter[i])) {
+          broker_refuse(r->rx_waiter[i]);
+          r->rx_waiter[i] = MACH_PORT_NULL;
+        }
+      }
+    }
+    if (r->claimed && !r->granting && done == NULL && record_done(r)) {
+      *pp = r->next; /* nothing left to hand over */
+      done = r;
+      continue;
+    }
+    pp = &r->next;
+  }
+  pthread_mutex_unlock(&fork_lock);
+  record_free(done, true);
+  return parked;
+}
+
+void memport__darwin_forget_receive(const memport_port_t *p) {
+  pthread_mutex_lock(&fork_lock);
+  for (struct fork_record *r = pending; r != NULL; r = r->next) {
+    for (size_t i = 0; i < r->n; i++) {
+      if (r->objs[i].obj == p && r->rx_state[i] == RX_HELD) {
+        r->rx_state[i] = RX_GONE;
+        if (MACH_PORT_VALID(r->rx_waiter[i])) {
+          broker_refuse(r->rx_waiter[i]);
+          r->rx_waiter[i] = MACH_PORT_NULL;
+        }
+      }
+    }
+  }
+  pthread_mutex_unlock(&fork_lock);
+}
+
 /* ---- the fork handlers ---- */
 
 static void fork_prepare(void) {
@@ -484,24 +742,35 @@ static void fork_prepare(void) {
   struct fork_record *r = calloc(1, sizeof *r);
   if (r == NULL)
     return;
-  r->n = ntracked;
-  r->objs = malloc(ntracked * sizeof *r->objs);
-  r->names = calloc(ntracked, sizeof *r->names);
-  r->reply_size = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) +
-                  ntracked * sizeof(mach_msg_port_descriptor_t) + sizeof(struct grant_tail) +
-                  sizeof(mach_msg_max_trailer_t);
+  size_t n = ntracked;
+  r->n = n;
+  r->objs = malloc(n * sizeof *r->objs);
+  r->names = calloc(n, sizeof *r->names);
+  r->rx = calloc(n, sizeof *r->rx);
+  r->rx_state = calloc(n, sizeof *r->rx_state);
+  r->rx_waiter = calloc(n, sizeof *r->rx_waiter);
+  r->reply_size = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) + n * sizeof(mach_msg_port_descriptor_t) +
+                  sizeof(struct grant_tail) + sizeof(mach_msg_max_trailer_t);
   r->reply = malloc(r->reply_size);
-  if (r->objs == NULL || r->names == NULL || r->reply == NULL) {
+  if (r->objs == NULL || r->names == NULL || r->rx == NULL || r->rx_state == NULL || r->rx_waiter == NULL ||
+      r->reply == NULL) {
     record_free(r, false);
     return;
   }
-  memcpy(r->objs, tracked, ntracked * sizeof *tracked);
+  memcpy(r->objs, tracked, n * sizeof *tracked);
   arc4random_buf(r->token, sizeof r->token);
   r->created = memport__now_ns();
-  for (size_t i = 0; i < ntracked; i++) {
+  for (size_t i = 0; i < n; i++) {
     mach_port_name_t name = object_send_name(&r->objs[i]);
     if (MACH_PORT_VALID(name) && mach_port_mod_refs(task, name, MACH_PORT_RIGHT_SEND, 1) == KERN_SUCCESS)
       r->names[i] = name;
+    if (r->objs[i].kind == MEMPORT_HANDLE_PORT) {
+      const memport_port_t *p = r->objs[i].obj;
+      if (memport__darwin_mine(p->os[MEMPORT__DARWIN_OS_STAMP]) && MACH_PORT_VALID(p->rx)) {
+        r->rx[i] = p->rx;
+        r->rx_state[i] = RX_HELD;
+      }
+    }
   }
   /* Borrow a free registered-port slot for the broker. */
   mach_port_array_t regs = NULL;
@@ -529,6 +798,7 @@ static void fork_prepare(void) {
   if (slot < 0) {
     for (int i = 0; i < TASK_PORT_REGISTER_MAX; i++)
       memport__darwin_release_send(saved_ports[i]);
+    memset(r->rx_state, RX_NONE, n); /* the receive rights stay where they are */
     record_free(r, true);
     return;
   }
@@ -557,25 +827,33 @@ static void fork_parent(void) {
 /* In the child: claim the record of this fork from the parent's broker and install the rights. */
 static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
   mach_port_t task = mach_task_self();
-  mach_port_name_t reply = MACH_PORT_NULL;
+  mach_port_name_t reply = MACH_PORT_NULL, lifeline = MACH_PORT_NULL;
   if (mach_port_allocate(task, MACH_PORT_RIGHT_RECEIVE, &reply) != KERN_SUCCESS)
     return false;
-  union {
-    struct claim_msg c;
-    unsigned char bytes[sizeof(struct claim_msg)];
-  } out;
+  /* The lifeline: a receive right this process keeps until it exits; its death tells the parent's
+   * broker to forget what it still keeps for us. */
+  if (mach_port_allocate(task, MACH_PORT_RIGHT_RECEIVE, &lifeline) != KERN_SUCCESS) {
+    (void)mach_port_destroy(task, reply);
+    return false;
+  }
+  struct claim_msg out;
   memset(&out, 0, sizeof out);
-  out.c.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, MACH_MSG_TYPE_MAKE_SEND_ONCE);
-  out.c.hdr.msgh_size = sizeof out.c;
-  out.c.hdr.msgh_remote_port = broker;
-  out.c.hdr.msgh_local_port = reply;
-  out.c.hdr.msgh_id = MSG_CLAIM;
-  out.c.magic = CLAIM_MAGIC;
-  memcpy(out.c.token, r->token, sizeof out.c.token);
-  mach_msg_return_t mr = mach_msg(&out.c.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof out.c, 0, MACH_PORT_NULL,
-                                  CLAIM_WAIT_MS, MACH_PORT_NULL);
+  out.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, MACH_MSG_TYPE_MAKE_SEND_ONCE) | MACH_MSGH_BITS_COMPLEX;
+  out.hdr.msgh_size = sizeof out;
+  out.hdr.msgh_remote_port = broker;
+  out.hdr.msgh_local_port = reply;
+  out.hdr.msgh_id = MSG_CLAIM;
+  out.body.msgh_descriptor_count = 1;
+  out.lifeline.name = lifeline;
+  out.lifeline.disposition = MACH_MSG_TYPE_MAKE_SEND;
+  out.lifeline.type = MACH_MSG_PORT_DESCRIPTOR;
+  out.magic = CLAIM_MAGIC;
+  memcpy(out.token, r->token, sizeof out.token);
+  mach_msg_return_t mr =
+      mach_msg(&out.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof out, 0, MACH_PORT_NULL, CLAIM_WAIT_MS, MACH_PORT_NULL);
   if (mr != MACH_MSG_SUCCESS) {
     (void)mach_port_destroy(task, reply);
+    (void)mach_port_destroy(task, lifeline);
     return false;
   }
   mach_msg_header_t *hdr = r->reply;
@@ -585,16 +863,18 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
   if (mr != MACH_MSG_SUCCESS) {
     if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR)
       mach_msg_destroy(hdr);
+    (void)mach_port_destroy(task, lifeline);
     return false;
   }
   size_t want = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) + r->n * sizeof(mach_msg_port_descriptor_t) +
                 sizeof(struct grant_tail);
   const unsigned char *b = r->reply;
-  mach_msg_body_t body;
-  memcpy(&body, b + sizeof *hdr, sizeof body);
+  mach_msg_body_t body = {0};
   struct grant_tail tail = {0, 0};
-  if (hdr->msgh_size == want)
+  if (hdr->msgh_size == want) {
+    memcpy(&body, b + sizeof *hdr, sizeof body);
     memcpy(&tail, b + want - sizeof tail, sizeof tail);
+  }
   bool ok = hdr->msgh_id == MSG_GRANT && (hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX) && hdr->msgh_size == want &&
             body.msgh_descriptor_count == r->n && tail.magic == GRANT_MAGIC && tail.count == r->n;
   const unsigned char *dp = b + sizeof *hdr + sizeof body;
@@ -605,10 +885,12 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
   }
   if (!ok) {
     mach_msg_destroy(hdr);
+    (void)mach_port_destroy(task, lifeline);
     return false;
   }
   uintptr_t gen = atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
   size_t kept = 0;
+  bool ports = false;
   for (size_t i = 0; i < r->n; i++) {
     mach_msg_port_descriptor_t d;
     memcpy(&d, dp + i * sizeof d, sizeof d);
@@ -625,13 +907,24 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
       o->shared = (void *)gen;
     } else {
       memport_port_t *o = t->obj;
-      o->rx = MACH_PORT_NULL; /* stays with the parent */
+      o->rx = MACH_PORT_NULL; /* claimed from the parent on first receive */
       o->tx = MACH_PORT_VALID(d.name) ? d.name : MACH_PORT_DEAD;
+      o->os[OS_CLAIM] = r->rx_state[i] == RX_HELD ? i + 1 : 0;
       o->os[MEMPORT__DARWIN_OS_STAMP] = gen;
+      ports = ports || o->os[OS_CLAIM] != 0;
     }
     tracked[kept++] = *t; /* the child's own object from now on */
   }
   ntracked = kept;
+  if (ports) {
+    claim_broker = broker; /* kept: the caller does not release it */
+    memcpy(claim_token, r->token, sizeof claim_token);
+    claim_gen = gen;
+  }
+  /* With ports to claim, the lifeline stays for the life of this process; without, the parent
+   * has forgotten the record already. */
+  if (!ports)
+    (void)mach_port_destroy(task, lifeline);
   return true;
 }
 
@@ -657,6 +950,8 @@ static void fork_child(void) {
   broker_slot = -1;
   broker_running = false;
   broker_rx = MACH_PORT_NULL;
+  claim_broker = MACH_PORT_NULL; /* a claim of the grandparent's: not ours any more */
+  claim_gen = 0;
   bool claimed = false;
   if (r != NULL && slot >= 0) {
     mach_port_t task = mach_task_self();
@@ -672,7 +967,8 @@ static void fork_child(void) {
       if (MACH_PORT_VALID(broker))
         claimed = child_claim(broker, r);
       for (mach_msg_type_number_t i = 0; i < nregs; i++)
-        memport__darwin_release_send(regs[i]);
+        if (!(claimed && (int)i == slot && claim_broker == regs[i]))
+          memport__darwin_release_send(regs[i]);
       (void)vm_deallocate(task, (vm_address_t)regs, nregs * sizeof *regs);
     }
   }
@@ -680,6 +976,73 @@ static void fork_child(void) {
     ntracked = 0; /* nothing of the parent's is usable here */
   record_free(r, false);
   pthread_mutex_unlock(&fork_lock);
+}
+
+int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline) {
+  size_t index = (size_t)p->os[OS_CLAIM];
+  if (index == 0 || claim_gen == 0 || !memport__darwin_mine(claim_gen) || !MACH_PORT_VALID(claim_broker))
+    return MEMPORT_EBADF;
+  mach_port_t task = mach_task_self();
+  mach_port_name_t reply = MACH_PORT_NULL;
+  kern_return_t kr = mach_port_allocate(task, MACH_PORT_RIGHT_RECEIVE, &reply);
+  if (kr != KERN_SUCCESS)
+    return memport__darwin_err(kr);
+  struct rxclaim_msg c;
+  memset(&c, 0, sizeof c);
+  c.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, MACH_MSG_TYPE_MAKE_SEND_ONCE);
+  c.hdr.msgh_size = sizeof c;
+  c.hdr.msgh_remote_port = claim_broker;
+  c.hdr.msgh_local_port = reply;
+  c.hdr.msgh_id = MSG_RXCLAIM;
+  c.magic = RXCLAIM_MAGIC;
+  c.index = (uint32_t)(index - 1);
+  memcpy(c.token, claim_token, sizeof c.token);
+  bool forever;
+  mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
+  mach_msg_return_t mr = mach_msg(&c.hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), sizeof c, 0,
+                                  MACH_PORT_NULL, ms, MACH_PORT_NULL);
+  if (mr != MACH_MSG_SUCCESS) {
+    (void)mach_port_destroy(task, reply);
+    if (mr == MACH_SEND_INVALID_DEST) { /* the parent is gone, and the right with it */
+      p->os[OS_CLAIM] = 0;
+      return MEMPORT_EPEER;
+    }
+    return mr == MACH_SEND_TIMED_OUT ? MEMPORT_ETIMEDOUT : memport__darwin_err(mr);
+  }
+  union {
+    struct rxgrant_msg g;
+    unsigned char bytes[sizeof(struct rxgrant_msg) + sizeof(mach_msg_max_trailer_t)];
+  } in;
+  for (;;) {
+    ms = memport__darwin_timeout_ms(deadline, &forever);
+    mr = mach_msg(&in.g.hdr, MACH_RCV_MSG | MACH_RCV_INTERRUPT | (forever ? 0 : MACH_RCV_TIMEOUT), 0, sizeof in,
+                  reply, ms, MACH_PORT_NULL);
+    if (mr == MACH_RCV_INTERRUPTED || (mr == MACH_RCV_TIMED_OUT && !forever && !memport__expired(deadline)))
+      continue;
+    break;
+  }
+  if (mr != MACH_MSG_SUCCESS) {
+    if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR)
+      mach_msg_destroy(&in.g.hdr);
+    (void)mach_port_destroy(task, reply);
+    return mr == MACH_RCV_TIMED_OUT ? MEMPORT_ETIMEDOUT : MEMPORT_EPROTO;
+  }
+  (void)mach_port_destroy(task, reply);
+  struct rxgrant_msg g;
+  memcpy(&g, in.bytes, sizeof g);
+  if (g.hdr.msgh_id == MSG_RXGRANT && (g.hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX) && g.hdr.msgh_size == sizeof g &&
+      g.body.msgh_descriptor_count == 1 && g.rx.type == MACH_MSG_PORT_DESCRIPTOR &&
+      g.rx.disposition == MACH_MSG_TYPE_PORT_RECEIVE && MACH_PORT_VALID(g.rx.name)) {
+    p->rx = g.rx.name;
+    p->os[OS_CLAIM] = 0;
+    return 0;
+  }
+  /* a refusal (the parent kept, sent away or lost the right), or a broker that dropped the
+   * request (a send-once notification) */
+  if (g.hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX)
+    mach_msg_destroy(&in.g.hdr);
+  p->os[OS_CLAIM] = 0;
+  return MEMPORT_EBADF;
 }
 
 static void handlers_install(void) {

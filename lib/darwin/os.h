@@ -97,6 +97,16 @@ MEMPORT_HIDDEN uintptr_t memport__darwin_stamp(void);
  * gets rights of its own (see inherit.c); untrack it before its rights are released. */
 MEMPORT_HIDDEN void memport__darwin_track(void *obj, int kind);
 MEMPORT_HIDDEN void memport__darwin_untrack(void *obj);
+/* Parent side, closing port p: if a fork child may still claim p's receive right, keep it for
+ * that child instead (true: do not destroy it). */
+MEMPORT_HIDDEN bool memport__darwin_park_receive(const memport_port_t *p);
+/* Parent side: p's receive right is leaving this process (sent away): no child can claim it. */
+MEMPORT_HIDDEN void memport__darwin_forget_receive(const memport_port_t *p);
+/* Child side: get the receive right of an inherited port p from the parent (waits up to deadline
+ * for the parent to close its copy). 0 and p->rx set, or MEMPORT_EBADF / ETIMEDOUT / EPEER. */
+MEMPORT_HIDDEN int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline);
+/* memport_port_t.os[] slot: index + 1 of an inherited port's receive right in the fork record */
+#define MEMPORT__DARWIN_OS_CLAIM 2
 /* Was an object stamped `stamp` made in this process (not inherited through fork)? */
 static inline bool memport__darwin_mine(uintptr_t stamp) {
   return stamp != 0 && stamp == atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);

@@ -171,11 +171,15 @@ void memport__os_port_close(memport_port_t *p) {
   memport__darwin_untrack(p);
   mach_port_name_t rx = p->rx, tx = p->tx;
   bool mine = port_mine(p);
+  /* a fork child that inherited this port may still claim the receive right: then it is kept */
+  bool parked = mine && MACH_PORT_VALID(rx) && memport__darwin_park_receive(p);
   p->rx = MACH_PORT_NULL;
   p->tx = MACH_PORT_NULL;
   p->os[MEMPORT__DARWIN_OS_STAMP] = 0;
+  p->os[MEMPORT__DARWIN_OS_CLAIM] = 0;
   if (mine) {
-    memport__darwin_release_receive(rx);
+    if (!parked)
+      memport__darwin_release_receive(rx);
     memport__darwin_release_send(tx);
   }
 }
@@ -340,6 +344,7 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
         name = h->u.sem->handle;
         h->u.sem->handle = MEMPORT_OS_HANDLE_INVALID;
       } else {
+        memport__darwin_forget_receive(h->u.port); /* no fork child can claim it any more */
         h->u.port->rx = MACH_PORT_NULL; /* moved */
         name = h->u.port->tx;
         h->u.port->tx = MACH_PORT_NULL;
@@ -573,7 +578,15 @@ static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle 
 int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
   if (p == NULL || msg == NULL)
     return MEMPORT_EINVAL;
-  if (!port_mine(p) || !MACH_PORT_VALID(p->rx))
+  if (!port_mine(p))
+    return MEMPORT_EBADF;
+  if (!MACH_PORT_VALID(p->rx) && p->os[MEMPORT__DARWIN_OS_CLAIM] != 0) {
+    /* a port inherited through fork: its receive right comes from the parent on first use */
+    int err = memport__darwin_claim_receive(p, deadline);
+    if (err < 0)
+      return err;
+  }
+  if (!MACH_PORT_VALID(p->rx))
     return MEMPORT_EBADF;
   if (p->os[OS_PEER_GONE])
     return MEMPORT_EPEER;
