@@ -412,6 +412,79 @@ static void test_chan_zero_copy_shares_the_senders_pages(void **state) {
   assert_int_equal(count_memport_maps(), maps);
 }
 
+/* Zero-copy through a two-buffer pool, across fork, for every wait policy: the sender keeps
+ * running out of buffers and must be woken by releases (queue + wake over the port). */
+struct zc_arg {
+  memport_chan_t *chan;
+  uint32_t count;
+};
+
+static int zc_sender(void *varg) {
+  struct zc_arg *a = varg;
+  for (uint32_t i = 0; i < a->count; i++) {
+    memport_buf_t z;
+    size_t n = 64 + (i * 977u) % 30000u;
+    int rc = memport_chan_alloc(a->chan, n, &z, 10 * SEC);
+    if (rc != 0) {
+      fprintf(stderr, "zc sender: alloc %u: %s\n", i, memport_err_name(rc));
+      return 90;
+    }
+    memcpy(z.data, &i, 4);
+    fill((unsigned char *)z.data + 4, n - 4, i);
+    if (memport_chan_send_buf(a->chan, &z, 10 * SEC) != 0)
+      return 91;
+  }
+  return 0;
+}
+
+static void test_chan_zero_copy_stream_through_a_tiny_pool(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = count_memport_maps();
+  int pol[3] = {MEMPORT_WAIT_BLOCK, MEMPORT_WAIT_ADAPTIVE, MEMPORT_WAIT_SPIN};
+  uint32_t count = under_valgrind() ? 500 : 8000;
+  for (int p = 0; p < 3; p++) {
+    memport_chan_opts_t o;
+    small_opts(&o);
+    o.pool_buffers = 2;
+    o.pool_buffer_size = 32 * 1024;
+    o.zerocopy_threshold = 1024;
+    o.wait_policy = pol[p];
+    memport_chan_t *a, *b;
+    th_assert_ok(memport_chan_pair(&a, &b, &o));
+    struct zc_arg arg = {b, count};
+    uint64_t t0 = now_ns();
+    pid_t pid = th_fork(zc_sender, &arg, 60);
+    memport_chan_close(b);
+    memport_buf_t held = {0};
+    for (uint32_t i = 0; i < count; i++) {
+      memport_buf_t m;
+      int rc = memport_chan_recv(a, &m, 10 * SEC);
+      if (rc != 0)
+        fail_msg("policy %d: recv %u: %s", pol[p], i, memport_err_name(rc));
+      size_t n = 64 + (i * 977u) % 30000u;
+      uint32_t seq;
+      memcpy(&seq, m.data, 4);
+      if (m.len != n || seq != i || check((const unsigned char *)m.data + 4, n - 4, i) != 0)
+        fail_msg("policy %d: message %u wrong (len %zu, seq %u)", pol[p], i, m.len, seq);
+      /* Hold one buffer now and then, so the sender really runs dry. */
+      if (held.data != NULL)
+        th_assert_ok(memport_chan_release(a, &held));
+      if (i % 7 == 0)
+        held = m;
+      else
+        th_assert_ok(memport_chan_release(a, &m));
+    }
+    if (held.data != NULL)
+      th_assert_ok(memport_chan_release(a, &held));
+    printf("# policy %d: %u zero-copy messages through 2 buffers in %.2f s\n", pol[p], count,
+           (double)(now_ns() - t0) / 1e9);
+    assert_int_equal(th_wait(pid, 60), 0);
+    memport_chan_close(a);
+  }
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 static int write_byte_child(void *arg) {
   volatile unsigned char *p = arg;
   signal(SIGSEGV, SIG_DFL); /* cmocka's (or ASan's) handler would hide the fault */
@@ -1100,6 +1173,7 @@ int main(void) {
       cmocka_unit_test(test_chan_million_messages_keep_order_across_fork),
       cmocka_unit_test(test_chan_zero_copy_shares_the_senders_pages),
       cmocka_unit_test(test_chan_zero_copy_receiver_cannot_write),
+      cmocka_unit_test(test_chan_zero_copy_stream_through_a_tiny_pool),
       cmocka_unit_test(test_chan_pool_exhaustion_times_out_then_recovers),
       cmocka_unit_test(test_chan_peer_exit_before_handshake_gives_epeer),
       cmocka_unit_test(test_chan_peer_exit_while_blocked_in_recv_gives_epeer),
