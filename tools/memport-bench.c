@@ -36,9 +36,6 @@
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #endif
-#ifdef __APPLE__
-#include <mach/mach.h>
-#endif
 
 #include "memport.h"
 
