@@ -254,7 +254,15 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
       ndesc += 1;
       break;
     case MEMPORT_HANDLE_PORT:
-      if (h->u.port == NULL || !port_mine(h->u.port) || !has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
+      if (h->u.port == NULL || !port_mine(h->u.port))
+        return MEMPORT_EBADF;
+      if (!MACH_PORT_VALID(h->u.port->rx) && h->u.port->os[MEMPORT__DARWIN_OS_CLAIM] != 0) {
+        /* inherited through fork: fetch the receive right from the parent before moving it on */
+        err = memport__darwin_claim_receive(h->u.port, deadline);
+        if (err < 0)
+          return err;
+      }
+      if (!has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
         return MEMPORT_EBADF;
       /* the port we send on, or its peer's end, cannot travel through itself */
       if (h->u.port == p || h->u.port->rx == p->tx)
