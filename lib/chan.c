@@ -15,6 +15,7 @@
 #define CHAN_SLICE_NS 20000000u      /* blocked waits look at the port this often */
 #define CHAN_LIVE_INTERVAL_NS 10000000u /* sends look at the port at most this often */
 #define CHAN_MAX_POOL_BYTES ((uint64_t)1 << 40)
+#define CHAN_DRAIN_MAX 256u /* control messages read per look at the port */
 
 /* Tags in memport_buf_t.priv[0]: a magic in the high half, the kind and a pool index below. */
 #define BUF_MAGIC 0x4d504246u /* "MPBF" */
@@ -353,12 +354,13 @@ static int chan_pump(memport_chan_t *ch, int64_t timeout_ns) {
   return 0;
 }
 
-/* Read every control message waiting now, send releases we owe. 0, MEMPORT_EPEER or an error. */
+/* Read the control messages waiting now (a bounded number: a peer that floods the port cannot
+ * keep us here), send releases we owe. 0, MEMPORT_EPEER or an error. */
 static int chan_drain(memport_chan_t *ch) {
-  int rc;
-  while ((rc = chan_pump(ch, MEMPORT_NOWAIT)) == 0)
-    ;
-  if (rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT)
+  int rc = 0;
+  for (unsigned n = 0; n < CHAN_DRAIN_MAX && rc == 0; n++)
+    rc = chan_pump(ch, MEMPORT_NOWAIT);
+  if (rc != 0 && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT)
     return rc;
   rc = chan_flush(ch);
   if (rc < 0)

@@ -1163,6 +1163,62 @@ static void test_chan_hostile_release_queue_gives_eproto(void **state) {
   assert_int_equal(count_memport_maps(), maps);
 }
 
+struct flood_arg {
+  struct raw_peer *rp;
+};
+
+static int flood_child(void *varg) {
+  struct raw_peer *rp = ((struct flood_arg *)varg)->rp;
+  memport_msg_t *m;
+  if (memport_msg_create(&m) != 0)
+    return 100;
+  struct memport__ctl_hdr wake = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
+  memport_msg_set_bytes(m, &wake, sizeof wake);
+  uint64_t end = now_ns() + 700 * MS;
+  while (now_ns() < end) {
+    int rc = memport_port_send(rp->port, m, MEMPORT_NOWAIT);
+    if (rc != 0 && rc != MEMPORT_EAGAIN)
+      break;
+  }
+  memport_msg_close(m);
+  return 0;
+}
+
+/* A peer that floods the port with (valid) wake messages cannot keep a call from returning. */
+static void test_chan_control_flood_cannot_stall_a_call(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_port_t *pa, *pb;
+  th_assert_ok(memport_port_pair(&pa, &pb));
+  struct raw_peer rp;
+  raw_peer_init(&rp, pb);
+  memport_msg_t *m = raw_hello(&rp, 2, 65536);
+  th_assert_ok(memport_port_send(rp.port, m, SEC));
+  memport_chan_opts_t o;
+  small_opts(&o);
+  memport_chan_t *c = NULL;
+  th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
+  struct flood_arg fa = {&rp};
+  pid_t pid = th_fork(flood_child, &fa, 10);
+  sleep_ms(50);
+  memport_buf_t b;
+  uint64_t worst = 0;
+  for (int i = 0; i < 20; i++) {
+    uint64_t t0 = now_ns();
+    th_assert_rc(memport_chan_recv(c, &b, i % 2 ? 0 : 20 * MS), i % 2 ? MEMPORT_EAGAIN : MEMPORT_ETIMEDOUT);
+    uint64_t el = now_ns() - t0;
+    worst = el > worst ? el : worst;
+  }
+  printf("# under a wake flood: slowest receive returned after %.1f ms\n", (double)worst / 1e6);
+  assert_true(worst < (uint64_t)SEC);
+  assert_int_equal(th_wait(pid, 10), 0);
+  memport_chan_close(c);
+  memport_msg_close(m);
+  raw_peer_fini(&rp);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
@@ -1186,6 +1242,7 @@ int main(void) {
       cmocka_unit_test(test_chan_hostile_handshakes_give_eproto),
       cmocka_unit_test(test_chan_hostile_records_and_controls_give_eproto),
       cmocka_unit_test(test_chan_hostile_release_queue_gives_eproto),
+      cmocka_unit_test(test_chan_control_flood_cannot_stall_a_call),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
