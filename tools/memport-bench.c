@@ -286,6 +286,15 @@ static int online_cpus(void) {
   return n > 0 ? (int)n : 1;
 }
 
+/* CPUs this process may run on (its affinity mask on Linux): spinning needs two. */
+static int usable_cpus(void) {
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+#endif
+  return online_cpus();
+}
+
 static int cmp_i64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
   return (x > y) - (x < y);
@@ -852,6 +861,10 @@ static void run_latency(const struct lat_method *m) {
     if (cfg.sizes[k] <= method_limit(m) && cfg.sizes[k] > maxlen) maxlen = cfg.sizes[k];
   if (maxlen == 0) return;
   progress("%s%s%s:", m->method, m->policy >= 0 ? "/" : "", m->policy >= 0 ? mode_name(m->policy) : "");
+  if (m->policy == MEMPORT_WAIT_SPIN && usable_cpus() < 2) {
+    progress_more(" n/a (one CPU: a spinning receiver would wait for the scheduler)\n");
+    return;
+  }
 
   size_t shlen = sizeof(struct lat_shared) + (size_t)MAX_SIZES * max_count() * sizeof(int64_t);
   struct lat_shared *sh = shared_alloc(shlen);
@@ -1001,7 +1014,7 @@ static void run_pingpong(bool futex, bool split) {
     return;
   }
 #endif
-  if (!futex && online_cpus() < 2) {
+  if (!futex && usable_cpus() < 2) {
     progress("spin: n/a (one CPU: spinning would wait for the scheduler)\n");
     return;
   }
@@ -1131,7 +1144,7 @@ static void run_stream(int policy) {
   uint64_t seg = n / STREAM_SEGMENTS;
   n = seg * STREAM_SEGMENTS;
   progress("stream/%s: %" PRIu64 " x 64 KiB through a %zu KiB ring:", mode_name(policy), n, cfg.stream_ring / KIB);
-  if (policy != MEMPORT_WAIT_BLOCK && online_cpus() < 2) {
+  if (policy != MEMPORT_WAIT_BLOCK && usable_cpus() < 2) {
     progress_more(" n/a (one CPU)\n");
     return;
   }
@@ -1528,7 +1541,7 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
 
 static void run_syscheck(void) {
 #ifdef __linux__
-  if (online_cpus() < 2 || cpus[0] < 0) {
+  if (usable_cpus() < 2 || cpus[0] < 0) {
     progress("steady state: spin mode needs two CPUs to pin the peers to; skipped\n");
     return;
   }
@@ -1838,7 +1851,7 @@ static void run_pair(struct pair_result *out, int policy) {
 #ifndef __linux__
   if (futex) return;
 #endif
-  if (!futex && online_cpus() < 2) return;
+  if (!futex && usable_cpus() < 2) return;
   progress("paired rounds for the %s target: %s ping-pong, then channel %s %zu B, %d times:", mode_name(policy),
            futex ? "futex" : "spin", mode_name(policy), small, PAIR_ROUNDS);
   /* the rounds use the regular runs with one size and a share of the messages */
