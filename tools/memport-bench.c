@@ -2289,7 +2289,9 @@ static int write_plot(const char *path) {
     printf("\nPlot: gnuplot has none of the pngcairo, png, svg, dumb terminals; %s not written\n", path);
     return -1;
   }
-  char script[] = "/tmp/memport-bench-plot.XXXXXX";
+  const char *tmp = getenv("TMPDIR");
+  char script[PATH_MAX];
+  snprintf(script, sizeof script, "%s/memport-bench-plot.XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
   int fd = mkstemp(script);
   if (fd < 0) {
     fprintf(stderr, "memport-bench: mkstemp: %s\n", strerror(errno));
