@@ -670,7 +670,7 @@ static bool broker_start(void) {
     pthread_attr_destroy(&attr);
   }
   if (!ok) {
-    (void)mach_port_destroy(mach_task_self(), rx);
+    memport__darwin_drop_all(rx);
     broker_rx = MACH_PORT_NULL;
     return false;
   }
@@ -833,7 +833,7 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
   /* The lifeline: a receive right this process keeps until it exits; its death tells the parent's
    * broker to forget what it still keeps for us. */
   if (mach_port_allocate(task, MACH_PORT_RIGHT_RECEIVE, &lifeline) != KERN_SUCCESS) {
-    (void)mach_port_destroy(task, reply);
+    memport__darwin_drop_all(reply);
     return false;
   }
   struct claim_msg out;
@@ -852,18 +852,18 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
   mach_msg_return_t mr =
       mach_msg(&out.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof out, 0, MACH_PORT_NULL, CLAIM_WAIT_MS, MACH_PORT_NULL);
   if (mr != MACH_MSG_SUCCESS) {
-    (void)mach_port_destroy(task, reply);
-    (void)mach_port_destroy(task, lifeline);
+    memport__darwin_drop_all(reply);
+    memport__darwin_drop_all(lifeline);
     return false;
   }
   mach_msg_header_t *hdr = r->reply;
   mr = mach_msg(hdr, MACH_RCV_MSG | MACH_RCV_TIMEOUT, 0, (mach_msg_size_t)r->reply_size, reply, CLAIM_WAIT_MS,
                 MACH_PORT_NULL);
-  (void)mach_port_destroy(task, reply);
+  memport__darwin_drop_all(reply);
   if (mr != MACH_MSG_SUCCESS) {
     if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR)
       mach_msg_destroy(hdr);
-    (void)mach_port_destroy(task, lifeline);
+    memport__darwin_drop_all(lifeline);
     return false;
   }
   size_t want = sizeof(mach_msg_header_t) + sizeof(mach_msg_body_t) + r->n * sizeof(mach_msg_port_descriptor_t) +
@@ -885,7 +885,7 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
   }
   if (!ok) {
     mach_msg_destroy(hdr);
-    (void)mach_port_destroy(task, lifeline);
+    memport__darwin_drop_all(lifeline);
     return false;
   }
   uintptr_t gen = atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
@@ -924,7 +924,7 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
   /* With ports to claim, the lifeline stays for the life of this process; without, the parent
    * has forgotten the record already. */
   if (!ports)
-    (void)mach_port_destroy(task, lifeline);
+    memport__darwin_drop_all(lifeline);
   return true;
 }
 
@@ -1002,7 +1002,7 @@ int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline) {
   mach_msg_return_t mr = mach_msg(&c.hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), sizeof c, 0,
                                   MACH_PORT_NULL, ms, MACH_PORT_NULL);
   if (mr != MACH_MSG_SUCCESS) {
-    (void)mach_port_destroy(task, reply);
+    memport__darwin_drop_all(reply);
     if (mr == MACH_SEND_INVALID_DEST) { /* the parent is gone, and the right with it */
       p->os[OS_CLAIM] = 0;
       return MEMPORT_EPEER;
@@ -1024,10 +1024,10 @@ int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline) {
   if (mr != MACH_MSG_SUCCESS) {
     if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR)
       mach_msg_destroy(&in.g.hdr);
-    (void)mach_port_destroy(task, reply);
+    memport__darwin_drop_all(reply);
     return mr == MACH_RCV_TIMED_OUT ? MEMPORT_ETIMEDOUT : MEMPORT_EPROTO;
   }
-  (void)mach_port_destroy(task, reply);
+  memport__darwin_drop_all(reply);
   struct rxgrant_msg g;
   memcpy(&g, in.bytes, sizeof g);
   if (g.hdr.msgh_id == MSG_RXGRANT && (g.hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX) && g.hdr.msgh_size == sizeof g &&

@@ -386,7 +386,7 @@ void memport__os_service_close(memport_service_t *s) {
 /* Send a WELCOME to `to` (a send right, copied: the caller still owns it): status 0 with a send
  * right made from `conn`, or a refusal. Never waits for queue space. If the send fails after the
  * kernel copied the message in, the made send right comes back under `conn`; the caller destroys
- * conn with mach_port_destroy, which takes it too. */
+ * conn with memport__darwin_drop_all, which takes it too. */
 static mach_msg_return_t send_welcome(mach_port_name_t to, int32_t status, mach_port_name_t conn) {
   struct ctl_msg m;
   memset(&m, 0, sizeof m);
@@ -504,7 +504,7 @@ int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64
     }
     if (send_welcome(client, 0, conn) != MACH_MSG_SUCCESS) {
       /* the client is gone or hostile (full queue): drop it and wait for the next one */
-      (void)mach_port_destroy(mach_task_self(), conn);
+      memport__darwin_drop_all(conn);
       memport__darwin_release_send(client);
       continue;
     }
@@ -651,25 +651,25 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
         if (err == 0)
           break;
         if (err != MEMPORT_ENOENT) {
-          (void)mach_port_destroy(mach_task_self(), rx);
+          memport__darwin_drop_all(rx);
           return err;
         }
       } else if (kr == BOOTSTRAP_SUCCESS) {
         memport__darwin_release_send(svc); /* a dead name */
       } else if (kr != BOOTSTRAP_UNKNOWN_SERVICE) {
-        (void)mach_port_destroy(mach_task_self(), rx);
+        memport__darwin_drop_all(rx);
         return bootstrap_err(kr);
       }
     }
     if (!nap(deadline)) {
-      (void)mach_port_destroy(mach_task_self(), rx);
+      memport__darwin_drop_all(rx);
       return MEMPORT_ENOENT;
     }
   }
   mach_port_name_t tx = MACH_PORT_NULL;
   memport_cred_t peer;
   if ((err = wait_welcome(rx, deadline, &tx, &peer)) < 0) {
-    (void)mach_port_destroy(mach_task_self(), rx); /* the server's send right to it turns dead */
+    memport__darwin_drop_all(rx); /* the server's send right to it turns dead */
     return err;
   }
   out->rx = rx;

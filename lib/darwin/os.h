@@ -130,6 +130,18 @@ static inline void memport__darwin_release_receive(mach_port_name_t name) {
     (void)mach_port_mod_refs(mach_task_self(), name, MACH_PORT_RIGHT_RECEIVE, -1);
 }
 
+/* Drop every right held under `name` when this code alone owns it (a port it made): its send
+ * references first, then the receive right (mach_port_destroy does this too, but is deprecated). */
+static inline void memport__darwin_drop_all(mach_port_name_t name) {
+  if (!MACH_PORT_VALID(name))
+    return;
+  mach_port_t task = mach_task_self();
+  mach_port_urefs_t refs = 0;
+  if (mach_port_get_refs(task, name, MACH_PORT_RIGHT_SEND, &refs) == KERN_SUCCESS && refs > 0)
+    (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_SEND, -(mach_port_delta_t)refs);
+  (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_RECEIVE, -1);
+}
+
 /* Milliseconds left until `deadline`, rounded up, for MACH_SEND_TIMEOUT / MACH_RCV_TIMEOUT
  * (0 once it has passed). *forever is set when there is no deadline. Long waits are capped; the
  * callers loop until the deadline itself has passed. */
