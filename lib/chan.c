@@ -338,6 +338,10 @@ static int chan_pump(memport_chan_t *ch, int64_t timeout_ns) {
     return ch->broken;
   if (ch->peer_dead)
     return MEMPORT_EPEER;
+  /* Back-pressure: while the application has not received the oversized messages already
+   * announced, leave the port alone (the sender's port then fills and it waits). */
+  if (MEMPORT__UNLIKELY(ch->stash_n >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT))
+    return MEMPORT_EAGAIN;
   int rc = memport_port_recv(ch->port, ch->rmsg, timeout_ns);
   if (rc == MEMPORT_EPEER) {
     ch->peer_dead = true;
@@ -730,8 +734,21 @@ static int pool_wait(memport_chan_t *ch, uint64_t deadline, int64_t timeout_ns) 
       left = (int64_t)(deadline - now);
     }
     rc = chan_flush(ch);
-    if (rc == 0)
+    if (rc == 0 && MEMPORT__UNLIKELY(ch->stash_n >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT)) {
+      /* The port is not read (see chan_pump): poll the queue for a slice instead. */
+      uint64_t until = memport__now_ns() + CHAN_SLICE_NS;
+      for (unsigned i = 1; ch->pool_nfree == 0; i++) {
+        if ((rc = relq_drain(ch)) < 0)
+          break;
+        cpu_relax();
+        if ((i & 31) == 0 && memport__now_ns() >= (until < deadline ? until : deadline))
+          break;
+      }
+      if (rc == MEMPORT_EPROTO)
+        rc = chan_break(ch, rc);
+    } else if (rc == 0) {
       rc = chan_pump(ch, left);
+    }
     if (rc < 0 && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EAGAIN) {
       atomic_fetch_and_explicit(w, ~MEMPORT__WAIT_PORT, memory_order_relaxed);
       return rc;

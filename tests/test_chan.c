@@ -485,6 +485,41 @@ static void test_chan_zero_copy_stream_through_a_tiny_pool(void **state) {
   assert_int_equal(count_memport_maps(), maps);
 }
 
+/* Oversized messages the application has not received yet are not a protocol error, however
+ * many: past the stash the receiver stops reading the port (back-pressure). */
+static void test_chan_many_oversized_messages_in_flight(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_chan_opts_t o;
+  small_opts(&o);
+  o.pool_buffer_size = 4096;
+  o.zerocopy_threshold = 1024;
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  unsigned char buf[10000];
+  const unsigned count = MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 10;
+  for (unsigned i = 0; i < count; i++) {
+    fill(buf, sizeof buf, i);
+    th_assert_ok(memport_chan_send(a, buf, sizeof buf, 0, SEC));
+    if (i % 16 == 0) {
+      sleep_ms(11); /* let the receiver's send path look at its port */
+      th_assert_ok(memport_chan_send(b, "x", 1, 0, SEC));
+    }
+  }
+  for (unsigned i = 0; i < count; i++) {
+    size_t len;
+    memset(buf, 0, sizeof buf);
+    th_assert_ok(memport_chan_recv_copy(b, buf, sizeof buf, &len, SEC));
+    assert_int_equal(len, sizeof buf);
+    if (check(buf, len, i) != 0)
+      fail_msg("oversized message %u corrupted", i);
+  }
+  memport_chan_close(a);
+  memport_chan_close(b);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 static int write_byte_child(void *arg) {
   volatile unsigned char *p = arg;
   signal(SIGSEGV, SIG_DFL); /* cmocka's (or ASan's) handler would hide the fault */
@@ -1229,6 +1264,7 @@ int main(void) {
       cmocka_unit_test(test_chan_million_messages_keep_order_across_fork),
       cmocka_unit_test(test_chan_zero_copy_shares_the_senders_pages),
       cmocka_unit_test(test_chan_zero_copy_receiver_cannot_write),
+      cmocka_unit_test(test_chan_many_oversized_messages_in_flight),
       cmocka_unit_test(test_chan_zero_copy_stream_through_a_tiny_pool),
       cmocka_unit_test(test_chan_pool_exhaustion_times_out_then_recovers),
       cmocka_unit_test(test_chan_peer_exit_before_handshake_gives_epeer),
