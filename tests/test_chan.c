@@ -1200,6 +1200,8 @@ static void test_chan_hostile_release_queue_gives_eproto(void **state) {
 
 struct flood_arg {
   struct raw_peer *rp;
+  memport_chan_t *victim; /* the parent's: the child closes its copies before it exits */
+  memport_msg_t *hello;
 };
 
 static int flood_child(void *varg) {
@@ -1216,6 +1218,9 @@ static int flood_child(void *varg) {
       break;
   }
   memport_msg_close(m);
+  memport_chan_close(((struct flood_arg *)varg)->victim);
+  memport_msg_close(((struct flood_arg *)varg)->hello);
+  raw_peer_fini(rp);
   return 0;
 }
 
@@ -1233,7 +1238,7 @@ static void test_chan_control_flood_cannot_stall_a_call(void **state) {
   small_opts(&o);
   memport_chan_t *c = NULL;
   th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
-  struct flood_arg fa = {&rp};
+  struct flood_arg fa = {&rp, c, m};
   pid_t pid = th_fork(flood_child, &fa, 10);
   sleep_ms(50);
   memport_buf_t b;
