@@ -468,7 +468,7 @@ static int chan_send_hello(memport_chan_t *ch, int64_t timeout_ns) {
   h.ring_capacity = memport_ring_max_record(ch->tx) + MEMPORT__RING_HDR;
   h.pool_buffer_size = ch->pool_bufsize;
   memport_msg_clear(ch->cmsg);
-  rc = memport_ring_export(ch->tx, ch->cmsg);
+  rc = memport__ring_export_rx(ch->tx, ch->cmsg);
   if (ro != NULL) {
     int rc2 = memport_msg_attach_region(ch->cmsg, ro, 0); /* moved, even on failure */
     if (rc == 0)
@@ -506,7 +506,7 @@ static int chan_recv_hello(memport_chan_t *ch, int64_t timeout_ns) {
     goto out;
   if (h.pool_buffers != 0 && memport_msg_handle_kind(m, 4) != MEMPORT_HANDLE_REGION)
     goto out;
-  rc = memport_ring_import(&ch->rx, m, 0);
+  rc = memport__ring_import_rx(&ch->rx, m, 0);
   if (rc < 0)
     goto out;
   rc = MEMPORT_EPROTO;

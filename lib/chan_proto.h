@@ -149,6 +149,10 @@ MEMPORT_HIDDEN int memport__ring_readable(struct memport_ring *r);
 /* Producer: abandon the current reservation. */
 MEMPORT_HIDDEN void memport__ring_unreserve(struct memport_ring *r);
 MEMPORT_HIDDEN void memport__ring_set_policy(struct memport_ring *r, int policy, uint64_t spin_ns);
+/* Export for a peer that only consumes (a read-only data region), and that peer's import (the
+ * data area mapped read-only; the object must never produce). */
+MEMPORT_HIDDEN int memport__ring_export_rx(struct memport_ring *r, memport_msg_t *msg);
+MEMPORT_HIDDEN int memport__ring_import_rx(struct memport_ring **out, memport_msg_t *msg, size_t first);
 /* The mapped control page (for the channel's release queue). */
 MEMPORT_HIDDEN struct memport__ring_shared *memport__ring_ctrl(struct memport_ring *r);
 #endif

@@ -207,13 +207,13 @@ static memport_ring_t *ring_alloc(void) {
 }
 
 /* Map both regions and set the private positions from the shared ones (validated). */
-static int ring_map(memport_ring_t *r) {
+static int ring_map(memport_ring_t *r, bool data_readonly) {
   void *ctrl = NULL, *data = NULL;
   int rc = memport_region_map(r->ctrl_region, 0, &ctrl);
   if (rc < 0)
     return rc;
   r->sh = ctrl;
-  rc = memport_region_map(r->data_region, MEMPORT_MAP_MIRROR, &data);
+  rc = memport_region_map(r->data_region, MEMPORT_MAP_MIRROR | (data_readonly ? MEMPORT_MAP_READONLY : 0u), &data);
   if (rc < 0)
     return rc;
   r->data = data;
@@ -254,7 +254,7 @@ int memport_ring_create(memport_ring_t **out, size_t capacity, unsigned flags) {
   if (rc == 0)
     rc = memport_sem_create(&r->space_sem, 0, 0);
   if (rc == 0)
-    rc = ring_map(r);
+    rc = ring_map(r, false);
   if (rc < 0) {
     ring_free(r);
     return rc;
@@ -292,9 +292,25 @@ int memport_ring_export(memport_ring_t *ring, memport_msg_t *msg) {
   return rc;
 }
 
-int memport_ring_import(memport_ring_t **out, memport_msg_t *msg, size_t first) {
-  if (out == NULL || msg == NULL)
-    return MEMPORT_EINVAL;
+/* A read-only duplicate of the data region instead of a writable one: the importer
+ * (memport__ring_import_rx) can only consume. */
+int memport__ring_export_rx(memport_ring_t *ring, memport_msg_t *msg) {
+  memport_region_t *ro = NULL;
+  int rc = memport_region_dup(ring->data_region, MEMPORT_DUP_READONLY, &ro);
+  if (rc < 0)
+    return rc;
+  rc = memport_msg_attach_region(msg, ring->ctrl_region, MEMPORT_ATTACH_COPY);
+  int rc2 = memport_msg_attach_region(msg, ro, 0); /* moved, even on failure */
+  if (rc == 0)
+    rc = rc2;
+  if (rc == 0)
+    rc = memport_msg_attach_sem(msg, ring->data_sem, MEMPORT_ATTACH_COPY);
+  if (rc == 0)
+    rc = memport_msg_attach_sem(msg, ring->space_sem, MEMPORT_ATTACH_COPY);
+  return rc;
+}
+
+static int ring_import(memport_ring_t **out, memport_msg_t *msg, size_t first, bool rx_only) {
   *out = NULL;
   int n = memport_msg_handle_count(msg);
   if (n < 0)
@@ -320,11 +336,12 @@ int memport_ring_import(memport_ring_t **out, memport_msg_t *msg, size_t first) 
     size_t csz = memport_region_size(r->ctrl_region), dsz = memport_region_size(r->data_region);
     if (csz < sizeof(struct memport__ring_shared) || dsz < memport_page_size() ||
         dsz > MEMPORT__RING_MAX_CAPACITY || dsz % memport_page_size() != 0 ||
-        memport_region_is_readonly(r->ctrl_region) != 0 || memport_region_is_readonly(r->data_region) != 0)
+        memport_region_is_readonly(r->ctrl_region) != 0 ||
+        (!rx_only && memport_region_is_readonly(r->data_region) != 0))
       rc = MEMPORT_EPROTO;
   }
   if (rc == 0)
-    rc = ring_map(r);
+    rc = ring_map(r, rx_only);
   if (rc == 0) {
     uint32_t magic = __atomic_load_n(&r->sh->magic, __ATOMIC_RELAXED);
     uint32_t version = __atomic_load_n(&r->sh->version, __ATOMIC_RELAXED);
@@ -339,6 +356,17 @@ int memport_ring_import(memport_ring_t **out, memport_msg_t *msg, size_t first) 
   }
   *out = r;
   return 0;
+}
+
+int memport_ring_import(memport_ring_t **out, memport_msg_t *msg, size_t first) {
+  if (out == NULL || msg == NULL)
+    return MEMPORT_EINVAL;
+  return ring_import(out, msg, first, false);
+}
+
+/* Consumer only: the data area is mapped read-only (the object must never produce). */
+int memport__ring_import_rx(memport_ring_t **out, memport_msg_t *msg, size_t first) {
+  return ring_import(out, msg, first, true);
 }
 
 size_t memport_ring_max_record(const memport_ring_t *ring) { return ring == NULL ? 0 : ring->max_record; }
