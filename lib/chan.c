@@ -566,7 +566,7 @@ int memport_chan_open(memport_chan_t **out, memport_port_t *port, const memport_
   rc = chan_send_hello(ch, timeout_ns);
   if (rc == 0) {
     int64_t left = timeout_ns;
-    if (timeout_ns > 0) {
+    if (timeout_ns > 0 && deadline != 0) {
       uint64_t now = memport__now_ns();
       left = now >= deadline ? 0 : (int64_t)(deadline - now);
     }
@@ -691,6 +691,8 @@ static int pool_wait(memport_chan_t *ch, uint64_t deadline, int64_t timeout_ns) 
     return 0;
   if (timeout_ns == 0)
     return MEMPORT_EAGAIN;
+  if (deadline == 0)
+    deadline = memport__deadline(timeout_ns);
   uint64_t now = memport__now_ns();
   if (ch->wait_policy != MEMPORT_WAIT_BLOCK) {
     uint64_t spin = ch->spin_ns > 0 ? (uint64_t)ch->spin_ns : (uint64_t)CHAN_DEFAULT_SPIN_NS;
@@ -799,7 +801,7 @@ int memport_chan_alloc(memport_chan_t *chan, size_t len, memport_buf_t *buf, int
   int rc = chan_live(chan);
   if (rc < 0)
     return rc;
-  return chan_alloc_internal(chan, len, buf, memport__deadline(timeout_ns), timeout_ns);
+  return chan_alloc_internal(chan, len, buf, 0, timeout_ns); /* deadline computed if it must wait */
 }
 
 static void tx_blob_free(memport_buf_t *buf) {
@@ -848,8 +850,7 @@ static int send_buf_internal(memport_chan_t *ch, memport_buf_t *buf, uint64_t de
         buf->len > ch->pool_bufsize)
       return MEMPORT_EINVAL;
     void *slot;
-    int rc = memport__ring_reserve(ch->tx, sizeof(struct memport__rec_pool), &slot,
-                                   timeout_ns == 0 ? 0 : deadline);
+    int rc = memport__ring_reserve(ch->tx, sizeof(struct memport__rec_pool), &slot, timeout_ns, deadline);
     if (rc < 0)
       return ring_error(ch, rc);
     struct memport__rec_pool d = {i, ++ch->pool_gen[i], 0, buf->len};
@@ -865,7 +866,7 @@ static int send_buf_internal(memport_chan_t *ch, memport_buf_t *buf, uint64_t de
   /* Reserve the ring record first so nothing can fail after the region has gone out. */
   memport_region_t *region = (memport_region_t *)(uintptr_t)buf->priv[2];
   void *slot;
-  int rc = memport__ring_reserve(ch->tx, sizeof(struct memport__rec_blob), &slot, timeout_ns == 0 ? 0 : deadline);
+  int rc = memport__ring_reserve(ch->tx, sizeof(struct memport__rec_blob), &slot, timeout_ns, deadline);
   if (rc < 0)
     return ring_error(ch, rc);
   memport_region_t *ro = NULL;
@@ -880,7 +881,7 @@ static int send_buf_internal(memport_chan_t *ch, memport_buf_t *buf, uint64_t de
     rc = memport_msg_attach_region(ch->cmsg, ro, 0);
   if (rc == 0) {
     int64_t left = timeout_ns;
-    if (timeout_ns > 0) {
+    if (timeout_ns > 0 && deadline != 0) {
       uint64_t now = memport__now_ns();
       left = now >= deadline ? 0 : (int64_t)(deadline - now);
     }
@@ -903,7 +904,7 @@ int memport_chan_send_buf(memport_chan_t *chan, memport_buf_t *buf, int64_t time
   int rc = chan_live(chan);
   if (rc < 0)
     return rc;
-  return send_buf_internal(chan, buf, memport__deadline(timeout_ns), timeout_ns);
+  return send_buf_internal(chan, buf, 0, timeout_ns);
 }
 
 int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsigned flags, int64_t timeout_ns) {
@@ -914,7 +915,7 @@ int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsign
     return rc;
   if (MEMPORT__LIKELY(len <= chan->threshold && !(flags & MEMPORT_SEND_ZEROCOPY))) {
     void *p;
-    rc = memport__ring_reserve(chan->tx, len, &p, memport__ring_deadline(timeout_ns));
+    rc = memport__ring_reserve(chan->tx, len, &p, timeout_ns, 0);
     if (MEMPORT__UNLIKELY(rc < 0))
       return ring_error(chan, rc);
     if (len != 0)
@@ -962,7 +963,7 @@ static int chan_next(memport_chan_t *ch, struct chan_rec *rec, int64_t timeout_n
   const void *p;
   size_t len;
   uint32_t type;
-  int rc = memport__ring_peek(ch->rx, &p, &len, &type, 0);
+  int rc = memport__ring_peek(ch->rx, &p, &len, &type, 0, 0);
   if (rc == MEMPORT_EAGAIN) {
     /* Nothing waits: settle what we owe and learn what happened before sleeping or saying so. */
     if (ch->nrel != 0 && !ch->peer_dead && (rc = chan_flush(ch)) < 0)
@@ -977,13 +978,13 @@ static int chan_next(memport_chan_t *ch, struct chan_rec *rec, int64_t timeout_n
           return rc;
       }
       /* Anything committed before the peer died (or before we armed) is still delivered. */
-      rc = memport__ring_peek(ch->rx, &p, &len, &type, 0);
+      rc = memport__ring_peek(ch->rx, &p, &len, &type, 0, 0);
       if (rc == MEMPORT_EAGAIN)
         return ch->peer_dead ? MEMPORT_EPEER : MEMPORT_EAGAIN;
     } else {
-      rc = memport__ring_peek(ch->rx, &p, &len, &type, memport__ring_deadline(timeout_ns));
+      rc = memport__ring_peek(ch->rx, &p, &len, &type, timeout_ns, 0);
       if (rc == MEMPORT_EPEER) {
-        rc = memport__ring_peek(ch->rx, &p, &len, &type, 0);
+        rc = memport__ring_peek(ch->rx, &p, &len, &type, 0, 0);
         if (rc == MEMPORT_EAGAIN)
           return MEMPORT_EPEER;
       }

@@ -128,19 +128,20 @@ struct memport__ctl_blob {
 };
 
 /* ------------------------------------------------------------------------------------------ */
-/* Internal ring interface (lib/ring.c), for the channel. Deadlines are absolute
- * (memport__deadline); deadline 0 means "do not wait" (MEMPORT_EAGAIN).                       */
+/* Internal ring interface (lib/ring.c), for the channel. Waits take the caller's relative
+ * timeout (MEMPORT_NOWAIT: MEMPORT_EAGAIN at once) and, when several steps share one, an absolute
+ * deadline (memport__deadline); deadline 0 means "timeout_ns from the moment a wait starts".   */
 #ifdef MEMPORT_BUILDING
 struct memport_ring;
-MEMPORT_HIDDEN uint64_t memport__ring_deadline(int64_t timeout_ns);
 /* Called between sleeping slices of every wait: non-zero ends the wait with that code. */
 MEMPORT_HIDDEN void memport__ring_set_hook(struct memport_ring *r, int (*fn)(void *arg), void *arg,
                                            uint64_t slice_ns);
-MEMPORT_HIDDEN int memport__ring_reserve(struct memport_ring *r, size_t len, void **ptr, uint64_t deadline);
+MEMPORT_HIDDEN int memport__ring_reserve(struct memport_ring *r, size_t len, void **ptr, int64_t timeout_ns,
+                                         uint64_t deadline);
 /* Returns 1 when the consumer asked to be woken through the port, else 0 (or an error). */
 MEMPORT_HIDDEN int memport__ring_commit(struct memport_ring *r, size_t len, uint32_t type);
 MEMPORT_HIDDEN int memport__ring_peek(struct memport_ring *r, const void **ptr, size_t *len, uint32_t *type,
-                                      uint64_t deadline);
+                                      int64_t timeout_ns, uint64_t deadline);
 MEMPORT_HIDDEN int memport__ring_release(struct memport_ring *r);
 /* Consumer: ask for MEMPORT__WAIT_PORT, then report whether a record is already waiting (1/0). */
 MEMPORT_HIDDEN int memport__ring_arm_port_wake(struct memport_ring *r);

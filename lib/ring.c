@@ -74,13 +74,6 @@ static inline int ring_broken(const memport_ring_t *r) {
   return atomic_load_explicit(&r->broken, memory_order_relaxed);
 }
 
-uint64_t memport__ring_deadline(int64_t timeout_ns) {
-  if (timeout_ns == 0)
-    return 0;
-  uint64_t d = memport__deadline(timeout_ns);
-  return d == 0 ? 1 : d;
-}
-
 /* Producer: load the consumer's position once and check it: it only grows, and never passes what
  * we committed (which also bounds the used bytes by the capacity). */
 static int refresh_cons(memport_ring_t *r) {
@@ -121,9 +114,11 @@ static int data_ready(memport_ring_t *r, uint64_t need) {
  * wait bit, so one of the two always sees the other and no wake-up is lost. A hostile peer can
  * only cause spurious wake-ups or none at all, so every sleep is bounded by the deadline. */
 static int ring_wait(memport_ring_t *r, int (*ready)(memport_ring_t *, uint64_t), uint64_t need,
-                     _Atomic uint32_t *word, memport_sem_t *sem, uint64_t deadline) {
-  if (deadline == 0)
+                     _Atomic uint32_t *word, memport_sem_t *sem, int64_t timeout_ns, uint64_t deadline) {
+  if (timeout_ns == 0)
     return MEMPORT_EAGAIN;
+  if (deadline == 0) /* computed only now that a wait is needed: no clock read on the fast path */
+    deadline = memport__deadline(timeout_ns);
   uint64_t now = memport__now_ns();
   uint64_t next_hook = r->hook != NULL ? now + r->slice_ns : UINT64_MAX;
   int rc;
@@ -395,7 +390,7 @@ void memport__ring_set_hook(memport_ring_t *r, int (*fn)(void *arg), void *arg, 
 /* ------------------------------------------------------------------------------------------ */
 /* Producer.                                                                                   */
 
-int memport__ring_reserve(memport_ring_t *r, size_t len, void **ptr, uint64_t deadline) {
+int memport__ring_reserve(memport_ring_t *r, size_t len, void **ptr, int64_t timeout_ns, uint64_t deadline) {
   if (MEMPORT__UNLIKELY(ring_broken(r)))
     return MEMPORT_EPROTO;
   if (MEMPORT__UNLIKELY(len > r->max_record))
@@ -405,7 +400,7 @@ int memport__ring_reserve(memport_ring_t *r, size_t len, void **ptr, uint64_t de
   if (r->cap - (r->p.pos - r->p.peer) < need) {
     int rc = space_ready(r, need);
     if (rc == 0)
-      rc = ring_wait(r, space_ready, need, &r->sh->prod_wait, r->space_sem, deadline);
+      rc = ring_wait(r, space_ready, need, &r->sh->prod_wait, r->space_sem, timeout_ns, deadline);
     else if (rc > 0)
       rc = 0;
     if (rc < 0)
@@ -446,7 +441,7 @@ int memport__ring_commit(memport_ring_t *r, size_t len, uint32_t type) {
 int memport_ring_reserve(memport_ring_t *ring, size_t len, void **ptr, int64_t timeout_ns) {
   if (ring == NULL || ptr == NULL)
     return MEMPORT_EINVAL;
-  return memport__ring_reserve(ring, len, ptr, memport__ring_deadline(timeout_ns));
+  return memport__ring_reserve(ring, len, ptr, timeout_ns, 0);
 }
 
 int memport_ring_commit(memport_ring_t *ring, size_t len) {
@@ -460,7 +455,7 @@ int memport_ring_write(memport_ring_t *ring, const void *data, size_t len, int64
   if (ring == NULL || (data == NULL && len != 0))
     return MEMPORT_EINVAL;
   void *p;
-  int rc = memport__ring_reserve(ring, len, &p, memport__ring_deadline(timeout_ns));
+  int rc = memport__ring_reserve(ring, len, &p, timeout_ns, 0);
   if (rc < 0)
     return rc;
   if (len != 0)
@@ -472,14 +467,15 @@ int memport_ring_write(memport_ring_t *ring, const void *data, size_t len, int64
 /* ------------------------------------------------------------------------------------------ */
 /* Consumer.                                                                                   */
 
-int memport__ring_peek(memport_ring_t *r, const void **ptr, size_t *len, uint32_t *type, uint64_t deadline) {
+int memport__ring_peek(memport_ring_t *r, const void **ptr, size_t *len, uint32_t *type, int64_t timeout_ns,
+                       uint64_t deadline) {
   if (MEMPORT__UNLIKELY(ring_broken(r)))
     return MEMPORT_EPROTO;
   if (r->c.held == 0) {
     if (r->c.peer == r->c.pos) {
       int rc = data_ready(r, 0);
       if (rc == 0)
-        rc = ring_wait(r, data_ready, 0, &r->sh->cons_wait, r->data_sem, deadline);
+        rc = ring_wait(r, data_ready, 0, &r->sh->cons_wait, r->data_sem, timeout_ns, deadline);
       else if (rc > 0)
         rc = 0;
       if (rc < 0)
@@ -541,7 +537,7 @@ int memport_ring_peek(memport_ring_t *ring, const void **ptr, size_t *len, int64
   if (ring == NULL || ptr == NULL || len == NULL)
     return MEMPORT_EINVAL;
   uint32_t type;
-  int rc = memport__ring_peek(ring, ptr, len, &type, memport__ring_deadline(timeout_ns));
+  int rc = memport__ring_peek(ring, ptr, len, &type, timeout_ns, 0);
   if (rc < 0)
     return rc;
   if (type != MEMPORT__REC_DATA) {
