@@ -14,7 +14,8 @@
 #define CHAN_DEFAULT_SPIN_NS 50000
 #define CHAN_SLICE_NS 20000000u      /* blocked waits look at the port this often */
 #define CHAN_LIVE_INTERVAL_NS 10000000u /* sends look at the port at most this often */
-#define CHAN_MAX_POOL_BYTES ((uint64_t)1 << 40)
+/* A pool's bytes: 1 TiB, or what size_t can count where it is smaller. */
+#define CHAN_MAX_POOL_BYTES ((uint64_t)SIZE_MAX < ((uint64_t)1 << 40) ? (uint64_t)SIZE_MAX : ((uint64_t)1 << 40))
 #define CHAN_DRAIN_MAX 256u /* control messages read per look at the port */
 
 /* Tags in memport_buf_t.priv[0]: a magic in the high half, the kind and a pool index below. */
@@ -120,7 +121,7 @@ static int opts_check(const memport_chan_opts_t *in, memport_chan_opts_t *o) {
     return MEMPORT_EINVAL;
   if (o->pool_buffers != 0) {
     size_t bs = memport__page_round(o->pool_buffer_size);
-    if (o->pool_buffer_size == 0 || bs == 0 || bs > CHAN_MAX_POOL_BYTES / o->pool_buffers)
+    if (o->pool_buffer_size == 0 || bs == 0 || (uint64_t)bs > CHAN_MAX_POOL_BYTES / o->pool_buffers)
       return MEMPORT_EINVAL;
     o->pool_buffer_size = bs;
   } else {
