@@ -215,12 +215,20 @@ static bool parse_field(const char **p, const char *key, unsigned long long max,
 
 /* Read and validate the record of an open lock file; false if it is anything but well formed. */
 static bool lock_read_record(int fd, struct lock_record *rec) {
-  char buf[RECORD_MAX + 1];
+  char buf[RECORD_MAX];
   ssize_t n = pread(fd, buf, RECORD_MAX, 0);
-  if (n <= 0 || n >= RECORD_MAX || buf[n - 1] != '\n')
+  if (n <= 0)
     return false;
+  return memport__linux_lock_record_parse(buf, (size_t)n, &rec->kind, &rec->owner);
+}
+
+bool memport__linux_lock_record_parse(const char *text, size_t n, int *kind_out, memport_cred_t *owner) {
+  char buf[RECORD_MAX + 1];
+  if (n == 0 || n >= RECORD_MAX || text[n - 1] != '\n')
+    return false;
+  memcpy(buf, text, n);
   buf[n] = '\0';
-  if (strlen(buf) != (size_t)n)
+  if (strlen(buf) != n)
     return false; /* embedded NUL */
   const char *p = buf;
   static const char magic[] = "memport-name 1 ";
@@ -234,10 +242,10 @@ static bool lock_read_record(int fd, struct lock_record *rec) {
     return false;
   if ((kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION) || pid == 0)
     return false;
-  rec->kind = (int)kind;
-  rec->owner.pid = (pid_t)pid;
-  rec->owner.uid = (uid_t)uid;
-  rec->owner.gid = (gid_t)gid;
+  *kind_out = (int)kind;
+  owner->pid = (pid_t)pid;
+  owner->uid = (uid_t)uid;
+  owner->gid = (gid_t)gid;
   return true;
 }
 

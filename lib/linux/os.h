@@ -135,3 +135,14 @@ MEMPORT_HIDDEN int memport__linux_port_from_socket(memport_port_t *p, int fd);
 MEMPORT_HIDDEN int memport__linux_sem_adopt(memport_sem_t *s, int fd);
 #endif /* MEMPORT_LINUX_OS_IPC_H */
 /* ---- end of linux-ipc section ---- */
+
+/* ------------------------------------------------------------------------------------------ */
+/* linux-name section (owner: lib/linux/name.c).                                               */
+#ifndef MEMPORT_LINUX_OS_NAME_H
+#define MEMPORT_LINUX_OS_NAME_H
+#include "internal.h"
+/* Parse the `n` bytes read from a name's lock file (untrusted text, not NUL-terminated), the
+ * line "memport-name 1 kind=K pid=P uid=U gid=G\n": true with *kind and *owner when it is
+ * exactly that, false for anything else. Separate from the read so it can be fuzzed. */
+MEMPORT_HIDDEN bool memport__linux_lock_record_parse(const char *text, size_t n, int *kind, memport_cred_t *owner);
+#endif /* MEMPORT_LINUX_OS_NAME_H */

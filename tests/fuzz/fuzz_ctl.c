@@ -1,0 +1,519 @@
+/* SPDX-License-Identifier: MIT */
+/* fuzz_ctl.c: libFuzzer harness: a channel whose peer is hostile: any HELLO, WAKE, RELEASE and BLOB control messages (with any handles), any ring records and release-queue entries. */
+#include "fuzz.h"
+
+#include "chan_proto.h"
+
+/*
+ * Per input: a port pair; the channel under test is opened (memport_chan_open) on one end, the
+ * harness plays the peer on the other with plain ports, rings and regions. It sends a HELLO built
+ * from the input (fields valid or perturbed, handles: its ring's four, a pool region, or any
+ * other list of regions, semaphores and ports), reads the channel's HELLO (and maps the control
+ * page of the channel's TX ring, writable, as a peer can), then runs a schedule:
+ *
+ *   peer: control messages (WAKE / RELEASE / BLOB / raw, with any handles); records in its ring
+ *         of any type with any payload (INLINE bytes, POOL and BLOB descriptors); entries in the
+ *         release queue of its ring; consuming (or scribbling) the channel's TX ring positions,
+ *         release-queue head and wait words; reading the channel's control messages; hanging up;
+ *   channel: recv / release / recv_copy / send (inline and zero-copy) / alloc + send_buf or
+ *         free_buf / pollable, every one with MEMPORT_NOWAIT.
+ *
+ * Time is virtual (the link wraps memport__now_ns, memport__deadline and memport__expired): it
+ * moves only when the input says so, so the channel's periodic look at the port happens at the
+ * same step for the same input, and no call can wait.
+ *
+ * Checked: no crash or undefined behaviour, every buffer handed out is readable over its whole
+ * length, a broken channel stays broken (MEMPORT_EPROTO), and nothing leaks (memory,
+ * descriptors, memfd mappings) once the channel is closed.
+ */
+
+#define MAX_OPS 64
+#define HELD 4
+#define RING_CAP 4096u
+#define POOL_BUF 4096u
+
+/* ------------------------------------------------------------------------------------------ */
+/* The virtual clock.                                                                          */
+
+static uint64_t vclock = (uint64_t)1 << 40;
+
+uint64_t __wrap_memport__now_ns(void);
+uint64_t __wrap_memport__deadline(int64_t timeout_ns);
+int __wrap_memport__expired(uint64_t deadline);
+
+uint64_t __wrap_memport__now_ns(void) { return vclock; }
+
+uint64_t __wrap_memport__deadline(int64_t timeout_ns) {
+  if (timeout_ns < 0 || (uint64_t)timeout_ns >= MEMPORT__NO_DEADLINE - vclock)
+    return MEMPORT__NO_DEADLINE;
+  return vclock + (uint64_t)timeout_ns;
+}
+
+int __wrap_memport__expired(uint64_t deadline) { return deadline != MEMPORT__NO_DEADLINE && vclock >= deadline; }
+
+/* ------------------------------------------------------------------------------------------ */
+
+static struct fz_leaks leaks;
+
+struct peer {
+  memport_port_t *port;     /* ours; NULL once we hung up */
+  memport_ring_t *ring;     /* the channel's RX ring: we produce */
+  memport_region_t *pool_r; /* our pool (the channel maps it read-only) */
+  void *pool;
+  memport_region_t *txc_r; /* the channel's TX ring control page, mapped writable */
+  struct memport__ring_shared *txc;
+  memport_msg_t *msg;
+};
+
+/* Attach one handle of the kind the input picks. */
+static void attach_token(struct peer *p, memport_msg_t *m, uint8_t tok, struct fz *f) {
+  size_t page = memport_page_size();
+  switch (tok % 8u) {
+  case 0: /* our ring, as a channel exports it */
+    if (memport__ring_export_rx(p->ring, m) != 0)
+      abort();
+    break;
+  case 1: /* our ring, data writable */
+    if (memport_ring_export(p->ring, m) != 0)
+      abort();
+    break;
+  case 2: /* our pool (read-only duplicate) */
+    if (p->pool_r != NULL) {
+      memport_region_t *ro;
+      if (memport_region_dup(p->pool_r, MEMPORT_DUP_READONLY, &ro) != 0)
+        abort();
+      (void)memport_msg_attach_region(m, ro, 0);
+    }
+    break;
+  case 3:
+  case 4: { /* a region of a few pages, with recognizable bytes */
+    memport_region_t *r;
+    void *map;
+    size_t size = page * (1u + fz_u8(f) % 3u);
+    if (memport_region_create(&r, size, 0) != 0 || memport_region_map(r, 0, &map) != 0)
+      abort();
+    memset(map, tok, size);
+    memport_unmap(map);
+    if (tok % 8u == 4) { /* sent read-only */
+      memport_region_t *ro;
+      if (memport_region_readonly(r, &ro) != 0)
+        abort();
+      memport_region_close(r);
+      r = ro;
+    }
+    (void)memport_msg_attach_region(m, r, 0);
+    break;
+  }
+  case 5: {
+    memport_sem_t *s;
+    if (memport_sem_create(&s, 0, 0) != 0)
+      abort();
+    (void)memport_msg_attach_sem(m, s, 0);
+    break;
+  }
+  case 6: {
+    memport_port_t *x, *y;
+    if (memport_port_pair(&x, &y) != 0)
+      abort();
+    memport_port_close(y);
+    (void)memport_msg_attach_port(m, x, 0);
+    break;
+  }
+  default:
+    break; /* no handle */
+  }
+}
+
+/* The HELLO: valid fields unless the input perturbs them; valid handles unless it lists others. */
+static int send_hello(struct peer *p, struct fz *f, uint32_t pool_n) {
+  struct memport__ctl_hello h;
+  memset(&h, 0, sizeof h);
+  h.hdr.magic = MEMPORT__CTL_MAGIC;
+  h.hdr.type = MEMPORT__CTL_HELLO;
+  h.version = MEMPORT__CHAN_VERSION;
+  h.pool_buffers = pool_n;
+  h.ring_capacity = memport_ring_max_record(p->ring) + MEMPORT__RING_HDR;
+  h.pool_buffer_size = pool_n != 0 ? POOL_BUF : 0;
+  uint8_t mode = fz_u8(f);
+  size_t len = sizeof h;
+  if (mode & 1u) { /* perturb: xor a few bytes, or set a field to something odd */
+    unsigned k = 1u + fz_u8(f) % 3u;
+    for (unsigned i = 0; i < k; i++) {
+      uint8_t at = fz_u8(f);
+      if (at & 0x80u) {
+        switch (at % 4u) {
+        case 0:
+          h.pool_buffers = (uint32_t)fz_num(f, pool_n);
+          break;
+        case 1:
+          h.pool_buffer_size = fz_num(f, POOL_BUF);
+          break;
+        case 2:
+          h.ring_capacity = fz_num(f, RING_CAP);
+          break;
+        default:
+          h.version = fz_u32(f);
+          break;
+        }
+      } else {
+        ((unsigned char *)&h)[at % sizeof h] ^= fz_u8(f);
+      }
+    }
+  }
+  if (mode & 2u)
+    len = fz_u8(f) % (sizeof h + 8); /* short or long */
+  unsigned char bytes[sizeof h + 8];
+  memset(bytes, 0, sizeof bytes);
+  memcpy(bytes, &h, sizeof h);
+  memport_msg_clear(p->msg);
+  if (mode & 4u) {
+    unsigned n = fz_u8(f) % 7u;
+    for (unsigned i = 0; i < n; i++)
+      attach_token(p, p->msg, fz_u8(f), f);
+  } else {
+    attach_token(p, p->msg, 0, f);
+    if (pool_n != 0)
+      attach_token(p, p->msg, 2, f);
+  }
+  if (memport_msg_set_bytes(p->msg, bytes, len) != 0)
+    abort();
+  int rc = memport_port_send(p->port, p->msg, MEMPORT_NOWAIT);
+  memport_msg_clear(p->msg);
+  return rc;
+}
+
+/* Read the channel's HELLO and map its TX ring's control page (the peer may write it). */
+static void take_hello(struct peer *p) {
+  if (memport_port_recv(p->port, p->msg, MEMPORT_NOWAIT) != 0)
+    abort();
+  void *map;
+  if (memport_msg_take_region(p->msg, 0, &p->txc_r) != 0 || memport_region_map(p->txc_r, 0, &map) != 0)
+    abort();
+  p->txc = map;
+  memport_msg_clear(p->msg);
+}
+
+/* A control message after the handshake. */
+static void send_ctl(struct peer *p, struct fz *f) {
+  unsigned char b[512];
+  size_t len;
+  uint8_t kind = fz_u8(f);
+  memport_msg_clear(p->msg);
+  switch (kind % 5u) {
+  case 0: {
+    struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
+    memcpy(b, &h, sizeof h);
+    len = sizeof h;
+    break;
+  }
+  case 1: {
+    uint32_t n = fz_u8(f) % 9u;
+    struct memport__ctl_release r = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_RELEASE, 0}, n, 0};
+    if (fz_u8(f) == 0xffu)
+      r.count = fz_u32(f); /* a count that does not match the length */
+    memcpy(b, &r, sizeof r);
+    for (uint32_t i = 0; i < n; i++) {
+      struct memport__ctl_release_entry e = {fz_u8(f) % 8u, fz_u8(f) % 8u};
+      memcpy(b + sizeof r + i * sizeof e, &e, sizeof e);
+    }
+    len = sizeof r + n * sizeof(struct memport__ctl_release_entry);
+    break;
+  }
+  case 2:
+  case 3: {
+    struct memport__ctl_blob bl = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, fz_u8(f) % 4u, 0, fz_num(f, 4096)};
+    memcpy(b, &bl, sizeof bl);
+    len = sizeof bl;
+    attach_token(p, p->msg, (kind % 5u) == 2 ? 3 : fz_u8(f), f);
+    break;
+  }
+  default: /* anything */
+    len = fz_u8(f) % 64u;
+    fz_bytes(f, b, len);
+    if (fz_u8(f) & 1u) {
+      struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, (uint16_t)(fz_u8(f) % 6u), 0};
+      if (len >= sizeof h)
+        memcpy(b, &h, sizeof h);
+    }
+    attach_token(p, p->msg, fz_u8(f), f);
+    break;
+  }
+  if (fz_u8(f) == 0xfeu) /* and maybe more handles */
+    attach_token(p, p->msg, fz_u8(f), f);
+  (void)memport_msg_set_bytes(p->msg, b, len);
+  (void)memport_port_send(p->port, p->msg, MEMPORT_NOWAIT);
+  memport_msg_clear(p->msg);
+}
+
+/* A record in our ring (the channel's RX ring). */
+static void put_record(struct peer *p, struct fz *f) {
+  uint8_t kind = fz_u8(f);
+  unsigned char d[256];
+  size_t len;
+  uint32_t type;
+  switch (kind % 4u) {
+  case 0: {
+    struct memport__rec_pool r = {fz_u8(f) % 4u, fz_u8(f) % 4u, fz_num(f, 0), fz_num(f, 64)};
+    memcpy(d, &r, sizeof r);
+    len = sizeof r;
+    type = MEMPORT__REC_POOL;
+    break;
+  }
+  case 1: {
+    struct memport__rec_blob r = {fz_u8(f) % 4u, 0, fz_num(f, 4096)};
+    memcpy(d, &r, sizeof r);
+    len = sizeof r;
+    type = MEMPORT__REC_BLOB;
+    break;
+  }
+  case 2:
+    len = fz_u8(f);
+    memset(d, kind, len);
+    type = MEMPORT__REC_INLINE;
+    break;
+  default:
+    len = fz_u8(f) % 48u;
+    fz_bytes(f, d, len);
+    type = fz_u8(f) % 6u;
+    break;
+  }
+  void *slot;
+  if (memport__ring_reserve(p->ring, len, &slot, 0, 0) != 0)
+    return;
+  memcpy(slot, d, len);
+  int rc = memport__ring_commit(p->ring, len, type);
+  if (rc == 1 && p->port != NULL && (fz_u8(f) & 1u)) { /* the channel asked for a wake */
+    struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
+    memport_msg_clear(p->msg);
+    (void)memport_msg_set_bytes(p->msg, &h, sizeof h);
+    (void)memport_port_send(p->port, p->msg, MEMPORT_NOWAIT);
+  }
+}
+
+/* Shared-memory moves of the peer: release queue entries, TX ring consumption, scribbles. */
+static void peer_shm(struct peer *p, struct fz *f) {
+  struct memport__ring_shared *rx = memport__ring_ctrl(p->ring); /* the channel's RX ring */
+  uint8_t what = fz_u8(f);
+  switch (what % 8u) {
+  case 0: { /* queue a release of the channel's pool buffer (index, gen) */
+    uint64_t t = atomic_load(&rx->rel_tail);
+    atomic_store(&rx->rel[t % MEMPORT__REL_QUEUE], ((uint64_t)(fz_u8(f) % 4u) << 32) | (fz_u8(f) % 4u));
+    atomic_store(&rx->rel_tail, t + 1);
+    break;
+  }
+  case 1:
+    atomic_store(&rx->rel_tail, fz_num(f, atomic_load(&rx->rel_tail)));
+    break;
+  case 2: /* consume everything the channel sent */
+    atomic_store(&p->txc->cons, atomic_load(&p->txc->prod));
+    break;
+  case 3:
+    atomic_store(&p->txc->cons, fz_num(f, atomic_load(&p->txc->cons)));
+    break;
+  case 4: /* take the releases the channel queued for our pool, or lie about it */
+    atomic_store(&p->txc->rel_head, fz_u8(f) & 1u ? atomic_load(&p->txc->rel_tail)
+                                                   : fz_num(f, atomic_load(&p->txc->rel_head)));
+    break;
+  case 5:
+    atomic_store(&p->txc->rel_wait, fz_u32(f));
+    break;
+  case 6:
+    atomic_store(&p->txc->cons_wait, fz_u32(f));
+    atomic_store(&rx->rel_wait, fz_u32(f));
+    break;
+  default:
+    atomic_store(&rx->prod, fz_num(f, atomic_load(&rx->prod)));
+    break;
+  }
+}
+
+/* Read (and drop) what the channel sent us over the port. */
+static void drain_peer(struct peer *p) {
+  for (int i = 0; i < 8 && p->port != NULL; i++) {
+    if (memport_port_recv(p->port, p->msg, MEMPORT_NOWAIT) != 0)
+      break;
+    memport_msg_clear(p->msg);
+  }
+  memport_msg_clear(p->msg);
+}
+
+static void touch(const memport_buf_t *b) {
+  const volatile unsigned char *d = b->data;
+  unsigned sum = 0;
+  for (size_t i = 0; i < b->len; i++)
+    sum += d[i];
+  (void)sum;
+}
+
+static void run(struct fz *f) {
+  struct peer p;
+  memset(&p, 0, sizeof p);
+  memport_port_t *mine;
+  if (memport_port_pair(&mine, &p.port) != 0 || memport_msg_create(&p.msg) != 0 ||
+      memport_ring_create(&p.ring, RING_CAP, 0) != 0)
+    abort();
+  uint32_t pool_n = fz_u8(f) % 4u;
+  if (pool_n != 0) {
+    if (memport_region_create(&p.pool_r, (size_t)pool_n * POOL_BUF, 0) != 0 ||
+        memport_region_map(p.pool_r, 0, &p.pool) != 0)
+      abort();
+    memset(p.pool, 0x5a, (size_t)pool_n * POOL_BUF);
+  }
+  memport_chan_opts_t o;
+  memport_chan_opts_init(&o);
+  o.ring_capacity = RING_CAP;
+  o.zerocopy_threshold = 256;
+  o.pool_buffer_size = POOL_BUF;
+  o.pool_buffers = fz_u8(f) % 4u;
+  o.wait_policy = MEMPORT_WAIT_SPIN;
+  memport_chan_t *ch = NULL;
+  memport_buf_t held[HELD], txb;
+  memset(held, 0, sizeof held);
+  memset(&txb, 0, sizeof txb);
+
+  (void)send_hello(&p, f, pool_n);
+  int rc = memport_chan_open(&ch, mine, &o, MEMPORT_NOWAIT);
+  fz_debug("open: %s\n", memport_err_name(rc));
+  if (rc != 0)
+    goto out;
+  take_hello(&p);
+
+  int broken = 0;
+  unsigned char buf[8192];
+  for (unsigned op = 0; op < MAX_OPS && !fz_empty(f); op++) {
+    uint8_t o8 = fz_u8(f);
+    rc = 0;
+    int on_chan = 1;
+    switch (o8 % 16u) {
+    case 0:
+    case 1:
+      on_chan = 0;
+      if (p.port != NULL)
+        send_ctl(&p, f);
+      break;
+    case 2:
+    case 3:
+      on_chan = 0;
+      put_record(&p, f);
+      break;
+    case 4:
+      on_chan = 0;
+      peer_shm(&p, f);
+      break;
+    case 5:
+      on_chan = 0;
+      drain_peer(&p);
+      break;
+    case 6:
+      on_chan = 0;
+      vclock += (uint64_t)(1u + fz_u8(f)) * 1000000u; /* 1..256 ms */
+      break;
+    case 7:
+    case 8: {
+      unsigned i = fz_u8(f) % HELD;
+      if (held[i].priv[0] != 0) {
+        rc = memport_chan_release(ch, &held[i]);
+        memset(&held[i], 0, sizeof held[i]);
+      }
+      if (rc == 0) {
+        rc = memport_chan_recv(ch, &held[i], MEMPORT_NOWAIT);
+        if (rc == 0)
+          touch(&held[i]);
+        else
+          memset(&held[i], 0, sizeof held[i]);
+      }
+      break;
+    }
+    case 9: { /* releasing works (or is a no-op) on a broken channel too */
+      on_chan = 0;
+      unsigned i = fz_u8(f) % HELD;
+      if (held[i].priv[0] != 0) {
+        rc = memport_chan_release(ch, &held[i]);
+        memset(&held[i], 0, sizeof held[i]);
+      }
+      break;
+    }
+    case 10: {
+      size_t n, cap = fz_u16(f) % sizeof buf;
+      rc = memport_chan_recv_copy(ch, buf, cap, &n, MEMPORT_NOWAIT);
+      if (rc == 0 && n > cap)
+        abort();
+      break;
+    }
+    case 11: {
+      size_t n = fz_u16(f) % sizeof buf;
+      memset(buf, o8, n);
+      rc = memport_chan_send(ch, buf, n, fz_u8(f) & 1u ? MEMPORT_SEND_ZEROCOPY : 0u, MEMPORT_NOWAIT);
+      break;
+    }
+    case 12:
+      if (txb.priv[0] == 0) {
+        rc = memport_chan_alloc(ch, fz_u16(f) % (2 * POOL_BUF), &txb, MEMPORT_NOWAIT);
+        if (rc == 0)
+          memset(txb.data, 0x33, txb.len);
+        else
+          memset(&txb, 0, sizeof txb);
+      } else {
+        if (fz_u8(f) & 1u) {
+          rc = memport_chan_send_buf(ch, &txb, MEMPORT_NOWAIT);
+        } else {
+          rc = memport_chan_free_buf(ch, &txb);
+          on_chan = 0;
+        }
+        if (rc != 0)
+          (void)memport_chan_free_buf(ch, &txb);
+        memset(&txb, 0, sizeof txb);
+      }
+      break;
+    case 13: {
+      memport_os_handle_t h;
+      rc = memport_chan_pollable(ch, &h);
+      break;
+    }
+    case 14:
+      on_chan = 0;
+      if ((fz_u8(f) & 7u) == 7u) { /* hang up */
+        memport_port_close(p.port);
+        p.port = NULL;
+      }
+      break;
+    default:
+      on_chan = 0;
+      peer_shm(&p, f);
+      break;
+    }
+    fz_debug("op %u (%u): %s\n", op, o8 % 16u, memport_err_name(rc));
+    if (!on_chan)
+      continue;
+    if (broken && rc != MEMPORT_EPROTO && rc != MEMPORT_EINVAL)
+      abort(); /* a broken channel stays broken */
+    if (rc == MEMPORT_EPROTO)
+      broken = 1;
+  }
+
+out:
+  for (unsigned i = 0; i < HELD; i++)
+    if (held[i].priv[0] != 0)
+      (void)memport_chan_release(ch, &held[i]);
+  if (txb.priv[0] != 0)
+    (void)memport_chan_free_buf(ch, &txb);
+  memport_chan_close(ch); /* memport_chan_open took `mine`, even on failure */
+  drain_peer(&p);
+  if (p.txc != NULL)
+    memport_unmap(p.txc);
+  memport_region_close(p.txc_r);
+  if (p.pool != NULL)
+    memport_unmap(p.pool);
+  memport_region_close(p.pool_r);
+  memport_ring_close(p.ring);
+  memport_port_close(p.port);
+  memport_msg_close(p.msg);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  struct fz f = {data, size};
+  fz_leaks_begin(&leaks);
+  run(&f);
+  fz_leaks_end(&leaks, 1);
+  return 0;
+}
