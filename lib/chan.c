@@ -1096,6 +1096,10 @@ static int rx_pool_release(memport_chan_t *ch, uint32_t i) {
     if (rc != 0)
       return rc > 0 ? 0 : chan_break(ch, rc);
   }
+  /* Each owed release is a distinct buffer the peer still counts as in flight, so at most pn are
+   * owed; more means the peer sent a buffer again before getting it back. */
+  if (MEMPORT__UNLIKELY(ch->nrel >= ch->pn))
+    return chan_break(ch, MEMPORT_EPROTO);
   ch->rel[ch->nrel].index = i;
   ch->rel[ch->nrel].gen = ch->pgen[i];
   ch->nrel++;
