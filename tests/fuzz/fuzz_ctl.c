@@ -4,6 +4,8 @@
 
 #include "chan_proto.h"
 
+#include <sys/socket.h>
+
 /*
  * Per input: a port pair; the channel under test is opened (memport_chan_open) on one end, the
  * harness plays the peer on the other with plain ports, rings and regions. It sends a HELLO built
@@ -327,22 +329,59 @@ static void peer_shm(struct peer *p, struct fz *f) {
   }
 }
 
-/* Read (and drop) what the channel sent us over the port. */
-static void drain_peer(struct peer *p) {
-  for (int i = 0; i < 8 && p->port != NULL; i++) {
-    if (memport_port_recv(p->port, p->msg, MEMPORT_NOWAIT) != 0)
-      break;
-    memport_msg_clear(p->msg);
-  }
-  memport_msg_clear(p->msg);
-}
-
 static void touch(const memport_buf_t *b) {
   const volatile unsigned char *d = b->data;
   unsigned sum = 0;
   for (size_t i = 0; i < b->len; i++)
     sum += d[i];
   (void)sum;
+}
+
+/* Read (and drop) what the channel sent us over the port. */
+static void drain_peer(struct peer *p, int max) {
+  for (int i = 0; i < max && p->port != NULL; i++) {
+    int rc = memport_port_recv(p->port, p->msg, MEMPORT_NOWAIT);
+    memport_msg_clear(p->msg);
+    if (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT || rc == MEMPORT_EPEER)
+      break;
+  }
+}
+
+/* The peer stops reading: fill the channel's outgoing queue (junk records, as if the channel had
+ * sent many messages), so the channel's next sends find the port full. */
+static void stall_peer(memport_chan_t *ch) {
+  memport_os_handle_t h;
+  if (memport_chan_pollable(ch, &h) != 0)
+    return;
+  unsigned char junk = 0;
+  for (int i = 0; i < 4096; i++)
+    if (send(h, &junk, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+      break;
+}
+
+/* The same pool buffer announced again and again, each received and released by the
+ * application at once (a peer that reuses buffers it has not had back yet). */
+static void pool_burst(struct peer *p, memport_chan_t *ch, struct fz *f) {
+  unsigned k = 1u + fz_u16(f) % 600u;
+  uint32_t index = fz_u8(f) % 4u;
+  for (unsigned i = 0; i < k; i++) {
+    struct memport__rec_pool r = {index, i, 0, 64};
+    void *slot;
+    if (memport__ring_reserve(p->ring, sizeof r, &slot, 0, 0) != 0)
+      break;
+    memcpy(slot, &r, sizeof r);
+    (void)memport__ring_commit(p->ring, sizeof r, MEMPORT__REC_POOL);
+    memport_buf_t b;
+    int rc = memport_chan_recv(ch, &b, MEMPORT_NOWAIT);
+    if (rc == 0) {
+      touch(&b);
+      rc = memport_chan_release(ch, &b);
+    }
+    if (rc != 0) {
+      fz_debug("burst: %s after %u\n", memport_err_name(rc), i);
+      break;
+    }
+  }
 }
 
 static void run(struct fz *f) {
@@ -384,7 +423,7 @@ static void run(struct fz *f) {
     uint8_t o8 = fz_u8(f);
     rc = 0;
     int on_chan = 1;
-    switch (o8 % 16u) {
+    switch (o8 % 18u) {
     case 0:
     case 1:
       on_chan = 0;
@@ -402,7 +441,7 @@ static void run(struct fz *f) {
       break;
     case 5:
       on_chan = 0;
-      drain_peer(&p);
+      drain_peer(&p, 64);
       break;
     case 6:
       on_chan = 0;
@@ -477,12 +516,20 @@ static void run(struct fz *f) {
         p.port = NULL;
       }
       break;
-    default:
+    case 15:
       on_chan = 0;
       peer_shm(&p, f);
       break;
+    case 16:
+      on_chan = 0;
+      stall_peer(ch);
+      break;
+    default:
+      on_chan = 0;
+      pool_burst(&p, ch, f);
+      break;
     }
-    fz_debug("op %u (%u): %s\n", op, o8 % 16u, memport_err_name(rc));
+    fz_debug("op %u (%u): %s\n", op, o8 % 18u, memport_err_name(rc));
     if (!on_chan)
       continue;
     if (broken && rc != MEMPORT_EPROTO && rc != MEMPORT_EINVAL)
@@ -498,7 +545,7 @@ out:
   if (txb.priv[0] != 0)
     (void)memport_chan_free_buf(ch, &txb);
   memport_chan_close(ch); /* memport_chan_open took `mine`, even on failure */
-  drain_peer(&p);
+  drain_peer(&p, 64);
   if (p.txc != NULL)
     memport_unmap(p.txc);
   memport_region_close(p.txc_r);

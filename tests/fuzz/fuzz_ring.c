@@ -162,7 +162,10 @@ static void run(struct fz *f) {
   unsigned pre = fz_u8(f) % 4u;
   for (unsigned i = 0; i < pre; i++)
     scribble(f);
-  int rc = memport_ring_import(&C, m1, 0);
+  /* The channel's consumer maps the data read-only (memport__ring_import_rx); the public import
+   * maps it writable and may also produce. */
+  int rx_only = fz_u8(f) & 1u;
+  int rc = rx_only ? memport__ring_import_rx(&C, m1, 0) : memport_ring_import(&C, m1, 0);
   fz_debug("import: %s\n", memport_err_name(rc));
   if (rc != 0) {
     if (rc != MEMPORT_EPROTO)
@@ -259,6 +262,8 @@ static void run(struct fz *f) {
       break;
     }
     default: { /* the producer side of the consumer object: refresh_cons against a hostile cons */
+      if (rx_only)
+        continue;
       void *slot;
       size_t n = fz_u16(f) % (g.cap + 32);
       rc = memport__ring_reserve(C, n, &slot, 0, 0);
