@@ -215,7 +215,9 @@ static void send_ctl(struct peer *p, struct fz *f) {
       r.count = fz_u32(f); /* a count that does not match the length */
     memcpy(b, &r, sizeof r);
     for (uint32_t i = 0; i < n; i++) {
-      struct memport__ctl_release_entry e = {fz_u8(f) % 8u, fz_u8(f) % 8u};
+      struct memport__ctl_release_entry e;
+      e.index = fz_u8(f) % 8u;
+      e.gen = fz_u8(f) % 8u;
       memcpy(b + sizeof r + i * sizeof e, &e, sizeof e);
     }
     len = sizeof r + n * sizeof(struct memport__ctl_release_entry);
@@ -223,7 +225,9 @@ static void send_ctl(struct peer *p, struct fz *f) {
   }
   case 2:
   case 3: {
-    struct memport__ctl_blob bl = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, fz_u8(f) % 4u, 0, fz_num(f, 4096)};
+    struct memport__ctl_blob bl = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, 0, 0, 0};
+    bl.seq = fz_u8(f) % 4u;
+    bl.len = fz_num(f, 4096);
     memcpy(b, &bl, sizeof bl);
     len = sizeof bl;
     attach_token(p, p->msg, (kind % 5u) == 2 ? 3 : fz_u8(f), f);
@@ -255,14 +259,20 @@ static void put_record(struct peer *p, struct fz *f) {
   uint32_t type;
   switch (kind % 4u) {
   case 0: {
-    struct memport__rec_pool r = {fz_u8(f) % 4u, fz_u8(f) % 4u, fz_num(f, 0), fz_num(f, 64)};
+    struct memport__rec_pool r;
+    r.index = fz_u8(f) % 4u;
+    r.gen = fz_u8(f) % 4u;
+    r.offset = fz_num(f, 0);
+    r.len = fz_num(f, 64);
     memcpy(d, &r, sizeof r);
     len = sizeof r;
     type = MEMPORT__REC_POOL;
     break;
   }
   case 1: {
-    struct memport__rec_blob r = {fz_u8(f) % 4u, 0, fz_num(f, 4096)};
+    struct memport__rec_blob r = {0, 0, 0};
+    r.seq = fz_u8(f) % 4u;
+    r.len = fz_num(f, 4096);
     memcpy(d, &r, sizeof r);
     len = sizeof r;
     type = MEMPORT__REC_BLOB;
@@ -299,7 +309,9 @@ static void peer_shm(struct peer *p, struct fz *f) {
   switch (what % 8u) {
   case 0: { /* queue a release of the channel's pool buffer (index, gen) */
     uint64_t t = atomic_load(&rx->rel_tail);
-    atomic_store(&rx->rel[t % MEMPORT__REL_QUEUE], ((uint64_t)(fz_u8(f) % 4u) << 32) | (fz_u8(f) % 4u));
+    uint64_t index = fz_u8(f) % 4u;
+    uint64_t gen = fz_u8(f) % 4u;
+    atomic_store(&rx->rel[t % MEMPORT__REL_QUEUE], gen << 32 | index);
     atomic_store(&rx->rel_tail, t + 1);
     break;
   }

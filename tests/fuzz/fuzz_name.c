@@ -168,8 +168,10 @@ static void run_dir(struct fz *f) {
         e[i].name[j] = '_';
     if (fz_u8(f) & 1u) { /* a well-formed record with fields from the input */
       int k = fz_u8(f) % 4u;
-      snprintf(e[i].rec, sizeof e[i].rec, "memport-name 1 kind=%d pid=%lu uid=%lu gid=%lu\n", k,
-               (unsigned long)fz_num(f, (uint64_t)getpid()), (unsigned long)fz_u32(f), (unsigned long)fz_u32(f));
+      unsigned long pid = (unsigned long)fz_num(f, (uint64_t)getpid());
+      unsigned long uid = fz_u32(f);
+      unsigned long gid = fz_u32(f);
+      snprintf(e[i].rec, sizeof e[i].rec, "memport-name 1 kind=%d pid=%lu uid=%lu gid=%lu\n", k, pid, uid, gid);
       e[i].reclen = strlen(e[i].rec);
     } else {
       e[i].reclen = fz_u8(f) % sizeof e[i].rec;

@@ -157,8 +157,10 @@ static void send_record(struct fz *f, int sock, uint8_t *kinds, size_t *nkinds, 
       hdr[16 + i] = fz_u8(f);
     if (mode % 4u == 2) { /* flip some bytes */
       unsigned k = fz_u8(f) % 4u;
-      for (unsigned i = 0; i < k; i++)
-        hdr[fz_u8(f) % WIRE_HDR] ^= fz_u8(f);
+      for (unsigned i = 0; i < k; i++) {
+        size_t at = fz_u8(f) % WIRE_HDR; /* (two reads: one statement each, in this order) */
+        hdr[at] ^= fz_u8(f);
+      }
     }
   }
   int fds[MAX_FDS];

@@ -96,12 +96,18 @@ static void scribble(struct fz *f) {
     unsigned char rec[16 + 24];
     struct memport__ring_rec h = {0, 0, {0, 0}};
     if (fz_u8(f) & 1u) {
-      struct memport__rec_pool d = {fz_u32(f), fz_u32(f), fz_num(f, 0), fz_num(f, 4096)};
+      struct memport__rec_pool d;
+      d.index = fz_u32(f);
+      d.gen = fz_u32(f);
+      d.offset = fz_num(f, 0);
+      d.len = fz_num(f, 4096);
       h.len = sizeof d;
       h.type = MEMPORT__REC_POOL;
       memcpy(rec + 16, &d, sizeof d);
     } else {
-      struct memport__rec_blob d = {fz_u32(f), 0, fz_num(f, 1u << 20)};
+      struct memport__rec_blob d = {0, 0, 0};
+      d.seq = fz_u32(f);
+      d.len = fz_num(f, 1u << 20);
       h.len = sizeof d;
       h.type = MEMPORT__REC_BLOB;
       memcpy(rec + 16, &d, sizeof d);
