@@ -48,7 +48,9 @@ struct memport_chan {
   size_t threshold;
   uint64_t next_live;
   int broken;     /* MEMPORT_EPROTO once the peer broke the protocol */
-  bool peer_dead; /* the port reported the peer gone */
+  bool peer_dead; /* the peer is gone (a send or a receive on the port said so): see chan_peer_gone */
+  bool port_eof;  /* ... and everything it sent over the port has been read */
+  uint64_t next_probe; /* when the port is not read (back-pressure): next liveness probe */
   bool held_inline;
 
   /* Our pool: mapped writable here, read-only at the peer. */
@@ -213,7 +215,7 @@ static int relq_push(memport_chan_t *ch, uint32_t index, uint32_t gen) {
 static int relq_drain(memport_chan_t *ch) {
   struct memport__ring_shared *sh = memport__ring_ctrl(ch->rx);
   uint64_t t = atomic_load_explicit(&sh->rel_tail, memory_order_seq_cst);
-  if (MEMPORT__LIKELY(t == ch->rq_head))
+  if (MEMPORT__LIKELY(t == ch->rq_head) || ch->peer_dead) /* after its death the pool is ours */
     return 0;
   if (t < ch->rq_head || t - ch->rq_head > MEMPORT__REL_QUEUE)
     return MEMPORT_EPROTO;
@@ -233,12 +235,28 @@ static int relq_drain(memport_chan_t *ch) {
 /* ------------------------------------------------------------------------------------------ */
 /* Control messages.                                                                           */
 
+/* The peer is gone: nothing can be sent any more, but what it committed and sent before is still
+ * delivered (chan_pump goes on reading the port until its end). Our pool is entirely ours again:
+ * the buffers in flight or held by the peer are reclaimed, since no release will ever come; the
+ * channel reports MEMPORT_EPEER to alloc and send, and memport_chan_close unmaps the whole pool. */
+static void chan_peer_gone(memport_chan_t *ch) {
+  if (ch->peer_dead)
+    return;
+  ch->peer_dead = true;
+  ch->nrel = 0;
+  for (uint32_t i = 0; i < ch->pool_n; i++)
+    if (ch->pool_state[i] == POOL_INFLIGHT) {
+      ch->pool_state[i] = POOL_FREE;
+      ch->pool_free[ch->pool_nfree++] = i;
+    }
+}
+
 static int ctl_send(memport_chan_t *ch, const void *bytes, size_t len, int64_t timeout_ns) {
   int rc = memport_msg_set_bytes(ch->cmsg, bytes, len);
   if (rc == 0)
     rc = memport_port_send(ch->port, ch->cmsg, timeout_ns);
   if (rc == MEMPORT_EPEER)
-    ch->peer_dead = true;
+    chan_peer_gone(ch);
   return rc;
 }
 
@@ -275,6 +293,8 @@ static int handle_release(memport_chan_t *ch, const unsigned char *b, size_t len
   memcpy(&r, b, sizeof r);
   if (r.count == 0 || r.count > ch->pool_n || len != sizeof r + (size_t)r.count * sizeof(struct memport__ctl_release_entry))
     return MEMPORT_EPROTO;
+  if (ch->peer_dead)
+    return 0; /* sent before it died: the pool was reclaimed already (chan_peer_gone) */
   for (uint32_t i = 0; i < r.count; i++) {
     struct memport__ctl_release_entry e;
     memcpy(&e, b + sizeof r + i * sizeof e, sizeof e);
@@ -337,17 +357,30 @@ static int handle_ctl(memport_chan_t *ch, memport_msg_t *m) {
 static int chan_pump(memport_chan_t *ch, int64_t timeout_ns) {
   if (ch->broken)
     return ch->broken;
-  if (ch->peer_dead)
+  if (ch->port_eof)
     return MEMPORT_EPEER;
   /* Back-pressure: while the application has not received the oversized messages already
-   * announced, leave the port alone (the sender's port then fills and it waits). */
-  if (MEMPORT__UNLIKELY(ch->stash_n >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT))
-    return MEMPORT_EAGAIN;
-  int rc = memport_port_recv(ch->port, ch->rmsg, timeout_ns);
+   * announced, leave the port alone (the sender's port then fills and it waits). Its end cannot
+   * be seen then, so a wake (ignored by a live peer, dropped when its port is full) asks the
+   * kernel now and then whether the peer is still there. */
+  if (MEMPORT__UNLIKELY(ch->stash_n >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT)) {
+    uint64_t now = memport__now_ns();
+    if (!ch->peer_dead && now >= ch->next_probe) {
+      ch->next_probe = now + CHAN_SLICE_NS;
+      struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
+      (void)ctl_send(ch, &h, sizeof h, MEMPORT_NOWAIT);
+    }
+    return ch->peer_dead ? MEMPORT_EPEER : MEMPORT_EAGAIN;
+  }
+  /* A peer found gone by a send may have sent more before it went: read it, without waiting. */
+  int rc = memport_port_recv(ch->port, ch->rmsg, ch->peer_dead ? MEMPORT_NOWAIT : timeout_ns);
   if (rc == MEMPORT_EPEER) {
-    ch->peer_dead = true;
+    ch->port_eof = true;
+    chan_peer_gone(ch);
     return rc;
   }
+  if (ch->peer_dead && (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT))
+    return MEMPORT_EPEER;
   if (rc == MEMPORT_EMSGSIZE || rc == MEMPORT_EPROTO)
     return chan_break(ch, MEMPORT_EPROTO);
   if (rc < 0)
@@ -749,6 +782,8 @@ static int pool_wait(memport_chan_t *ch, uint64_t deadline, int64_t timeout_ns) 
       }
       if (rc == MEMPORT_EPROTO)
         rc = chan_break(ch, rc);
+      else if (rc == 0 && ch->pool_nfree == 0)
+        rc = chan_pump(ch, MEMPORT_NOWAIT); /* is the peer still there? */
     } else if (rc == 0) {
       rc = chan_pump(ch, left);
     }
@@ -766,6 +801,8 @@ static int chan_alloc_internal(memport_chan_t *ch, size_t len, memport_buf_t *bu
       int rc = pool_wait(ch, deadline, timeout_ns);
       if (rc < 0)
         return rc;
+      if (MEMPORT__UNLIKELY(ch->peer_dead)) /* the reclaimed pool cannot be sent from */
+        return MEMPORT_EPEER;
     }
     uint32_t i = ch->pool_free[--ch->pool_nfree];
     ch->pool_state[i] = POOL_ALLOCATED;
