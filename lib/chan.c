@@ -79,6 +79,8 @@ struct memport_chan {
 
   /* Oversized messages. */
   uint32_t tx_blob_seq;
+  uint64_t tx_blobs;                                      /* oversized messages sent */
+  uint64_t tx_blob_end[MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT]; /* TX ring position after each one's record */
   uint32_t rx_blob_seq;      /* next ring record seq expected */
   uint32_t rx_blob_port_seq; /* next port message seq expected */
   struct chan_blob stash[MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
@@ -901,10 +903,21 @@ static int send_buf_internal(memport_chan_t *ch, memport_buf_t *buf, uint64_t de
   }
   if (kind != BUF_TX_BLOB || buf->len > buf->priv[1])
     return MEMPORT_EINVAL;
+  /* At most MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT oversized messages the consumer has not taken yet:
+   * a consumer that does not read pins that many regions, not as many as its port holds. */
+  int rc;
+  if (deadline == 0 && timeout_ns > 0)
+    deadline = memport__deadline(timeout_ns); /* one deadline for the waits below */
+  if (ch->tx_blobs >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT) {
+    rc = memport__ring_wait_consumed(ch->tx, ch->tx_blob_end[ch->tx_blobs % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT],
+                                     timeout_ns, deadline);
+    if (rc < 0)
+      return ring_error(ch, rc);
+  }
   /* Reserve the ring record first so nothing can fail after the region has gone out. */
   memport_region_t *region = (memport_region_t *)(uintptr_t)buf->priv[2];
   void *slot;
-  int rc = memport__ring_reserve(ch->tx, sizeof(struct memport__rec_blob), &slot, timeout_ns, deadline);
+  rc = memport__ring_reserve(ch->tx, sizeof(struct memport__rec_blob), &slot, timeout_ns, deadline);
   if (rc < 0)
     return ring_error(ch, rc);
   memport_region_t *ro = NULL;
@@ -932,6 +945,7 @@ static int send_buf_internal(memport_chan_t *ch, memport_buf_t *buf, uint64_t de
   }
   struct memport__rec_blob d = {ch->tx_blob_seq++, 0, buf->len};
   rc = commit_desc(ch, slot, &d, sizeof d, MEMPORT__REC_BLOB);
+  ch->tx_blob_end[ch->tx_blobs++ % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT] = memport__ring_produced(ch->tx);
   tx_blob_free(buf);
   return rc;
 }

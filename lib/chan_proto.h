@@ -149,6 +149,11 @@ MEMPORT_HIDDEN int memport__ring_arm_port_wake(struct memport_ring *r);
 MEMPORT_HIDDEN int memport__ring_readable(struct memport_ring *r);
 /* Producer: abandon the current reservation. */
 MEMPORT_HIDDEN void memport__ring_unreserve(struct memport_ring *r);
+/* Producer: the position after the last committed record; wait until the consumer has released
+ * everything before `pos` (a position this producer had reached). */
+MEMPORT_HIDDEN uint64_t memport__ring_produced(const struct memport_ring *r);
+MEMPORT_HIDDEN int memport__ring_wait_consumed(struct memport_ring *r, uint64_t pos, int64_t timeout_ns,
+                                               uint64_t deadline);
 MEMPORT_HIDDEN void memport__ring_set_policy(struct memport_ring *r, int policy, uint64_t spin_ns);
 /* Export for a peer that only consumes (a read-only data region), and that peer's import (the
  * data area mapped read-only; the object must never produce). */

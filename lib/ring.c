@@ -414,6 +414,24 @@ int memport__ring_reserve(memport_ring_t *r, size_t len, void **ptr, int64_t tim
 
 void memport__ring_unreserve(memport_ring_t *r) { r->p.has_res = false; }
 
+uint64_t memport__ring_produced(const memport_ring_t *r) { return r->p.pos; }
+
+int memport__ring_wait_consumed(memport_ring_t *r, uint64_t pos, int64_t timeout_ns, uint64_t deadline) {
+  if (MEMPORT__UNLIKELY(ring_broken(r)))
+    return MEMPORT_EPROTO;
+  if (pos > r->p.pos)
+    return MEMPORT_EINVAL;
+  if (r->p.peer >= pos)
+    return 0;
+  int rc = refresh_cons(r);
+  if (rc < 0 || r->p.peer >= pos)
+    return rc;
+  /* The consumer is past pos exactly when the free space reaches cap - (pos now - pos); less
+   * than a capacity was produced since, or it would be past already. */
+  rc = ring_wait(r, space_ready, r->cap - (r->p.pos - pos), &r->sh->prod_wait, r->space_sem, timeout_ns, deadline);
+  return rc;
+}
+
 int memport__ring_commit(memport_ring_t *r, size_t len, uint32_t type) {
   if (MEMPORT__UNLIKELY(ring_broken(r)))
     return MEMPORT_EPROTO;
