@@ -240,7 +240,7 @@ static const char *const kp_name[KP_COUNT] = {
     "producer dies holding allocated, unsent buffers",
     "producer killed at random mid-stream",
     "producer dies, survivor's send notices first",
-    "producer dies with 64+ oversized unreceived",
+    "producer dies with 64 oversized unreceived",
     "consumer dies holding zero-copy buffers",
     "consumer dies, survivor blocked in send",
     "consumer dies, survivor sends with room",
@@ -563,7 +563,7 @@ static void run_producer(struct it *it) {
     it->delay_ns = rnd_below(&it->rng, 5000) * US;
     break;
   case KP_STASH_FULL:
-    it->n = MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 2 + (unsigned)rnd_below(&it->rng, 8);
+    it->n = MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT; /* as many as may be untaken: the stash is full */
     it->delay_ns = (20 + rnd_below(&it->rng, 20)) * MS; /* long enough for us to block in send */
     it->o.pool_buffers = 2;
     break;
@@ -582,7 +582,8 @@ static void run_producer(struct it *it) {
 
   if (it->kp == KP_STASH_FULL) {
     /* We block sending into a full ring (the peer never reads) while its oversized messages
-     * wait unreceived: more than we take in at once. The peer dies meanwhile. */
+     * wait unreceived, as many as we take in before we stop reading the port. The peer dies
+     * meanwhile: only a look at the peer (not the port) can tell. */
     assert_true(wait_at_least(&g_sh->stage, 1));
     static unsigned char chunk[2048];
     int rc;

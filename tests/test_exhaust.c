@@ -1,0 +1,679 @@
+/* SPDX-License-Identifier: MIT */
+/* test_exhaust.c: exhaustion: floods of handles, too few descriptors, a full pool, a consumer that never reads. */
+#include "helpers.h"
+
+#include "../lib/chan_proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SEC 1000000000LL
+#define MS 1000000LL
+#define US 1000LL
+
+#define RING_CAP (64u << 10)
+#define THRESH (4u << 10)
+#define POOL_BUF (64u << 10)
+#define POOL_N 4u
+#define BIG_MAX (160u << 10)
+
+struct shared {
+  _Atomic uint32_t sent;     /* messages the peer sent (send returned 0) */
+  _Atomic uint32_t stalls;   /* sends that met back-pressure */
+  _Atomic uint32_t stage;
+  _Atomic uint32_t go;
+  _Atomic uint32_t bound[4]; /* first seq of each phase */
+  _Atomic uint32_t max_fds;
+};
+static struct shared *g_sh;
+static rlim_t g_nofile0; /* the soft RLIMIT_NOFILE we started with */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Utilities.                                                                                   */
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ns(uint64_t ns) {
+  struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+static bool under_valgrind(void) {
+  const char *p = getenv("LD_PRELOAD");
+  return p != NULL && strstr(p, "vgpreload") != NULL;
+}
+
+static int count_memport_maps(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (f == NULL)
+    return -1;
+  char line[4096];
+  int n = 0;
+  while (fgets(line, sizeof line, f) != NULL)
+    if (strstr(line, "memfd:memport") != NULL)
+      n++;
+  fclose(f);
+  return n;
+}
+
+/* Resident memory of this process in bytes. */
+static size_t rss_bytes(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL)
+    return 0;
+  unsigned long size = 0, res = 0;
+  if (fscanf(f, "%lu %lu", &size, &res) != 2)
+    res = 0;
+  fclose(f);
+  return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static void reset_shared(void) { memset(g_sh, 0, sizeof *g_sh); }
+
+static bool wait_at_least(_Atomic uint32_t *v, uint32_t want, uint64_t timeout_ns) {
+  uint64_t end = now_ns() + timeout_ns;
+  while (atomic_load(v) < want) {
+    if (now_ns() > end)
+      return false;
+    sleep_ns(100 * US);
+  }
+  return true;
+}
+
+/* The RLIMIT_NOFILE that leaves exactly `want` descriptor numbers free below it. */
+static rlim_t limit_with_free_slots(int want) {
+  int nfree = 0;
+  for (int fd = 0;; fd++) {
+    if (nfree == want && fcntl(fd, F_GETFD) < 0)
+      return (rlim_t)fd; /* fd itself would be the next one: excluded */
+    if (fcntl(fd, F_GETFD) < 0)
+      nfree++;
+  }
+}
+
+static int set_nofile(rlim_t cur) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return -1;
+  rl.rlim_cur = cur;
+  return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+static uint64_t mix(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+#define SZ_SMALL 0
+#define SZ_POOL 1
+#define SZ_BIG 2
+static size_t msg_size(uint32_t seq, int kind) {
+  uint64_t h = mix(seq);
+  if (kind == SZ_BIG)
+    return POOL_BUF + 1 + h % (BIG_MAX - POOL_BUF);
+  if (kind == SZ_POOL)
+    return THRESH + 1 + h % (POOL_BUF - THRESH);
+  return 4 + h % THRESH;
+}
+
+static void pattern(unsigned char *p, size_t len, uint32_t seq) {
+  memcpy(p, &seq, 4);
+  uint64_t x = mix(seq ^ 0xabcdefULL) | 1;
+  for (size_t i = 4; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    p[i] = (unsigned char)x;
+  }
+}
+
+static bool pattern_ok(const unsigned char *p, size_t len, uint32_t seq) {
+  if (len < 4 || memcmp(p, &seq, 4) != 0)
+    return false;
+  uint64_t x = mix(seq ^ 0xabcdefULL) | 1;
+  for (size_t i = 4; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    if (p[i] != (unsigned char)x)
+      return false;
+  }
+  return true;
+}
+
+static void small_opts(memport_chan_opts_t *o) {
+  memport_chan_opts_init(o);
+  o->ring_capacity = RING_CAP;
+  o->zerocopy_threshold = THRESH;
+  o->pool_buffer_size = POOL_BUF;
+  o->pool_buffers = POOL_N;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ports flooded with the most handles a message carries.                                       */
+
+struct flood {
+  memport_port_t *port;
+  uint64_t duration_ns;
+};
+
+/* Attach MEMPORT_MSG_MAX_HANDLES copies of one region, semaphore or port (kind = seq % 3). */
+static int fill_handles(memport_msg_t *m, uint32_t seq, memport_region_t *r, memport_sem_t *s, memport_port_t *p) {
+  memport_msg_clear(m);
+  int rc = memport_msg_set_bytes(m, &seq, sizeof seq);
+  for (unsigned i = 0; rc == 0 && i < MEMPORT_MSG_MAX_HANDLES; i++) {
+    switch (seq % 3) {
+    case 0: rc = memport_msg_attach_region(m, r, MEMPORT_ATTACH_COPY); break;
+    case 1: rc = memport_msg_attach_sem(m, s, MEMPORT_ATTACH_COPY); break;
+    default: rc = memport_msg_attach_port(m, p, MEMPORT_ATTACH_COPY); break;
+    }
+  }
+  return rc;
+}
+
+static int flood_child(void *arg) {
+  struct flood *f = arg;
+  memport_region_t *r;
+  memport_sem_t *s;
+  memport_port_t *x, *y;
+  memport_msg_t *m;
+  if (memport_region_create(&r, 4096, 0) != 0 || memport_sem_create(&s, 0, 0) != 0 || memport_port_pair(&x, &y) != 0 ||
+      memport_msg_create(&m) != 0)
+    return 1;
+  int fds0 = th_count_fds();
+  uint64_t end = now_ns() + f->duration_ns;
+  uint32_t seq = 0;
+  bool filled = false;
+  while (now_ns() < end) {
+    if (!filled && fill_handles(m, seq, r, s, x) != 0)
+      return 2;
+    filled = true;
+    int n = th_count_fds();
+    if ((uint32_t)n > atomic_load(&g_sh->max_fds))
+      atomic_store(&g_sh->max_fds, (uint32_t)n);
+    if (n > fds0 + (int)MEMPORT_MSG_MAX_HANDLES)
+      return 3; /* the sender's own descriptors grow */
+    int rc = memport_port_send(f->port, m, MEMPORT_NOWAIT);
+    if (rc == 0) {
+      atomic_store(&g_sh->sent, ++seq);
+      filled = false; /* the handles went to the peer */
+    } else if (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT) {
+      if (memport_msg_handle_count(m) != (int)MEMPORT_MSG_MAX_HANDLES)
+        return 4; /* a failed send changes nothing */
+      atomic_fetch_add(&g_sh->stalls, 1);
+      sleep_ns(200 * US);
+    } else {
+      fprintf(stderr, "flood send: %s\n", memport_err_name(rc));
+      return 5;
+    }
+  }
+  memport_msg_close(m);
+  if (th_count_fds() != fds0)
+    return 6;
+  memport_region_close(r);
+  memport_sem_close(s);
+  memport_port_close(x);
+  memport_port_close(y);
+  memport_port_close(f->port);
+  return 0;
+}
+
+static int check_flood_msg(memport_msg_t *m, uint32_t seq) {
+  size_t len;
+  const void *b = memport_msg_bytes(m, &len);
+  uint32_t got;
+  if (b == NULL || len != sizeof got)
+    return 1;
+  memcpy(&got, b, sizeof got);
+  if (got != seq || memport_msg_handle_count(m) != (int)MEMPORT_MSG_MAX_HANDLES)
+    return 2;
+  int kind = seq % 3 == 0 ? MEMPORT_HANDLE_REGION : seq % 3 == 1 ? MEMPORT_HANDLE_SEM : MEMPORT_HANDLE_PORT;
+  for (size_t i = 0; i < MEMPORT_MSG_MAX_HANDLES; i++)
+    if (memport_msg_handle_kind(m, i) != kind)
+      return 3;
+  return 0;
+}
+
+/* A sender floods messages of 64 regions, 64 semaphores, 64 ports; we read, pause, read again:
+ * the sender meets back-pressure, nobody's descriptors grow beyond one message, nothing is lost. */
+static void test_flood_of_messages_with_the_most_handles(void **state) {
+  (void)state;
+  reset_shared();
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_port_t *a, *b;
+  th_assert_ok(memport_port_pair(&a, &b));
+  struct flood f = {b, (under_valgrind() ? 3000 : 900) * (uint64_t)MS};
+  pid_t pid = th_fork(flood_child, &f, 60);
+  memport_port_close(b);
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  int base = th_count_fds(), worst = base;
+  uint32_t got = 0;
+  uint64_t t0 = now_ns();
+  for (int phase = 0; phase < 3; phase++) {
+    uint64_t until = now_ns() + (phase == 2 ? 60 * (uint64_t)SEC : f.duration_ns / 3);
+    if (phase == 1) {
+      sleep_ns(f.duration_ns / 3); /* not reading: the sender must wait */
+      continue;
+    }
+    while (now_ns() < until) {
+      int rc = memport_port_recv(a, m, 2 * SEC);
+      if (rc == MEMPORT_EPEER && phase == 2)
+        break;
+      if (rc != 0)
+        fail_msg("receive %u: %s", got, memport_err_name(rc));
+      int n = th_count_fds();
+      worst = n > worst ? n : worst;
+      if (check_flood_msg(m, got) != 0)
+        fail_msg("message %u is not the one sent", got);
+      got++;
+      memport_msg_clear(m);
+    }
+  }
+  assert_int_equal(th_wait(pid, 60), 0);
+  printf("# %u messages of %u handles in %.2f s; the sender met back-pressure %u times; descriptors: "
+         "receiver at most +%d, sender at most %u\n",
+         got, MEMPORT_MSG_MAX_HANDLES, (double)(now_ns() - t0) / 1e9, atomic_load(&g_sh->stalls), worst - base,
+         atomic_load(&g_sh->max_fds));
+  assert_int_equal(got, atomic_load(&g_sh->sent));
+  assert_true(atomic_load(&g_sh->stalls) > 0);
+  assert_true(worst - base <= (int)MEMPORT_MSG_MAX_HANDLES);
+  memport_msg_close(m);
+  memport_port_close(a);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Too few descriptors.                                                                         */
+
+static const int free_slots[] = {0, 1, 2, 3, 7, 31, 62, 63, 64, 65, 80};
+
+static int emfile_receive_child(void *arg) {
+  (void)arg;
+  memport_port_t *a, *b, *x, *y;
+  memport_region_t *r;
+  memport_sem_t *s;
+  memport_msg_t *m, *in;
+  if (memport_port_pair(&a, &b) != 0 || memport_port_pair(&x, &y) != 0 || memport_region_create(&r, 4096, 0) != 0 ||
+      memport_sem_create(&s, 0, 0) != 0 || memport_msg_create(&m) != 0 || memport_msg_create(&in) != 0)
+    return 1;
+  int base = th_count_fds();
+  for (uint32_t kind = 0; kind < 3; kind++)
+    for (size_t k = 0; k < sizeof free_slots / sizeof free_slots[0]; k++) {
+      if (fill_handles(m, kind, r, s, x) != 0 || memport_port_send(a, m, SEC) != 0)
+        return 2;
+      if (set_nofile(limit_with_free_slots(free_slots[k])) != 0)
+        return 3;
+      int rc = memport_port_recv(b, in, SEC);
+      set_nofile(g_nofile0);
+      size_t len = 99;
+      memport_msg_bytes(in, &len);
+      if (rc == 0) {
+        if (check_flood_msg(in, kind) != 0)
+          return 4;
+      } else if (rc != MEMPORT_EMFILE) {
+        fprintf(stderr, "%d free: %s\n", free_slots[k], memport_err_name(rc));
+        return 5;
+      } else if (memport_msg_handle_count(in) != 0 || len != 0) {
+        return 6; /* half delivered */
+      } else if (free_slots[k] >= 2 * (int)MEMPORT_MSG_MAX_HANDLES) {
+        return 7;
+      }
+      memport_msg_clear(in);
+      if (th_count_fds() != base) {
+        fprintf(stderr, "%d free, kind %u: %d descriptors, was %d\n", free_slots[k], kind, th_count_fds(), base);
+        return 8;
+      }
+      /* The port goes on: the next message arrives whole. */
+      uint32_t v = 1000 + kind;
+      memport_msg_clear(m);
+      if (memport_msg_set_bytes(m, &v, sizeof v) != 0 || memport_port_send(a, m, SEC) != 0 ||
+          memport_port_recv(b, in, SEC) != 0)
+        return 9;
+      const void *bytes = memport_msg_bytes(in, &len);
+      if (len != sizeof v || memcmp(bytes, &v, sizeof v) != 0)
+        return 10;
+      if (free_slots[k] < (int)MEMPORT_MSG_MAX_HANDLES && rc != MEMPORT_EMFILE)
+        return 11; /* cannot have received 64 descriptors into fewer slots */
+    }
+  memport_msg_close(m);
+  memport_msg_close(in);
+  memport_region_close(r);
+  memport_sem_close(s);
+  memport_port_close(a);
+  memport_port_close(b);
+  memport_port_close(x);
+  memport_port_close(y);
+  return 0;
+}
+
+static void test_too_few_descriptors_for_a_message_gives_emfile_and_the_port_goes_on(void **state) {
+  (void)state;
+  if (under_valgrind())
+    skip(); /* valgrind keeps descriptors of its own near the limit */
+  assert_int_equal(th_run_child(emfile_receive_child, NULL, 60), 0);
+}
+
+struct conn_arg {
+  const char *name;
+};
+
+static int emfile_channel_child(void *arg) {
+  struct conn_arg *c = arg;
+  memport_chan_opts_t o;
+  small_opts(&o);
+  int fds = th_count_fds(), maps = count_memport_maps();
+  unsigned ok = 0, emfile = 0;
+  for (int free = 0; free <= 40; free++) {
+    for (int what = 0; what < 2; what++) {
+      memport_chan_t *x = NULL, *y = NULL;
+      if (set_nofile(limit_with_free_slots(free)) != 0)
+        return 1;
+      int rc = what == 0 ? memport_chan_pair(&x, &y, &o) : memport_chan_connect(&x, c->name, &o, 2 * SEC);
+      set_nofile(g_nofile0);
+      if (rc == 0) {
+        ok++;
+        if (what == 1 && (memport_chan_send(x, "hi", 2, 0, SEC) != 0))
+          return 2;
+        memport_chan_close(x);
+        memport_chan_close(y);
+      } else if (rc == MEMPORT_EMFILE) {
+        emfile++;
+        if (x != NULL || y != NULL)
+          return 3;
+      } else {
+        fprintf(stderr, "%s with %d free descriptors: %s\n", what ? "connect" : "pair", free, memport_err_name(rc));
+        return 4;
+      }
+      if (th_count_fds() != fds || count_memport_maps() != maps) {
+        fprintf(stderr, "%s with %d free: %d fds (was %d), %d maps (was %d)\n", what ? "connect" : "pair", free,
+                th_count_fds(), fds, count_memport_maps(), maps);
+        return 5;
+      }
+    }
+  }
+  atomic_store(&g_sh->stage, 1);
+  printf("# channel pair/connect with 0..40 free descriptors: %u opened, %u MEMPORT_EMFILE\n", ok, emfile);
+  fflush(stdout);
+  return ok > 0 && emfile > 0 ? 0 : 6;
+}
+
+/* Opening channels (a pair; connect to a named service) with too few descriptors: MEMPORT_EMFILE,
+ * nothing left behind, on both sides; the service goes on serving. */
+static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(void **state) {
+  (void)state;
+  if (under_valgrind())
+    skip();
+  reset_shared();
+  int fds = th_count_fds(), maps = count_memport_maps();
+  char name[MEMPORT_NAME_MAX + 1];
+  snprintf(name, sizeof name, "%s", th_unique_name("exhaust"));
+  memport_service_t *svc;
+  th_assert_ok(memport_service_create(&svc, name, 0));
+  struct conn_arg ca = {name};
+  pid_t pid = th_fork(emfile_channel_child, &ca, 120);
+  memport_chan_opts_t o;
+  small_opts(&o);
+  unsigned served = 0;
+  while (atomic_load(&g_sh->stage) == 0) {
+    memport_chan_t *c = NULL;
+    int rc = memport_chan_accept(&c, svc, &o, 20 * MS);
+    if (rc == 0) {
+      char buf[4];
+      size_t len;
+      rc = memport_chan_recv_copy(c, buf, sizeof buf, &len, 5 * SEC);
+      if (rc == 0)
+        served++;
+      else if (rc != MEMPORT_EPEER)
+        fail_msg("serving: %s", memport_err_name(rc));
+      memport_chan_close(c);
+    } else if (rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EPEER) {
+      fail_msg("accept: %s", memport_err_name(rc));
+    }
+  }
+  assert_int_equal(th_wait(pid, 120), 0);
+  assert_true(served > 0);
+  memport_service_close(svc);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A full pool.                                                                                 */
+
+/* The two ends of a pair, for a child that keeps the second and closes its copy of the first. */
+struct ends {
+  memport_chan_t *mine, *theirs;
+};
+
+static int holder_child(void *arg) {
+  struct ends *e = arg;
+  memport_chan_close(e->mine); /* the parent's end: only the parent may hold it */
+  memport_chan_t *c = e->theirs;
+  memport_buf_t held[POOL_N];
+  for (unsigned i = 0; i < POOL_N; i++)
+    if (memport_chan_recv(c, &held[i], 5 * SEC) != 0)
+      return 1;
+  atomic_store(&g_sh->stage, 1);
+  if (!wait_at_least(&g_sh->go, 1, 20 * SEC))
+    return 2;
+  if (memport_chan_release(c, &held[0]) != 0)
+    return 3;
+  if (!wait_at_least(&g_sh->go, 2, 20 * SEC))
+    return 4;
+  for (unsigned i = 1; i < POOL_N; i++)
+    if (memport_chan_release(c, &held[i]) != 0)
+      return 5;
+  char buf[8];
+  size_t len;
+  if (memport_chan_recv_copy(c, buf, sizeof buf, &len, 10 * SEC) != 0 || len != 4 || memcmp(buf, "ring", 4) != 0)
+    return 6;
+  memport_buf_t b;
+  int rc = memport_chan_recv(c, &b, 10 * SEC);
+  return rc == MEMPORT_EPEER ? 0 : 7;
+}
+
+/* Every pool buffer held by the peer: alloc and zero-copy send say EAGAIN at once and ETIMEDOUT
+ * after the timeout (not before, not much after); each release makes one buffer available. */
+static void test_full_pool_waits_then_times_out_then_recovers(void **state) {
+  (void)state;
+  reset_shared();
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_chan_opts_t o;
+  small_opts(&o);
+  for (int policy = 0; policy < 3; policy++) {
+    o.wait_policy = policy;
+    reset_shared();
+    memport_chan_t *a, *b;
+    th_assert_ok(memport_chan_pair(&a, &b, &o));
+    struct ends e = {a, b};
+    pid_t pid = th_fork(holder_child, &e, 60);
+    memport_chan_close(b);
+    for (unsigned i = 0; i < POOL_N; i++)
+      th_assert_ok(memport_chan_send(a, "zc", 2, MEMPORT_SEND_ZEROCOPY, SEC));
+    assert_true(wait_at_least(&g_sh->stage, 1, 20 * SEC));
+    memport_buf_t z;
+    th_assert_rc(memport_chan_alloc(a, 10, &z, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+    th_assert_rc(memport_chan_send(a, "zc", 2, MEMPORT_SEND_ZEROCOPY, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+    uint64_t t0 = now_ns();
+    th_assert_rc(memport_chan_alloc(a, 10, &z, 60 * MS), MEMPORT_ETIMEDOUT);
+    uint64_t el = now_ns() - t0;
+    assert_true(el >= 60 * (uint64_t)MS && el < (uint64_t)SEC);
+    t0 = now_ns();
+    th_assert_rc(memport_chan_send(a, "zc", 2, MEMPORT_SEND_ZEROCOPY, 40 * MS), MEMPORT_ETIMEDOUT);
+    el = now_ns() - t0;
+    assert_true(el >= 40 * (uint64_t)MS && el < (uint64_t)SEC);
+    /* Small messages still go through the ring meanwhile. */
+    th_assert_ok(memport_chan_send(a, "ring", 4, 0, SEC));
+    atomic_store(&g_sh->go, 1);
+    t0 = now_ns();
+    th_assert_ok(memport_chan_alloc(a, 10, &z, 5 * SEC));
+    assert_true(now_ns() - t0 < (uint64_t)SEC);
+    memport_buf_t w;
+    th_assert_rc(memport_chan_alloc(a, 10, &w, MEMPORT_NOWAIT), MEMPORT_EAGAIN); /* just the one */
+    th_assert_ok(memport_chan_free_buf(a, &z));
+    atomic_store(&g_sh->go, 2);
+    memport_buf_t all[POOL_N];
+    for (unsigned i = 0; i < POOL_N; i++)
+      th_assert_ok(memport_chan_alloc(a, POOL_BUF, &all[i], 5 * SEC));
+    for (unsigned i = 0; i < POOL_N; i++)
+      th_assert_ok(memport_chan_free_buf(a, &all[i]));
+    memport_chan_close(a);
+    assert_int_equal(th_wait(pid, 30), 0);
+  }
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A consumer that does not read.                                                               */
+
+/* Oversized first, then the pool, then the ring (each fills the ring a little more). */
+static const int phase_kinds[3] = {SZ_BIG, SZ_POOL, SZ_SMALL};
+static const char *const phase_names[3] = {"one-off regions", "pool", "ring"};
+
+static int phase_kind(uint32_t seq) {
+  if (seq < atomic_load(&g_sh->bound[1]))
+    return phase_kinds[0];
+  if (seq < atomic_load(&g_sh->bound[2]))
+    return phase_kinds[1];
+  return phase_kinds[2];
+}
+
+static int late_reader_child(void *arg) {
+  struct ends *e = arg;
+  memport_chan_close(e->mine);
+  memport_chan_t *c = e->theirs;
+  if (!wait_at_least(&g_sh->go, 1, 60 * SEC))
+    return 1;
+  uint32_t total = atomic_load(&g_sh->sent);
+  for (uint32_t seq = 0; seq < total; seq++) {
+    memport_buf_t b;
+    int rc = memport_chan_recv(c, &b, 5 * SEC);
+    if (rc != 0) {
+      fprintf(stderr, "late reader: message %u of %u: %s\n", seq, total, memport_err_name(rc));
+      return 2;
+    }
+    if (b.len != msg_size(seq, phase_kind(seq)) || !pattern_ok(b.data, b.len, seq)) {
+      fprintf(stderr, "late reader: message %u of %u is not the one sent\n", seq, total);
+      return 3;
+    }
+    if (memport_chan_release(c, &b) != 0)
+      return 4;
+  }
+  memport_buf_t b;
+  int rc = memport_chan_recv(c, &b, 10 * SEC); /* nothing else: the producer closes */
+  return rc == MEMPORT_EPEER ? 0 : 5;
+}
+
+static unsigned char g_buf[BIG_MAX];
+
+/* The producer keeps trying for a while against a consumer that reads nothing: through the
+ * ring, from the pool, as one-off regions. Each send either completes or reports back-pressure
+ * (ETIMEDOUT) and leaves nothing behind; memory and descriptors stay flat; and when the consumer
+ * finally reads, it gets exactly the messages whose send completed, in order. */
+static void test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing(void **state) {
+  (void)state;
+  reset_shared();
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_chan_opts_t o;
+  small_opts(&o);
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  struct ends e = {a, b};
+  pid_t pid = th_fork(late_reader_child, &e, 120);
+  memport_chan_close(b);
+  uint64_t phase_ns = (under_valgrind() ? 1500 : 500) * (uint64_t)MS;
+  uint32_t seq = 0;
+  for (int phase = 0; phase < 3; phase++) {
+    for (int k = phase; k < 3; k++)
+      atomic_store(&g_sh->bound[k], k == phase ? seq : UINT32_MAX);
+    uint32_t first = seq, stalls = 0;
+    uint64_t start = now_ns(), end = start + phase_ns;
+    size_t rss0 = 0, rss_max = 0;
+    int fd_max = 0;
+    while (now_ns() < end) {
+      int kind = phase_kinds[phase];
+      size_t n = msg_size(seq, kind);
+      int rc;
+      if ((seq & 1) && kind != SZ_SMALL) { /* the zero-copy API (a small alloc would take a pool buffer) */
+        memport_buf_t z;
+        rc = memport_chan_alloc(a, n, &z, 2 * MS);
+        if (rc == 0) {
+          pattern(z.data, n, seq);
+          rc = memport_chan_send_buf(a, &z, 2 * MS);
+          if (rc != 0)
+            th_assert_ok(memport_chan_free_buf(a, &z));
+        }
+      } else {
+        pattern(g_buf, n, seq);
+        rc = memport_chan_send(a, g_buf, n, 0, 2 * MS);
+      }
+      if (rc == 0)
+        atomic_store(&g_sh->sent, ++seq);
+      else if (rc == MEMPORT_ETIMEDOUT)
+        stalls++;
+      else
+        fail_msg("%s: send %u: %s", phase_names[phase], seq, memport_err_name(rc));
+      if (now_ns() - start > phase_ns / 5) {
+        size_t r = rss_bytes();
+        if (rss0 == 0)
+          rss0 = r; /* after the warm-up */
+        rss_max = r > rss_max ? r : rss_max;
+        int f = th_count_fds();
+        fd_max = f > fd_max ? f : fd_max;
+      }
+    }
+    printf("# %s: %u messages sent before back-pressure, then %u sends timed out; resident memory grew "
+           "by %zu KiB while trying, descriptors at most %d (%d before)\n",
+           phase_names[phase], seq - first, stalls, rss_max > rss0 ? (rss_max - rss0) >> 10 : 0, fd_max, fds);
+    assert_true(stalls > 0);
+    assert_true(rss_max <= rss0 + (4u << 20));
+    assert_true(fd_max <= fds + 12);
+    if (phase_kinds[phase] == SZ_BIG) /* the oversized messages in flight are bounded too */
+      assert_true(seq - first <= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 1);
+  }
+  atomic_store(&g_sh->go, 1); /* read now: every message sent, nothing else */
+  memport_chan_close(a);      /* what was sent is still delivered, then MEMPORT_EPEER */
+  assert_int_equal(th_wait(pid, 120), 0);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  g_nofile0 = rl.rlim_cur;
+  g_sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (g_sh == MAP_FAILED)
+    return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_flood_of_messages_with_the_most_handles),
+      cmocka_unit_test(test_too_few_descriptors_for_a_message_gives_emfile_and_the_port_goes_on),
+      cmocka_unit_test(test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks),
+      cmocka_unit_test(test_full_pool_waits_then_times_out_then_recovers),
+      cmocka_unit_test(test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
