@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,7 +23,10 @@
  * Every iteration forks a peer, lets it reach a chosen point (it kills itself there with
  * raise(SIGKILL), or the test kills it after a random delay), and checks on the survivor:
  *   - MEMPORT_EPEER arrives, and how long after the death (or after the call started, for a call
- *     made once the peer was already dead); asserted below 1 s, the max and p99 are printed;
+ *     made once the peer was already dead). Two clocks: from the kill (SIGKILL sent), which
+ *     includes the kernel's teardown of the dying process, and from its exit (its pidfd became
+ *     readable: its descriptors are closed), which is the library's part and is asserted below
+ *     1 s (the target is 100 ms; loaded CI machines stall). Max and p99 of both are printed;
  *   - every message the peer committed before it died is delivered first, whole and in order;
  *   - descriptors and memport mappings are back to where they were once the channel is closed;
  *   - the survivor's pool is whole again: buffers it had allocated are freed, a new channel has
@@ -254,8 +258,49 @@ static unsigned g_iters[KP_COUNT];
 static unsigned g_epeers[KP_COUNT];
 static double g_kp_max[KP_COUNT];
 #define MAX_SAMPLES 8192
-static double g_lat[MAX_SAMPLES];
+static double g_lat[MAX_SAMPLES];      /* from the kill */
+static double g_lat_exit[MAX_SAMPLES]; /* from the exit */
 static unsigned g_nlat;
+
+/* Watches the current peer's exit through a pidfd, from a thread (one peer at a time). */
+static struct {
+  pthread_t thread;
+  pid_t pid;
+  bool active;
+  _Atomic uint64_t exit_ns; /* 0: unknown (no pidfd on this kernel) */
+} g_watch;
+
+static void *watch_main(void *arg) {
+  (void)arg;
+  int pfd = (int)syscall(SYS_pidfd_open, g_watch.pid, 0);
+  if (pfd < 0)
+    return NULL;
+  struct pollfd p = {.fd = pfd, .events = POLLIN, .revents = 0};
+  while (poll(&p, 1, 30000) < 0 && errno == EINTR) {
+  }
+  atomic_store(&g_watch.exit_ns, now_ns());
+  close(pfd);
+  return NULL;
+}
+
+static pid_t spawn(int (*fn)(void *), void *arg) {
+  assert_false(g_watch.active);
+  pid_t pid = th_fork(fn, arg, 20);
+  assert_true(pid > 0);
+  g_watch.pid = pid;
+  atomic_store(&g_watch.exit_ns, 0);
+  assert_int_equal(pthread_create(&g_watch.thread, NULL, watch_main, NULL), 0);
+  g_watch.active = true;
+  return pid;
+}
+
+/* Wait for the watched peer to have exited (it is dying or dead when this is called). */
+static void watch_join(void) {
+  if (g_watch.active) {
+    pthread_join(g_watch.thread, NULL);
+    g_watch.active = false;
+  }
+}
 
 struct it {
   enum kp kp;
@@ -268,24 +313,34 @@ struct it {
   char name[MEMPORT_NAME_MAX + 1];
   unsigned n;            /* messages, per kill point */
   unsigned mode;         /* variant, per kill point */
+  bool hold;             /* the survivor keeps some of the peer's zero-copy buffers across its death */
   uint64_t delay_ns;
 };
 
 /* Record one MEMPORT_EPEER: the call started at t_call and returned at t_ret. */
+static double since(uint64_t event, uint64_t t_call, uint64_t t_ret) {
+  uint64_t from = event > t_call ? event : t_call;
+  return t_ret > from ? (double)(t_ret - from) / 1e6 : 0.0;
+}
+
 static void record_epeer(const struct it *it, uint64_t t_call, uint64_t t_ret) {
   uint64_t death = atomic_load(&g_sh->death_ns);
   if (death == 0)
     fail_msg("%s (round %u): MEMPORT_EPEER but the peer has not died", kp_name[it->kp], it->round);
-  uint64_t from = death > t_call ? death : t_call;
-  double ms = t_ret > from ? (double)(t_ret - from) / 1e6 : 0.0;
-  if (g_nlat < MAX_SAMPLES)
-    g_lat[g_nlat++] = ms;
+  watch_join();
+  uint64_t exited = atomic_load(&g_watch.exit_ns);
+  double ms = since(death, t_call, t_ret);
+  double ms_exit = exited != 0 ? since(exited, t_call, t_ret) : ms;
+  if (g_nlat < MAX_SAMPLES) {
+    g_lat[g_nlat] = ms;
+    g_lat_exit[g_nlat++] = ms_exit;
+  }
   g_epeers[it->kp]++;
   if (ms > g_kp_max[it->kp])
     g_kp_max[it->kp] = ms;
-  if (!under_valgrind() && ms >= EPEER_BOUND_MS)
-    fail_msg("%s (round %u, seed %llu): MEMPORT_EPEER %.1f ms after the death", kp_name[it->kp], it->round,
-             (unsigned long long)g_seed, ms);
+  if (!under_valgrind() && ms_exit >= EPEER_BOUND_MS)
+    fail_msg("%s (round %u, seed %llu): MEMPORT_EPEER %.1f ms after the peer exited (%.1f ms after the kill)",
+             kp_name[it->kp], it->round, (unsigned long long)g_seed, ms_exit, ms);
 }
 
 static _Noreturn void die_now(void) {
@@ -362,15 +417,42 @@ static void killer_join(struct killer *k) { pthread_join(k->thread, NULL); }
 /* Receive messages 0, 1, ... until MEMPORT_EPEER, each checked; returns how many arrived. The
  * receive that returned MEMPORT_EPEER is the one measured; later calls keep saying so. */
 static uint32_t recv_until_epeer(const struct it *it, memport_chan_t *c, int first_kind, int kind) {
+  memport_buf_t held[6];
+  uint32_t held_seq[6];
+  unsigned nheld = 0, npool = 0;
   for (uint32_t seq = 0;; seq++) {
+    int k = seq == 0 ? first_kind : kind;
+    size_t want = msg_size(it->salt, seq, k);
+    /* Keep up to 2 of the peer's pool buffers (it needs the others to go on) and 4 regions. */
+    bool keep = it->hold && want > THRESH && nheld < 6 && (want > POOL_BUF || npool < 2);
     uint64_t t0 = now_ns();
-    int r = recv_msg(c, it->salt, seq, seq == 0 ? first_kind : kind, 5 * SEC);
+    int r;
+    if (keep) {
+      r = memport_chan_recv(c, &held[nheld], 5 * SEC);
+      if (r == 0) {
+        if (held[nheld].len != want || !pattern_ok(held[nheld].data, want, it->salt, seq)) {
+          r = 1;
+        } else {
+          npool += want <= POOL_BUF;
+          held_seq[nheld++] = seq;
+        }
+      }
+    } else {
+      r = recv_msg(c, it->salt, seq, k, 5 * SEC);
+    }
     uint64_t t1 = now_ns();
     if (r == MEMPORT_EPEER) {
       record_epeer(it, t0, t1);
       memport_buf_t b;
       th_assert_rc(memport_chan_recv(c, &b, 0), MEMPORT_EPEER);
       th_assert_rc(memport_chan_send(c, "x", 1, 0, SEC), MEMPORT_EPEER);
+      /* The dead peer's buffers we hold are intact and go back without a complaint. */
+      for (unsigned i = 0; i < nheld; i++) {
+        if (!pattern_ok(held[i].data, held[i].len, it->salt, held_seq[i]))
+          fail_msg("%s (round %u): held message %u changed after the death", kp_name[it->kp], it->round,
+                   held_seq[i]);
+        th_assert_ok(memport_chan_release(c, &held[i]));
+      }
       return seq;
     }
     if (r != 0)
@@ -407,6 +489,7 @@ static void check_no_leak(const struct it *it, int fds, int maps) {
 }
 
 static void expect_child(const struct it *it, pid_t pid, int status) {
+  watch_join();
   int st = th_wait(pid, 20);
   if (st != status)
     fail_msg("%s (round %u, seed %llu): peer ended with status %d, expected %d", kp_name[it->kp], it->round,
@@ -418,8 +501,7 @@ static pid_t fork_pair(struct it *it, memport_chan_t **mine, int (*fn)(void *)) 
   memport_chan_t *a, *b;
   th_assert_ok(memport_chan_pair(&a, &b, &it->o));
   it->chan = b;
-  pid_t pid = th_fork(fn, it, 20);
-  assert_true(pid > 0);
+  pid_t pid = spawn(fn, it);
   memport_chan_close(b);
   it->chan = NULL;
   *mine = a;
@@ -462,10 +544,10 @@ static void run_open(struct it *it) {
   bool killer = false;
   if (it->kp == KP_OPEN_BEFORE_HELLO) {
     it->delay_ns = rnd_below(&it->rng, 3000) * US;
-    pid = th_fork(child_die_before_hello, it, 20);
+    pid = spawn(child_die_before_hello, it);
   } else {
     it->mode = it->kp == KP_OPEN_AFTER_HELLO ? (unsigned)rnd_below(&it->rng, 2) : 2;
-    pid = th_fork(child_open, it, 20);
+    pid = spawn(child_open, it);
     if (it->kp == KP_OPEN_RANDOM) {
       killer_start(&k, pid, rnd_below(&it->rng, 4000) * US, &g_sh->stage, 1);
       killer = true;
@@ -573,6 +655,9 @@ static void run_producer(struct it *it) {
   default:
     break;
   }
+  /* (not while it must allocate every buffer of its pool, nor when only oversized ones come) */
+  it->hold = (it->kp == KP_AFTER_COMMIT || it->kp == KP_STREAM_RANDOM || it->kp == KP_SEND_NOTICES_FIRST) &&
+             rnd_below(&it->rng, 2);
   memport_chan_t *c;
   pid_t pid = fork_pair(it, &c, child_producer);
   struct killer k;
@@ -793,7 +878,7 @@ static void run_svc_owner(struct it *it) {
   int fds = th_count_fds(), maps = count_memport_maps();
   it->mode = (unsigned)rnd_below(&it->rng, 4);
   it->n = it->mode == 3 ? (unsigned)rnd_below(&it->rng, 10) : 0;
-  pid_t pid = th_fork(child_svc_owner, it, 20);
+  pid_t pid = spawn(child_svc_owner, it);
   assert_true(wait_at_least(&g_sh->stage, 1));
   memport_chan_t *c = NULL;
   if (it->mode == 0) {
@@ -822,7 +907,7 @@ static void run_svc_owner(struct it *it) {
   if (it->round % 8 == 0) {
     reset_shared();
     it->mode = 0;
-    pid = th_fork(child_svc_owner, it, 20); /* dies at once again, owning the name */
+    pid = spawn(child_svc_owner, it); /* dies at once again, owning the name */
     expect_child(it, pid, 128 + SIGKILL);
     fresh_process("serve", it->name);
   }
@@ -855,7 +940,7 @@ static void run_svc_client(struct it *it) {
   it->mode = (unsigned)rnd_below(&it->rng, 3);
   memport_service_t *svc;
   th_assert_ok(memport_service_create(&svc, it->name, 0));
-  pid_t pid = th_fork(child_svc_client, it, 20);
+  pid_t pid = spawn(child_svc_client, it);
   struct killer k;
   if (it->mode == 1)
     killer_start(&k, pid, rnd_below(&it->rng, 3000) * US, &g_sh->stage, 1);
@@ -930,7 +1015,7 @@ static void run_region(struct it *it) {
   int fds = th_count_fds(), maps = count_memport_maps();
   it->delay_ns = rnd_below(&it->rng, 2) ? 0 : rnd_below(&it->rng, 2000) * US;
   if (it->kp == KP_REGION_PUBLISHER) {
-    pid_t pid = th_fork(child_publisher, it, 20);
+    pid_t pid = spawn(child_publisher, it);
     assert_true(wait_at_least(&g_sh->stage, 1));
     memport_region_t *r = NULL;
     uint64_t t0 = now_ns();
@@ -962,7 +1047,7 @@ static void run_region(struct it *it) {
   th_assert_ok(memport_region_publish(&pub, mine, it->name, NULL, NULL));
   if (it->kp == KP_REGION_OPENER) {
     /* Openers killed at random moments do not disturb the publication. */
-    pid_t pid = th_fork(child_opener, it, 20);
+    pid_t pid = spawn(child_opener, it);
     struct killer k;
     killer_start(&k, pid, rnd_below(&it->rng, 5000) * US, &g_sh->stage, 1);
     killer_join(&k);
@@ -1034,19 +1119,24 @@ static int cmp_double(const void *a, const void *b) {
 static void test_epeer_latency_summary(void **state) {
   (void)state;
   unsigned total = 0, kps = 0;
-  printf("# %-48s %6s %6s %9s\n", "kill point", "iters", "EPEER", "max ms");
+  printf("# %-48s %6s %6s %9s\n", "kill point", "iters", "EPEER", "max ms*");
   for (int k = 0; k < KP_COUNT; k++) {
     printf("# %-48s %6u %6u %9.2f\n", kp_name[k], g_iters[k], g_epeers[k], g_kp_max[k]);
     total += g_iters[k];
     kps += g_iters[k] != 0;
   }
+  printf("# (* from the kill to MEMPORT_EPEER, or from the call when the peer was dead before it)\n");
   if (g_nlat == 0)
     return;
   qsort(g_lat, g_nlat, sizeof g_lat[0], cmp_double);
-  double p50 = g_lat[g_nlat / 2], p99 = g_lat[(size_t)((g_nlat - 1) * 0.99)], max = g_lat[g_nlat - 1];
-  printf("# %u iterations over %u kill points (seed %llu): %u MEMPORT_EPEER measured, p50 %.2f ms, "
-         "p99 %.2f ms, max %.2f ms\n",
-         total, kps, (unsigned long long)g_seed, g_nlat, p50, p99, max);
+  qsort(g_lat_exit, g_nlat, sizeof g_lat_exit[0], cmp_double);
+  size_t i50 = g_nlat / 2, i99 = (size_t)((g_nlat - 1) * 0.99);
+  printf("# %u iterations over %u kill points (seed %llu): %u MEMPORT_EPEER measured\n", total, kps,
+         (unsigned long long)g_seed, g_nlat);
+  printf("#   after the peer exited: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", g_lat_exit[i50], g_lat_exit[i99],
+         g_lat_exit[g_nlat - 1]);
+  printf("#   after the kill:        p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", g_lat[i50], g_lat[i99],
+         g_lat[g_nlat - 1]);
   if (g_only != NULL)
     return;
   assert_int_equal(kps, KP_COUNT);
