@@ -660,6 +660,148 @@ static void test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing
   assert_int_equal(count_memport_maps(), maps);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* A flood of control messages.                                                                 */
+
+/* A peer speaking the wire format itself: its own ring (exported in a HELLO without a pool). */
+struct raw_peer {
+  memport_port_t *port;
+  memport_ring_t *ring;
+  struct memport__ring_shared *sh;
+  unsigned char *data;
+  size_t cap;
+  uint64_t prod;
+};
+
+static void raw_peer_init(struct raw_peer *rp, memport_port_t *port) {
+  memset(rp, 0, sizeof *rp);
+  rp->port = port;
+  rp->cap = 65536;
+  th_assert_ok(memport_ring_create(&rp->ring, rp->cap, 0));
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  th_assert_ok(memport_ring_export(rp->ring, m));
+  memport_region_t *cr, *dr;
+  void *c, *d;
+  th_assert_ok(memport_msg_take_region(m, 0, &cr));
+  th_assert_ok(memport_msg_take_region(m, 1, &dr));
+  th_assert_ok(memport_region_map(cr, 0, &c));
+  th_assert_ok(memport_region_map(dr, MEMPORT_MAP_MIRROR, &d));
+  memport_region_close(cr);
+  memport_region_close(dr);
+  /* the HELLO: the same ring, no pool */
+  memport_msg_clear(m);
+  struct memport__ctl_hello h;
+  memset(&h, 0, sizeof h);
+  h.hdr.magic = MEMPORT__CTL_MAGIC;
+  h.hdr.type = MEMPORT__CTL_HELLO;
+  h.version = MEMPORT__CHAN_VERSION;
+  h.ring_capacity = rp->cap;
+  th_assert_ok(memport_msg_set_bytes(m, &h, sizeof h));
+  th_assert_ok(memport_ring_export(rp->ring, m));
+  th_assert_ok(memport_port_send(rp->port, m, SEC));
+  memport_msg_close(m);
+  rp->sh = c;
+  rp->data = d;
+}
+
+static void raw_peer_fini(struct raw_peer *rp) {
+  memport_unmap(rp->sh);
+  memport_unmap(rp->data);
+  memport_ring_close(rp->ring);
+  memport_port_close(rp->port);
+}
+
+static void raw_record(struct raw_peer *rp, uint32_t type, const void *payload, uint32_t len) {
+  struct memport__ring_rec *h = (struct memport__ring_rec *)(rp->data + rp->prod % rp->cap);
+  h->len = len;
+  h->type = type;
+  memcpy(h + 1, payload, len);
+  rp->prod += MEMPORT__RING_HDR + ((len + 15u) & ~15u);
+  atomic_store(&rp->sh->prod, rp->prod);
+}
+
+/* A peer announces oversized messages (each with its region) as fast as the port takes them,
+ * ahead of their records: the receiver takes in no more than it may have in flight, the rest
+ * waits in the flooder's port (back-pressure), and once the records come every one is delivered. */
+static void test_flood_of_oversized_announcements_is_held_back(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_port_t *pa, *pb;
+  th_assert_ok(memport_port_pair(&pa, &pb));
+  struct raw_peer rp;
+  raw_peer_init(&rp, pb);
+  memport_chan_opts_t o;
+  small_opts(&o);
+  memport_chan_t *c;
+  th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
+  memport_msg_t *hello;
+  th_assert_ok(memport_msg_create(&hello));
+  th_assert_ok(memport_port_recv(rp.port, hello, SEC)); /* the victim's HELLO: dropped */
+  memport_msg_close(hello);
+  memport_region_t *r;
+  th_assert_ok(memport_region_create(&r, 4096, 0));
+  memport_region_t *ro;
+  th_assert_ok(memport_region_readonly(r, &ro));
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  int base = th_count_fds(), worst = base;
+  uint32_t sent = 0;
+  size_t rss0 = rss_bytes(), rss_max = rss0;
+  for (unsigned stalls = 0; stalls < 50 && sent < 5000;) {
+    struct memport__ctl_blob b = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, sent, 0, 4096};
+    memport_msg_clear(m);
+    th_assert_ok(memport_msg_set_bytes(m, &b, sizeof b));
+    th_assert_ok(memport_msg_attach_region(m, ro, MEMPORT_ATTACH_COPY));
+    int rc = memport_port_send(rp.port, m, MEMPORT_NOWAIT);
+    if (rc == 0) {
+      sent++;
+    } else {
+      th_assert_rc(rc, MEMPORT_EAGAIN);
+      stalls++;
+    }
+    if (sent % 16 == 0 || rc != 0) { /* the victim looks at its port meanwhile */
+      memport_buf_t buf;
+      th_assert_rc(memport_chan_recv(c, &buf, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+      int n = th_count_fds();
+      worst = n > worst ? n : worst;
+      size_t rs = rss_bytes();
+      rss_max = rs > rss_max ? rs : rss_max;
+    }
+  }
+  memport_msg_clear(m);
+  printf("# %u oversized messages announced before the flooder's port was full; the receiver held at most "
+         "%d descriptors more, its resident memory grew by %zu KiB\n",
+         sent, worst - base, (rss_max - rss0) >> 10);
+  assert_true(sent > MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT);
+  assert_true(worst - base <= (int)MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 2);
+  assert_true(rss_max - rss0 < (2u << 20));
+  /* The records come: every announced message is delivered, in order. */
+  uint32_t got = 0;
+  for (uint32_t i = 0; i < sent; i++) {
+    struct memport__rec_blob d = {i, 0, 4096};
+    raw_record(&rp, MEMPORT__REC_BLOB, &d, sizeof d);
+    if (rp.prod - atomic_load(&rp.sh->cons) < rp.cap - 64 && i + 1 < sent)
+      continue;
+    for (; got <= i; got++) {
+      memport_buf_t buf;
+      int rc = memport_chan_recv(c, &buf, SEC);
+      if (rc != 0)
+        fail_msg("announced message %u of %u: %s", got, sent, memport_err_name(rc));
+      assert_int_equal(buf.len, 4096);
+      th_assert_ok(memport_chan_release(c, &buf));
+    }
+  }
+  assert_int_equal(got, sent);
+  memport_msg_close(m);
+  memport_region_close(ro);
+  memport_region_close(r);
+  memport_chan_close(c);
+  raw_peer_fini(&rp);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   struct rlimit rl;
@@ -674,6 +816,7 @@ int main(void) {
       cmocka_unit_test(test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks),
       cmocka_unit_test(test_full_pool_waits_then_times_out_then_recovers),
       cmocka_unit_test(test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing),
+      cmocka_unit_test(test_flood_of_oversized_announcements_is_held_back),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
