@@ -851,9 +851,11 @@ static uint64_t env_u64(const char *name, uint64_t dflt) {
   return s != NULL && *s != '\0' ? strtoull(s, NULL, 0) : dflt;
 }
 
+static uint64_t g_seed; /* MEMPORT_HOSTILE_SEED, or drawn once per run */
+
 static void test_hostile_peer_randomized_rounds(void **state) {
   (void)state;
-  uint64_t seed = env_u64("MEMPORT_HOSTILE_SEED", now_ns() ^ (uint64_t)getpid() << 32);
+  uint64_t seed = g_seed;
   unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 12 : 300);
   printf("# hostile rounds: %u, seed %llu (MEMPORT_HOSTILE_SEED=%llu MEMPORT_HOSTILE_ROUNDS=%u to replay)\n",
          rounds, (unsigned long long)seed, (unsigned long long)seed, rounds);
@@ -1199,8 +1201,235 @@ static void test_hostile_spurious_wakeups_do_not_stretch_a_deadline(void **state
   hp_fini(&h);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The bare ring: the victim (a forked child) consumes one ring and produces into another with
+ * the public API, while its peer (the producer of the first, which legitimately has the control
+ * page and data writable, and the consumer of the second) mixes honest traffic with scribbling.
+ * A ring has no port, so no MEMPORT_EPEER: the victim runs for a while, then closes.           */
+
+struct raw_ring {
+  memport_region_t *ctrl_r, *data_r;
+  memport_sem_t *dsem, *ssem;
+  struct memport__ring_shared *sh;
+  unsigned char *data;
+  uint64_t cap, pos; /* our position: produced (first ring) or consumed (second) */
+};
+
+static void raw_ring_open(struct raw_ring *rr, memport_ring_t *ring) {
+  memset(rr, 0, sizeof *rr);
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  th_assert_ok(memport_ring_export(ring, m));
+  th_assert_ok(memport_msg_take_region(m, 0, &rr->ctrl_r));
+  th_assert_ok(memport_msg_take_region(m, 1, &rr->data_r));
+  th_assert_ok(memport_msg_take_sem(m, 2, &rr->dsem));
+  th_assert_ok(memport_msg_take_sem(m, 3, &rr->ssem));
+  memport_msg_close(m);
+  void *p;
+  th_assert_ok(memport_region_map(rr->ctrl_r, 0, &p));
+  rr->sh = p;
+  th_assert_ok(memport_region_map(rr->data_r, MEMPORT_MAP_MIRROR, &p));
+  rr->data = p;
+  rr->cap = memport_region_size(rr->data_r);
+}
+
+static void raw_ring_close(struct raw_ring *rr) {
+  memport_unmap(rr->sh);
+  memport_unmap(rr->data);
+  memport_region_close(rr->ctrl_r);
+  memport_region_close(rr->data_r);
+  memport_sem_close(rr->dsem);
+  memport_sem_close(rr->ssem);
+}
+
+struct ring_victim_arg {
+  memport_ring_t *in, *out;
+  uint64_t seed;
+};
+
+static int ring_victim(void *varg) {
+  struct ring_victim_arg *a = varg;
+  uint64_t x = a->seed | 1;
+  int fds = th_count_fds();
+  size_t max = memport_ring_max_record(a->in);
+  unsigned char *buf = malloc(max + 1);
+  if (buf == NULL)
+    return 11;
+  memset(buf, 7, max + 1);
+  uint64_t slack = (under_valgrind() ? 5 : 1) * (uint64_t)SEC, end = now_ns() + 60 * (uint64_t)MS;
+  bool in_broken = false, out_broken = false;
+  volatile unsigned sink = 0;
+  while (now_ns() < end && !(in_broken && out_broken)) {
+    uint64_t v = rnd(&x);
+    int64_t tmo = (int64_t[]){0, 0, MS / 2, 2 * MS}[v % 4];
+    uint64_t t0 = now_ns();
+    int rc;
+    bool in = (v >> 4) % 2 == 0;
+    const char *what;
+    if (in && (v >> 5) % 2 == 0) {
+      what = "peek";
+      const void *p;
+      size_t len = 0;
+      rc = memport_ring_peek(a->in, &p, &len, tmo);
+      if (rc == 0) {
+        if (len > max)
+          V_FAIL(1, "peek returned %zu bytes, more than a record can hold", len);
+        for (size_t i = 0; i < len; i++)
+          sink += ((const volatile unsigned char *)p)[i];
+        rc = memport_ring_release(a->in);
+      }
+    } else if (in) {
+      what = "read";
+      size_t len = 0, cap = (v >> 6) % 2 ? max : (v >> 7) % 64;
+      rc = memport_ring_read(a->in, buf, cap, &len, tmo);
+      if (rc == 0 && len > cap)
+        V_FAIL(1, "read returned %zu bytes into %zu", len, cap);
+    } else {
+      what = "write";
+      size_t omax = memport_ring_max_record(a->out);
+      rc = memport_ring_write(a->out, buf, (v >> 8) % ((omax < max ? omax : max) / 4 + 1), tmo);
+    }
+    if (rc != 0 && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EPROTO &&
+        !(rc == MEMPORT_EMSGSIZE && what[0] == 'r'))
+      V_FAIL(1, "ring %s: unexpected %s", what, memport_err_name(rc));
+    if (now_ns() - t0 > (uint64_t)tmo + slack)
+      V_FAIL(2, "ring %s with a %lld ns timeout overran", what, (long long)tmo);
+    if ((in ? in_broken : out_broken) && rc != MEMPORT_EPROTO)
+      V_FAIL(4, "ring %s after MEMPORT_EPROTO returned %s", what, memport_err_name(rc));
+    if (rc == MEMPORT_EPROTO)
+      *(in ? &in_broken : &out_broken) = true;
+  }
+  memport_ring_close(a->in);
+  memport_ring_close(a->out);
+  free(buf);
+  if (th_count_fds() != fds - 8) /* each ring held two regions and two semaphores */
+    V_FAIL(3, "leak: %d descriptors before, %d after closing both rings", fds, th_count_fds());
+  (void)sink;
+  return in_broken || out_broken ? 100 : 101;
+}
+
+/* One step of the rings' peer. */
+static void ring_peer_step(struct raw_ring *prod, struct raw_ring *cons, uint64_t *x, unsigned evil) {
+  uint64_t v = rnd(x);
+  /* Consume the victim's records honestly (checking nothing: the victim writes constant bytes). */
+  uint64_t p = atomic_load(&cons->sh->prod);
+  if (p >= cons->pos && p - cons->pos <= cons->cap) {
+    cons->pos = p;
+    atomic_store(&cons->sh->cons, p);
+    if (atomic_exchange(&cons->sh->prod_wait, 0) & MEMPORT__WAIT_SEM)
+      memport_sem_signal(cons->ssem);
+  }
+  if (rnd(x) % 1000 >= evil) { /* an honest record */
+    uint32_t len = (uint32_t)(v % 700);
+    uint64_t c = atomic_load(&prod->sh->cons);
+    if (c <= prod->pos && prod->cap - (prod->pos - c) >= rec_total(len)) {
+      struct memport__ring_rec *r = (struct memport__ring_rec *)(prod->data + prod->pos % prod->cap);
+      r->len = len;
+      r->type = MEMPORT__REC_DATA;
+      memset(r + 1, (int)v, len);
+      prod->pos += rec_total(len);
+      atomic_store(&prod->sh->prod, prod->pos);
+      if (atomic_exchange(&prod->sh->cons_wait, 0) & MEMPORT__WAIT_SEM)
+        memport_sem_signal(prod->dsem);
+    }
+    return;
+  }
+  uint64_t w = rnd(x);
+  volatile uint32_t *half;
+  switch (v % 10) {
+  case 0: atomic_store(&prod->sh->prod, prod->pos + prod->cap + 16); break;       /* past the end */
+  case 1: atomic_store(&prod->sh->prod, prod->pos + 8); break;                    /* misaligned */
+  case 2: atomic_store(&prod->sh->prod, prod->pos >= 16 ? prod->pos - 16 : w); break; /* backwards */
+  case 3: /* a header that lies: huge, wrapping, or running past the producer */
+  {
+    const uint32_t lens[4] = {0xffffffffu, 0xfffffff8u, 4096, (uint32_t)w};
+    ((struct memport__ring_rec *)(prod->data + prod->pos % prod->cap))->len = lens[w % 4];
+  }
+    ((struct memport__ring_rec *)(prod->data + prod->pos % prod->cap))->type = MEMPORT__REC_DATA;
+    atomic_store(&prod->sh->prod, prod->pos + 32);
+    prod->pos += 32;
+    break;
+  case 4: /* a record of a type the public ring never writes */
+    ((struct memport__ring_rec *)(prod->data + prod->pos % prod->cap))->len = 0;
+    ((struct memport__ring_rec *)(prod->data + prod->pos % prod->cap))->type = 1 + (uint32_t)(w % 5);
+    prod->pos += 16;
+    atomic_store(&prod->sh->prod, prod->pos);
+    break;
+  case 5: /* a torn position */
+    half = (volatile uint32_t *)(void *)&prod->sh->prod;
+    half[w & 1] = (uint32_t)w;
+    break;
+  case 6: /* the victim's consumer position in the ring it produces into */
+  {
+    const uint64_t bad[4] = {cons->pos + 16, w, cons->pos + 8, UINT64_MAX};
+    atomic_store(&cons->sh->cons, bad[w % 4]);
+  }
+    break;
+  case 7: /* the header of a committed record, rewritten while the victim may be reading it */
+    for (uint64_t at = atomic_load(&prod->sh->cons); at < prod->pos && at + 16 <= prod->pos; at += 16) {
+      ((struct memport__ring_rec *)(prod->data + at % prod->cap))->len = (uint32_t)rnd(x) % 1000;
+      break;
+    }
+    break;
+  case 8: /* wait words: any bits; semaphores: spurious wake-ups */
+    atomic_store(&prod->sh->cons_wait, (uint32_t)w);
+    atomic_store(&cons->sh->prod_wait, (uint32_t)(w >> 32));
+    memport_sem_signal(prod->dsem);
+    memport_sem_signal(cons->ssem);
+    break;
+  default: /* random bytes over the data area */
+    for (int i = 0; i < 8; i++)
+      prod->data[rnd(x) % prod->cap] = (unsigned char)rnd(x);
+    break;
+  }
+}
+
+static void test_hostile_ring_peer_randomized_rounds(void **state) {
+  (void)state;
+  uint64_t seed = g_seed;
+  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 6 : 100);
+  printf("# ring rounds: %u, seed %llu (MEMPORT_HOSTILE_SEED=%llu MEMPORT_HOSTILE_ROUNDS=%u to replay)\n", rounds,
+         (unsigned long long)seed, (unsigned long long)seed, rounds);
+  fflush(stdout);
+  int fds = th_count_fds(), maps = count_memport_maps();
+  unsigned broke = 0;
+  for (unsigned round = 0; round < rounds; round++) {
+    uint64_t x = seed + round * 0x9e3779b97f4a7c15ull + 1;
+    rnd(&x);
+    struct ring_victim_arg va;
+    th_assert_ok(memport_ring_create(&va.in, (size_t)4096 << (rnd(&x) % 3), 0));
+    th_assert_ok(memport_ring_create(&va.out, (size_t)4096 << (rnd(&x) % 3), 0));
+    th_assert_ok(memport_ring_set_wait(va.in, (int)(rnd(&x) % 3), 10000));
+    th_assert_ok(memport_ring_set_wait(va.out, (int)(rnd(&x) % 3), 10000));
+    va.seed = rnd(&x);
+    struct raw_ring prod, cons;
+    raw_ring_open(&prod, va.in);
+    raw_ring_open(&cons, va.out);
+    pid_t pid = th_fork(ring_victim, &va, under_valgrind() ? 120 : 20);
+    memport_ring_close(va.in);
+    memport_ring_close(va.out);
+    unsigned evil = (unsigned)(rnd(&x) % 100);
+    uint64_t end = now_ns() + 70 * (uint64_t)MS; /* the victim runs for 60 ms */
+    while (now_ns() < end) {
+      ring_peer_step(&prod, &cons, &x, evil);
+      if (rnd(&x) % 8 == 0)
+        sched_yield();
+    }
+    int st = th_wait(pid, under_valgrind() ? 120 : 20);
+    raw_ring_close(&prod);
+    raw_ring_close(&cons);
+    if (st != 100 && st != 101)
+      fail_msg("ring round %u (seed %llu): victim ended with status %d", round, (unsigned long long)seed, st);
+    broke += st == 100;
+  }
+  printf("# %u ring rounds: %u ended with a ring refused as broken\n", rounds, broke);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
+  g_seed = env_u64("MEMPORT_HOSTILE_SEED", now_ns() ^ (uint64_t)getpid() << 32);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hostile_hello_gives_eproto_without_leaks),
       cmocka_unit_test(test_hostile_hello_with_odd_sized_ring_file),
@@ -1209,6 +1438,7 @@ int main(void) {
       cmocka_unit_test(test_hostile_pool_buffer_resent_while_release_owed_gives_eproto),
       cmocka_unit_test(test_hostile_spurious_wakeups_do_not_stretch_a_deadline),
       cmocka_unit_test(test_hostile_peer_randomized_rounds),
+      cmocka_unit_test(test_hostile_ring_peer_randomized_rounds),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
