@@ -449,7 +449,7 @@ static void hp_read_port(struct hpeer *h) {
 /* One adversarial action. */
 static void hp_evil(struct hpeer *h) {
   uint64_t v = rnd(&h->x);
-  unsigned what = (unsigned)(rnd(&h->x) % 24);
+  unsigned what = (unsigned)(rnd(&h->x) % 25);
   struct memport__ring_rec *r;
   switch (what) {
   case 0: /* a length that does not fit (huge, wrapping, past the producer) */
@@ -623,6 +623,23 @@ static void hp_evil(struct hpeer *h) {
     for (int i = 0; i < 8; i++) {
       uint32_t t = (uint32_t)rnd(&h->x);
       hp_record(h, t, &v, (uint32_t)(v % 9));
+    }
+    break;
+  case 23: /* more valid oversized-message announcements than may be in flight, and no records */
+    for (int i = 0; i < (int)MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 8; i++) {
+      memport_region_t *reg, *ro;
+      th_assert_ok(memport_region_create(&reg, 4096, 0));
+      th_assert_ok(memport_region_readonly(reg, &ro));
+      memport_region_close(reg);
+      struct memport__ctl_blob b = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, h->blob_seq, 0, 100};
+      memport_msg_clear(h->m);
+      memport_msg_set_bytes(h->m, &b, sizeof b);
+      memport_msg_attach_region(h->m, ro, 0);
+      int rc = memport_port_send(h->port, h->m, MEMPORT_NOWAIT);
+      memport_msg_clear(h->m);
+      if (rc != 0)
+        break;
+      h->blob_seq++;
     }
     break;
   case 22: /* the same release twice */
@@ -1181,6 +1198,39 @@ static void test_hostile_pool_buffer_resent_while_release_owed_gives_eproto(void
   assert_int_equal(count_memport_maps(), maps);
 }
 
+/* The peer announces more oversized messages than may be in flight, sends none of their records,
+ * and goes away: the victim (which then stops reading its port) still learns of the end, with
+ * MEMPORT_EPEER, well within its timeout, and closing returns every stashed region. */
+static void test_hostile_announcement_flood_then_exit_gives_epeer(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = count_memport_maps();
+  struct hpeer h;
+  memport_chan_t *c = open_victim(&h, NULL);
+  for (unsigned i = 0; i < MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 8; i++) {
+    memport_region_t *reg, *ro;
+    th_assert_ok(memport_region_create(&reg, 4096, 0));
+    th_assert_ok(memport_region_readonly(reg, &ro));
+    memport_region_close(reg);
+    struct memport__ctl_blob b = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, i, 0, 100};
+    memport_msg_clear(h.m);
+    memport_msg_set_bytes(h.m, &b, sizeof b);
+    memport_msg_attach_region(h.m, ro, 0);
+    th_assert_ok(memport_port_send(h.port, h.m, SEC));
+  }
+  memport_buf_t b;
+  th_assert_rc(memport_chan_recv(c, &b, 50 * MS), MEMPORT_ETIMEDOUT); /* nothing in the ring */
+  hp_fini(&h);
+  uint64_t t0 = now_ns();
+  th_assert_rc(memport_chan_recv(c, &b, 5 * SEC), MEMPORT_EPEER);
+  uint64_t took = now_ns() - t0;
+  printf("# MEMPORT_EPEER after %.1f ms with the port no longer read\n", (double)took / 1e6);
+  assert_true(took < (uint64_t)SEC);
+  th_assert_rc(memport_chan_send(c, "x", 1, 0, SEC), MEMPORT_EPEER);
+  memport_chan_close(c);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 /* The peer's semaphores count up without limit and its wait words are garbage: a victim waiting
  * for data is woken for nothing over and over, yet returns MEMPORT_ETIMEDOUT at its deadline. */
 static void test_hostile_spurious_wakeups_do_not_stretch_a_deadline(void **state) {
@@ -1437,6 +1487,7 @@ int main(void) {
       cmocka_unit_test(test_hostile_torn_position_is_checked_as_a_whole),
       cmocka_unit_test(test_hostile_pool_buffer_resent_while_release_owed_gives_eproto),
       cmocka_unit_test(test_hostile_spurious_wakeups_do_not_stretch_a_deadline),
+      cmocka_unit_test(test_hostile_announcement_flood_then_exit_gives_epeer),
       cmocka_unit_test(test_hostile_peer_randomized_rounds),
       cmocka_unit_test(test_hostile_ring_peer_randomized_rounds),
   };
