@@ -375,7 +375,8 @@ static void test_too_few_descriptors_for_a_message_gives_emfile_and_the_port_goe
 }
 
 struct conn_arg {
-  const char *name;
+  const char *name;        /* a channel service the parent serves */
+  const char *region_name; /* a region the parent publishes (4096 bytes of 0x5a) */
 };
 
 static int emfile_channel_child(void *arg) {
@@ -385,41 +386,96 @@ static int emfile_channel_child(void *arg) {
   int fds = th_count_fds(), maps = count_memport_maps();
   unsigned ok = 0, emfile = 0;
   for (int free = 0; free <= 40; free++) {
-    for (int what = 0; what < 2; what++) {
+    for (int what = 0; what < 3; what++) {
+      static const char *const whats[3] = {"pair", "connect", "region open"};
       memport_chan_t *x = NULL, *y = NULL;
+      memport_region_t *r = NULL;
       if (set_nofile(limit_with_free_slots(free)) != 0)
         return 1;
-      int rc = what == 0 ? memport_chan_pair(&x, &y, &o) : memport_chan_connect(&x, c->name, &o, 2 * SEC);
+      int rc = what == 0   ? memport_chan_pair(&x, &y, &o)
+               : what == 1 ? memport_chan_connect(&x, c->name, &o, 2 * SEC)
+                           : memport_region_open(&r, c->region_name, 2 * SEC);
       set_nofile(g_nofile0);
       if (rc == 0) {
         ok++;
         if (what == 1 && (memport_chan_send(x, "hi", 2, 0, SEC) != 0))
           return 2;
+        void *map;
+        if (what == 2 && (memport_region_map(r, MEMPORT_MAP_READONLY, &map) != 0 || ((unsigned char *)map)[7] != 0x5a ||
+                          memport_unmap(map) != 0))
+          return 2;
         memport_chan_close(x);
         memport_chan_close(y);
+        memport_region_close(r);
       } else if (rc == MEMPORT_EMFILE) {
         emfile++;
-        if (x != NULL || y != NULL)
+        if (x != NULL || y != NULL || r != NULL)
           return 3;
       } else {
-        fprintf(stderr, "%s with %d free descriptors: %s\n", what ? "connect" : "pair", free, memport_err_name(rc));
+        fprintf(stderr, "%s with %d free descriptors: %s\n", whats[what], free, memport_err_name(rc));
         return 4;
       }
       if (th_count_fds() != fds || count_memport_maps() != maps) {
-        fprintf(stderr, "%s with %d free: %d fds (was %d), %d maps (was %d)\n", what ? "connect" : "pair", free,
-                th_count_fds(), fds, count_memport_maps(), maps);
+        fprintf(stderr, "%s with %d free: %d fds (was %d), %d maps (was %d)\n", whats[what], free, th_count_fds(),
+                fds, count_memport_maps(), maps);
         return 5;
       }
     }
   }
   atomic_store(&g_sh->stage, 1);
-  printf("# channel pair/connect with 0..40 free descriptors: %u opened, %u MEMPORT_EMFILE\n", ok, emfile);
+  printf("# channel pair/connect, region open with 0..40 free descriptors: %u opened, %u MEMPORT_EMFILE\n", ok,
+         emfile);
   fflush(stdout);
   return ok > 0 && emfile > 0 ? 0 : 6;
 }
 
-/* Opening channels (a pair; connect to a named service) with too few descriptors: MEMPORT_EMFILE,
- * nothing left behind, on both sides; the service goes on serving. */
+/* The server side: accepting with too few descriptors. A connection that could not be taken
+ * waits in the backlog for the next accept; one that was taken but could not be opened is
+ * closed (the client sees MEMPORT_EPEER and tries again). */
+static int emfile_server_child(void *arg) {
+  struct conn_arg *c = arg;
+  memport_chan_opts_t o;
+  small_opts(&o);
+  memport_service_t *svc;
+  if (memport_service_create(&svc, c->name, 0) != 0)
+    return 1;
+  atomic_store(&g_sh->stage, 1);
+  int fds = th_count_fds(), maps = count_memport_maps();
+  unsigned ok = 0, emfile = 0;
+  for (int free = 0; free <= 40; free++) {
+    memport_chan_t *x = NULL;
+    if (set_nofile(limit_with_free_slots(free)) != 0)
+      return 2;
+    int rc = memport_chan_accept(&x, svc, &o, 5 * SEC);
+    set_nofile(g_nofile0);
+    if (rc == 0) {
+      ok++;
+      char buf[4];
+      size_t len;
+      if (memport_chan_recv_copy(x, buf, sizeof buf, &len, 5 * SEC) != 0 || len != 2)
+        return 3;
+      memport_chan_close(x);
+    } else if (rc == MEMPORT_EMFILE) {
+      emfile++;
+    } else {
+      fprintf(stderr, "accept with %d free descriptors: %s\n", free, memport_err_name(rc));
+      return 4;
+    }
+    if (th_count_fds() != fds || count_memport_maps() != maps) {
+      fprintf(stderr, "accept with %d free: %d fds (was %d), %d maps (was %d)\n", free, th_count_fds(), fds,
+              count_memport_maps(), maps);
+      return 5;
+    }
+  }
+  atomic_store(&g_sh->stage, 2);
+  memport_service_close(svc);
+  printf("# channel accept with 0..40 free descriptors: %u opened, %u MEMPORT_EMFILE\n", ok, emfile);
+  fflush(stdout);
+  return ok > 0 && emfile > 0 ? 0 : 6;
+}
+
+/* Opening channels (a pair; connect to a named service; accept) and named regions with too few
+ * descriptors: MEMPORT_EMFILE, nothing left behind, on both sides; the service goes on serving. */
 static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(void **state) {
   (void)state;
   if (under_valgrind())
@@ -428,9 +484,18 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   int fds = th_count_fds(), maps = count_memport_maps();
   char name[MEMPORT_NAME_MAX + 1];
   snprintf(name, sizeof name, "%s", th_unique_name("exhaust"));
+  char region_name[MEMPORT_NAME_MAX + 1];
+  snprintf(region_name, sizeof region_name, "%s", th_unique_name("exhaust-reg"));
+  memport_region_t *reg;
+  void *map;
+  memport_publication_t *pub;
+  th_assert_ok(memport_region_create(&reg, 4096, 0));
+  th_assert_ok(memport_region_map(reg, 0, &map));
+  memset(map, 0x5a, 4096);
+  th_assert_ok(memport_region_publish(&pub, reg, region_name, NULL, NULL));
   memport_service_t *svc;
   th_assert_ok(memport_service_create(&svc, name, 0));
-  struct conn_arg ca = {name};
+  struct conn_arg ca = {name, region_name};
   pid_t pid = th_fork(emfile_channel_child, &ca, 120);
   memport_chan_opts_t o;
   small_opts(&o);
@@ -454,6 +519,30 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   assert_int_equal(th_wait(pid, 120), 0);
   assert_true(served > 0);
   memport_service_close(svc);
+  memport_publication_close(pub);
+  memport_unmap(map);
+  memport_region_close(reg);
+  /* Now the other way round: the child serves under the low limits, we connect. */
+  reset_shared();
+  snprintf(name, sizeof name, "%s", th_unique_name("exhaust"));
+  pid = th_fork(emfile_server_child, &ca, 120);
+  assert_true(wait_at_least(&g_sh->stage, 1, 20 * SEC));
+  served = 0;
+  while (atomic_load(&g_sh->stage) < 2) {
+    memport_chan_t *c = NULL;
+    int rc = memport_chan_connect(&c, name, &o, 300 * MS);
+    if (rc == 0) {
+      th_assert_ok(memport_chan_send(c, "hi", 2, 0, SEC));
+      memport_buf_t b;
+      th_assert_rc(memport_chan_recv(c, &b, 10 * SEC), MEMPORT_EPEER);
+      memport_chan_close(c);
+      served++;
+    } else if (rc != MEMPORT_EPEER && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_ENOENT) {
+      fail_msg("connect: %s", memport_err_name(rc));
+    }
+  }
+  assert_int_equal(th_wait(pid, 120), 0);
+  assert_true(served > 0);
   assert_int_equal(th_count_fds(), fds);
   assert_int_equal(count_memport_maps(), maps);
 }
