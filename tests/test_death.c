@@ -272,7 +272,11 @@ static struct {
 
 static void *watch_main(void *arg) {
   (void)arg;
+#ifdef SYS_pidfd_open
   int pfd = (int)syscall(SYS_pidfd_open, g_watch.pid, 0);
+#else
+  int pfd = -1; /* headers without pidfd_open (Linux < 5.3): the kill stamp is used alone */
+#endif
   if (pfd < 0)
     return NULL;
   struct pollfd p = {.fd = pfd, .events = POLLIN, .revents = 0};
