@@ -35,7 +35,7 @@
 #define POOL_INFLIGHT 2  /* sent; the peer holds it until it sends a release */
 
 struct chan_blob {
-  memport_region_t *region;
+  memport_region_t *region; /* NULL: lost for want of descriptors (see chan_pump) */
   uint64_t len;
 };
 
@@ -385,6 +385,17 @@ static int chan_pump(memport_chan_t *ch, int64_t timeout_ns) {
     return MEMPORT_EPEER;
   if (rc == MEMPORT_EMSGSIZE || rc == MEMPORT_EPROTO)
     return chan_break(ch, MEMPORT_EPROTO);
+  if (rc == MEMPORT_EMFILE) {
+    /* The port dropped a message whose handles we had no descriptors for. After the handshake
+     * only an oversized message's region travels that way: its record comes later, and that
+     * message is reported (MEMPORT_EMFILE) and skipped in its turn (blob_take). */
+    struct chan_blob *s = &ch->stash[(ch->stash_head + ch->stash_n) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
+    s->region = NULL;
+    s->len = 0;
+    ch->stash_n++;
+    ch->rx_blob_port_seq++;
+    return MEMPORT_EAGAIN; /* read no further now: the next ones may find descriptors free */
+  }
   if (rc < 0)
     return rc;
   rc = handle_ctl(ch, ch->rmsg);
@@ -1080,6 +1091,13 @@ static int blob_take(memport_chan_t *ch, const struct chan_rec *rec, void **map,
   if (ch->stash_n == 0)
     return chan_break(ch, MEMPORT_EPROTO);
   struct chan_blob *s = &ch->stash[ch->stash_head];
+  if (s->region == NULL) { /* its region never arrived (chan_pump): this message is lost */
+    ch->stash_head = (ch->stash_head + 1) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT;
+    ch->stash_n--;
+    ch->rx_blob_seq++;
+    int rc = ring_error(ch, memport__ring_release(ch->rx));
+    return rc < 0 ? rc : MEMPORT_EMFILE;
+  }
   if (s->len != rec->blob.len)
     return chan_break(ch, MEMPORT_EPROTO);
   int rc = memport_region_map(s->region, MEMPORT_MAP_READONLY, map);
