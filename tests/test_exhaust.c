@@ -160,6 +160,11 @@ static bool pattern_ok(const unsigned char *p, size_t len, uint32_t seq) {
   return true;
 }
 
+/* The two ends of a pair, for a child that keeps the second and closes its copy of the first. */
+struct ends {
+  memport_chan_t *mine, *theirs;
+};
+
 static void small_opts(memport_chan_opts_t *o) {
   memport_chan_opts_init(o);
   o->ring_capacity = RING_CAP;
@@ -547,13 +552,72 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   assert_int_equal(count_memport_maps(), maps);
 }
 
+static int emfile_receiver_child(void *arg) {
+  struct ends *e = arg;
+  memport_chan_close(e->mine);
+  memport_chan_t *c = e->theirs;
+  if (!wait_at_least(&g_sh->stage, 1, 20 * SEC))
+    return 1;
+  memport_buf_t b;
+  if (memport_chan_recv(c, &b, SEC) != 0 || b.len != 2 || memcmp(b.data, "m0", 2) != 0 ||
+      memport_chan_release(c, &b) != 0)
+    return 2;
+  int fds = th_count_fds();
+  if (set_nofile(limit_with_free_slots(0)) != 0)
+    return 3;
+  int rc = memport_chan_recv(c, &b, SEC); /* the region of message 1 cannot be received */
+  set_nofile(g_nofile0);
+  if (rc != MEMPORT_EMFILE) {
+    fprintf(stderr, "oversized message without descriptors: %s\n", memport_err_name(rc));
+    return 4;
+  }
+  if (th_count_fds() != fds)
+    return 5;
+  /* That one is gone; the channel goes on with the next ones, in order. */
+  rc = memport_chan_recv(c, &b, SEC);
+  if (rc != 0 || b.len != 2 || memcmp(b.data, "m2", 2) != 0 || memport_chan_release(c, &b) != 0) {
+    fprintf(stderr, "after the lost message: %s\n", memport_err_name(rc));
+    return 6;
+  }
+  rc = memport_chan_recv(c, &b, SEC);
+  if (rc != 0 || b.len != msg_size(3, SZ_BIG) || !pattern_ok(b.data, b.len, 3) || memport_chan_release(c, &b) != 0) {
+    fprintf(stderr, "oversized message 3: %s\n", memport_err_name(rc));
+    return 7;
+  }
+  return memport_chan_recv(c, &b, 10 * SEC) == MEMPORT_EPEER ? 0 : 8;
+}
+
+/* A channel receiver out of descriptors when an oversized message's region arrives: that message
+ * is reported (MEMPORT_EMFILE) and dropped, the ones before and after it arrive whole, in order. */
+static void test_channel_receiver_out_of_descriptors_drops_one_oversized_message(void **state) {
+  (void)state;
+  if (under_valgrind())
+    skip();
+  reset_shared();
+  int fds = th_count_fds(), maps = count_memport_maps();
+  memport_chan_opts_t o;
+  small_opts(&o);
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  struct ends e = {a, b};
+  pid_t pid = th_fork(emfile_receiver_child, &e, 60);
+  memport_chan_close(b);
+  static unsigned char big[BIG_MAX];
+  th_assert_ok(memport_chan_send(a, "m0", 2, 0, SEC));
+  pattern(big, msg_size(1, SZ_BIG), 1);
+  th_assert_ok(memport_chan_send(a, big, msg_size(1, SZ_BIG), 0, SEC));
+  th_assert_ok(memport_chan_send(a, "m2", 2, 0, SEC));
+  pattern(big, msg_size(3, SZ_BIG), 3);
+  th_assert_ok(memport_chan_send(a, big, msg_size(3, SZ_BIG), 0, SEC));
+  atomic_store(&g_sh->stage, 1);
+  memport_chan_close(a);
+  assert_int_equal(th_wait(pid, 60), 0);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(count_memport_maps(), maps);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* A full pool.                                                                                 */
-
-/* The two ends of a pair, for a child that keeps the second and closes its copy of the first. */
-struct ends {
-  memport_chan_t *mine, *theirs;
-};
 
 static int holder_child(void *arg) {
   struct ends *e = arg;
@@ -903,6 +967,7 @@ int main(void) {
       cmocka_unit_test(test_flood_of_messages_with_the_most_handles),
       cmocka_unit_test(test_too_few_descriptors_for_a_message_gives_emfile_and_the_port_goes_on),
       cmocka_unit_test(test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks),
+      cmocka_unit_test(test_channel_receiver_out_of_descriptors_drops_one_oversized_message),
       cmocka_unit_test(test_full_pool_waits_then_times_out_then_recovers),
       cmocka_unit_test(test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing),
       cmocka_unit_test(test_flood_of_oversized_announcements_is_held_back),
