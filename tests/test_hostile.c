@@ -912,7 +912,7 @@ static uint64_t g_seed; /* MEMPORT_HOSTILE_SEED, or drawn once per run */
 static void test_hostile_peer_randomized_rounds(void **state) {
   (void)state;
   uint64_t seed = g_seed;
-  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 12 : 300);
+  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 40 : 300);
   printf("# hostile rounds: %u, seed %llu (MEMPORT_HOSTILE_SEED=%llu MEMPORT_HOSTILE_ROUNDS=%u to replay)\n",
          rounds, (unsigned long long)seed, (unsigned long long)seed, rounds);
   fflush(stdout);
@@ -1478,7 +1478,7 @@ static void ring_peer_step(struct raw_ring *prod, struct raw_ring *cons, uint64_
 static void test_hostile_ring_peer_randomized_rounds(void **state) {
   (void)state;
   uint64_t seed = g_seed;
-  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 6 : 100);
+  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 15 : 100);
   printf("# ring rounds: %u, seed %llu (MEMPORT_HOSTILE_SEED=%llu MEMPORT_HOSTILE_ROUNDS=%u to replay)\n", rounds,
          (unsigned long long)seed, (unsigned long long)seed, rounds);
   fflush(stdout);
