@@ -246,7 +246,7 @@ static const char *const kp_name[KP_COUNT] = {
     "producer dies, survivor's send notices first",
     "producer dies with 64 oversized unreceived",
     "consumer dies holding zero-copy buffers",
-    "consumer dies, survivor blocked in send",
+    "consumer dies, survivor blocked in send/alloc",
     "consumer dies, survivor sends with room",
     "service owner dies around accept",
     "service client dies around connect",
@@ -746,6 +746,7 @@ static void run_consumer(struct it *it) {
     break;
   case KP_BLOCKED_SEND:
     it->n = (unsigned)rnd_below(&it->rng, 10);
+    it->mode = (unsigned)rnd_below(&it->rng, 3); /* 0: ring full, 1: pool empty, 2: 64 oversized untaken */
     break;
   default:
     it->n = 0;
@@ -780,10 +781,11 @@ static void run_consumer(struct it *it) {
     uint32_t seq = 0;
     for (; seq < it->n; seq++)
       th_assert_ok(send_msg(c, it->salt, seq, SZ_MIXED, 5 * SEC));
-    static unsigned char chunk[1024];
+    static unsigned char chunk[POOL_BUF + 1];
+    size_t len = it->mode == 0 ? 1024 : it->mode == 1 ? THRESH + 1 : POOL_BUF + 1;
     t0 = now_ns();
     do
-      rc = memport_chan_send(c, chunk, sizeof chunk, 0, 5 * SEC);
+      rc = memport_chan_send(c, chunk, len, 0, 5 * SEC);
     while (rc == 0);
     t1 = now_ns();
     th_assert_rc(rc, MEMPORT_EPEER);
