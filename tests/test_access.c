@@ -211,6 +211,7 @@ struct ro_arg {
   memport_region_t *ro; /* from memport_region_readonly */
   memport_region_t *rw; /* the original handle, sealed by the same call */
   size_t size;
+  memport_port_t *port; /* the child's end: a third handle arrives in a message */
 };
 
 static int no_write_access(memport_region_t *r, size_t size, int base) {
@@ -264,10 +265,21 @@ static int child_readonly(void *varg) {
     rc = no_write_access(a->rw, a->size, 30);
   memport_region_close(a->ro);
   memport_region_close(a->rw);
+  memport_msg_t *m = NULL;
+  memport_region_t *got = NULL;
+  if (rc == 0 && (memport_msg_create(&m) != 0 || memport_port_recv(a->port, m, 10 * SEC) != 0 ||
+                  memport_msg_take_region(m, 0, &got) != 0))
+    rc = 49;
+  if (rc == 0)
+    rc = no_write_access(got, a->size, 50);
+  memport_region_close(got);
+  memport_msg_close(m);
+  memport_port_close(a->port);
   return rc;
 }
 
-/* Root makes a region read-only and the child (another uid) inherits both handles across fork:
+/* Root makes a region read-only and the child (another uid) inherits both handles across fork,
+ * and gets a third one in a message:
  * no API call, raw mmap, mprotect, /proc reopen, write, truncate or duplicate gives it write
  * access, while root's own mapping made before stays writable and the child sees its bytes. */
 static void test_other_uid_cannot_upgrade_a_readonly_region_it_was_given(void **state) {
@@ -280,7 +292,17 @@ static void test_other_uid_cannot_upgrade_a_readonly_region_it_was_given(void **
   th_assert_ok(memport_region_map(a.rw, 0, (void **)&w));
   strcpy(w, "root's bytes");
   th_assert_ok(memport_region_readonly(a.rw, &a.ro));
-  int st = th_run_child(child_readonly, &a, 20);
+  memport_port_t *mine;
+  th_assert_ok(memport_port_pair(&mine, &a.port));
+  pid_t pid = th_fork(child_readonly, &a, 20);
+  memport_port_close(a.port);
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  th_assert_ok(memport_msg_attach_region(m, a.ro, MEMPORT_ATTACH_COPY));
+  th_assert_ok(memport_port_send(mine, m, 5 * SEC));
+  memport_msg_close(m);
+  int st = th_wait(pid, 25);
+  memport_port_close(mine);
   if (st != 0)
     fail_msg("the other user got write access (step %d)", st);
   assert_string_equal(w, "root's bytes");
