@@ -174,16 +174,6 @@ static int chan_break(memport_chan_t *ch, int err) {
   return ch->broken;
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-  __asm__ __volatile__("yield" ::: "memory");
-#else
-  atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Release queues: pool buffers go back to their owner through shared memory, no system call.  */
 
@@ -750,7 +740,7 @@ static int pool_wait(memport_chan_t *ch, uint64_t deadline, int64_t timeout_ns) 
         return chan_break(ch, rc);
       if (ch->pool_nfree != 0)
         return 0;
-      cpu_relax();
+      memport__cpu_relax();
       if ((i & 31) == 0) {
         now = memport__now_ns();
         if (now >= deadline)
@@ -789,7 +779,7 @@ static int pool_wait(memport_chan_t *ch, uint64_t deadline, int64_t timeout_ns) 
       for (unsigned i = 1; ch->pool_nfree == 0; i++) {
         if ((rc = relq_drain(ch)) < 0)
           break;
-        cpu_relax();
+        memport__cpu_relax();
         if ((i & 31) == 0 && memport__now_ns() >= (until < deadline ? until : deadline))
           break;
       }

@@ -132,6 +132,17 @@ struct memport__ctl_blob {
  * timeout (MEMPORT_NOWAIT: MEMPORT_EAGAIN at once) and, when several steps share one, an absolute
  * deadline (memport__deadline); deadline 0 means "timeout_ns from the moment a wait starts".   */
 #ifdef MEMPORT_BUILDING
+/* A hint to the CPU inside a spin loop (both ring ends and the channel spin). */
+static inline void memport__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
 struct memport_ring;
 /* Called between sleeping slices of every wait: non-zero ends the wait with that code. */
 MEMPORT_HIDDEN void memport__ring_set_hook(struct memport_ring *r, int (*fn)(void *arg), void *arg,

@@ -51,16 +51,6 @@ struct memport_ring {
   } c;
 };
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-  __asm__ __volatile__("yield" ::: "memory");
-#else
-  atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
-
 static inline uint64_t rec_total(uint64_t len) {
   return MEMPORT__RING_HDR + ((len + (MEMPORT__RING_ALIGN - 1)) & ~(uint64_t)(MEMPORT__RING_ALIGN - 1));
 }
@@ -129,7 +119,7 @@ static int ring_wait(memport_ring_t *r, int (*ready)(memport_ring_t *, uint64_t)
       rc = ready(r, need);
       if (rc != 0)
         return rc > 0 ? 0 : rc;
-      cpu_relax();
+      memport__cpu_relax();
       if ((i & 31) == 0) {
         now = memport__now_ns();
         if (now >= deadline)
