@@ -448,7 +448,7 @@ static void hp_read_port(struct hpeer *h) {
   }
 }
 
-#define H_EVIL_KINDS 25
+#define H_EVIL_KINDS 26
 
 /* One adversarial action (of kind h->focus, or any). */
 static void hp_evil(struct hpeer *h) {
@@ -647,6 +647,20 @@ static void hp_evil(struct hpeer *h) {
       h->blob_seq++;
     }
     break;
+  case 24: { /* a valid-looking control message carrying the most handles a message can */
+    struct memport__ctl_hdr hd = {MEMPORT__CTL_MAGIC, (uint16_t)(v % 2 ? MEMPORT__CTL_WAKE : MEMPORT__CTL_RELEASE), 0};
+    memport_msg_clear(h->m);
+    memport_msg_set_bytes(h->m, &hd, sizeof hd);
+    for (unsigned i = 0; i < MEMPORT_MSG_MAX_HANDLES; i++) {
+      if (i % 2)
+        memport_msg_attach_sem(h->m, h->dsem, MEMPORT_ATTACH_COPY);
+      else
+        memport_msg_attach_region(h->m, h->data_r, MEMPORT_ATTACH_COPY);
+    }
+    (void)memport_port_send(h->port, h->m, MEMPORT_NOWAIT);
+    memport_msg_clear(h->m);
+    break;
+  }
   case 22: /* the same release twice */
     if (h->vpn != 0) {
       hp_release(h, 0, 1);
