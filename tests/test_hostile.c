@@ -1024,7 +1024,6 @@ static void test_hostile_hello_gives_eproto_without_leaks(void **state) {
     struct memport__ctl_hello hello;
     hp_hello(&h, &hello);
     memport_region_t *r;
-    memport_sem_t *s;
     switch (k) {
     case 0: /* a ring handle missing (pool handle where the second semaphore should be) */
       memport_msg_clear(h.m);
@@ -1090,7 +1089,6 @@ static void test_hostile_hello_gives_eproto_without_leaks(void **state) {
       atomic_store(&h.sh->prod, 3 * h.cap);
       break;
     }
-    (void)s;
     th_assert_ok(memport_msg_set_bytes(h.m, &hello, sizeof hello));
     th_assert_ok(memport_port_send(h.port, h.m, SEC));
     memport_chan_t *c = NULL;
