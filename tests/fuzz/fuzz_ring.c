@@ -221,7 +221,7 @@ static void run(struct fz *f) {
         touch(ptr, len, maxrec);
       break;
     case 6:
-      rc = memport__ring_release(C);
+      rc = o & 0x80u ? memport_ring_release(C) : memport__ring_release(C);
       break;
     case 7:
       rc = memport_ring_peek(C, &ptr, &len, MEMPORT_NOWAIT);
