@@ -330,7 +330,8 @@ static double since(uint64_t event, uint64_t t_call, uint64_t t_ret) {
 static void record_epeer(const struct it *it, uint64_t t_call, uint64_t t_ret) {
   uint64_t death = atomic_load(&g_sh->death_ns);
   if (death == 0)
-    fail_msg("%s (round %u): MEMPORT_EPEER but the peer has not died", kp_name[it->kp], it->round);
+    fail_msg("%s (round %u): MEMPORT_EPEER but the peer has not died (nor closed): did it fail on its own?",
+             kp_name[it->kp], it->round);
   watch_join();
   uint64_t exited = atomic_load(&g_watch.exit_ns);
   double ms = since(death, t_call, t_ret);
@@ -627,8 +628,10 @@ static int child_producer(void *arg) {
   }
   atomic_store(&g_sh->stage, 1);
   if (it->mode == 2 && it->kp == KP_AFTER_COMMIT) {
-    memport_chan_close(c); /* an orderly close instead of a death */
+    /* An orderly close instead of a death. The stamp goes first: the survivor may see the close
+     * (MEMPORT_EPEER) before this process is scheduled again. */
     atomic_store(&g_sh->death_ns, now_ns());
+    memport_chan_close(c);
     _exit(0);
   }
   sleep_ns(it->delay_ns);
