@@ -33,6 +33,9 @@ MEMPORT_HIDDEN uint64_t memport__now_ns(void);
 MEMPORT_HIDDEN uint64_t memport__deadline(int64_t timeout_ns);
 /* 1 when the deadline has passed. */
 MEMPORT_HIDDEN int memport__expired(uint64_t deadline);
+/* A wait that gave up with MEMPORT_ETIMEDOUT reports MEMPORT_EAGAIN when it was asked not to wait
+ * at all (MEMPORT_NOWAIT), the same for every call that takes a timeout. */
+MEMPORT_HIDDEN int memport__nowait_code(int rc, int64_t timeout_ns);
 
 /* size rounded up to pages; 0 on overflow. */
 MEMPORT_HIDDEN size_t memport__page_round(size_t size);

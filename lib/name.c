@@ -80,7 +80,7 @@ int memport_service_accept(memport_service_t *svc, memport_port_t **out, int64_t
   if (rc != 0) {
     free(p);
     /* As memport_port_recv: MEMPORT_NOWAIT reports MEMPORT_EAGAIN when nobody waits. */
-    return rc == MEMPORT_ETIMEDOUT && timeout_ns == MEMPORT_NOWAIT ? MEMPORT_EAGAIN : rc;
+    return memport__nowait_code(rc, timeout_ns);
   }
   *out = p;
   return 0;
@@ -160,7 +160,7 @@ static int pub_decide(const struct memport_publication *pub, const memport_cred_
   if (pub->access != NULL)
     level = pub->access(peer, pub->arg);
   else
-    level = peer->uid == getuid() ? MEMPORT_ACCESS_READONLY : MEMPORT_ACCESS_DENY;
+    level = peer->uid == geteuid() ? MEMPORT_ACCESS_READONLY : MEMPORT_ACCESS_DENY;
   if (level != MEMPORT_ACCESS_READONLY && level != MEMPORT_ACCESS_READWRITE)
     level = MEMPORT_ACCESS_DENY; /* anything unexpected denies */
   return level;

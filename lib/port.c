@@ -45,17 +45,12 @@ int memport_port_close(memport_port_t *port) {
   return 0;
 }
 
-/* The calls below report MEMPORT_EAGAIN, not MEMPORT_ETIMEDOUT, for MEMPORT_NOWAIT. */
-static int nowait_code(int rc, int64_t timeout_ns) {
-  return (rc == MEMPORT_ETIMEDOUT && timeout_ns == MEMPORT_NOWAIT) ? MEMPORT_EAGAIN : rc;
-}
-
 int memport_port_send(memport_port_t *port, memport_msg_t *msg, int64_t timeout_ns) {
   if (port == NULL || msg == NULL)
     return MEMPORT_EINVAL;
   int rc = memport__os_port_send(port, msg, memport__deadline(timeout_ns));
   if (rc != 0)
-    return nowait_code(rc, timeout_ns);
+    return memport__nowait_code(rc, timeout_ns);
   /* The peer holds its own copies now. A backend that consumed the OS handles while sending
    * (Mach move rights) has already forgotten them; whatever is left is ours to close. */
   memport__msg_drop_handles(msg);
@@ -71,7 +66,7 @@ int memport_port_recv(memport_port_t *port, memport_msg_t *msg, int64_t timeout_
     /* All-or-nothing: the backend released everything; make sure no stale bytes show. */
     msg->len = 0;
     msg->has_sender = false;
-    return nowait_code(rc, timeout_ns);
+    return memport__nowait_code(rc, timeout_ns);
   }
   return 0;
 }

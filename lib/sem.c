@@ -57,8 +57,7 @@ int memport_sem_wait(memport_sem_t *sem, int64_t timeout_ns) {
     return MEMPORT_EINVAL;
   int rc = memport__os_sem_wait(sem, memport__deadline(timeout_ns));
   /* MEMPORT_NOWAIT behaves as memport_sem_trywait. */
-  if (rc == MEMPORT_ETIMEDOUT && timeout_ns == MEMPORT_NOWAIT)
-    rc = MEMPORT_EAGAIN;
+  rc = memport__nowait_code(rc, timeout_ns);
   return rc;
 }
 

@@ -25,6 +25,10 @@ int memport__expired(uint64_t deadline) {
   return deadline != MEMPORT__NO_DEADLINE && memport__now_ns() >= deadline;
 }
 
+int memport__nowait_code(int rc, int64_t timeout_ns) {
+  return rc == MEMPORT_ETIMEDOUT && timeout_ns == MEMPORT_NOWAIT ? MEMPORT_EAGAIN : rc;
+}
+
 size_t memport_page_size(void) { return memport__os_page_size(); }
 
 size_t memport__page_round(size_t size) {
@@ -53,7 +57,7 @@ int memport__name_check(const char *name) {
 bool memport__service_allows(const memport_service_t *svc, const memport_cred_t *peer) {
   if (svc->kind == MEMPORT_NAME_REGION)
     return true; /* a publication's access function decides, per peer (lib/name.c) */
-  if (peer->uid == getuid())
+  if (peer->uid == geteuid()) /* peers are identified by effective uid (SO_PEERCRED, audit token) */
     return true;
   /* memport_service_allow_uid may run concurrently: it fills the slot, then publishes the count. */
   size_t n = __atomic_load_n(&svc->nallowed, __ATOMIC_ACQUIRE);
