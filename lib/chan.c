@@ -17,6 +17,7 @@
 /* A pool's bytes: 1 TiB, or what size_t can count where it is smaller. */
 #define CHAN_MAX_POOL_BYTES ((uint64_t)SIZE_MAX < ((uint64_t)1 << 40) ? (uint64_t)SIZE_MAX : ((uint64_t)1 << 40))
 #define CHAN_DRAIN_MAX 256u /* control messages read per look at the port */
+#define CHAN_BLOB_DRAIN_MAX 65536u /* control messages read while looking for an oversized message's region */
 
 /* Tags in memport_buf_t.priv[0]: a magic in the high half, the kind and a pool index below. */
 #define BUF_MAGIC 0x4d504246u /* "MPBF" */
@@ -1073,9 +1074,15 @@ static int chan_next(memport_chan_t *ch, struct chan_rec *rec, int64_t timeout_n
 
 /* The region of the oversized message `rec` (sent over the port before its record), mapped. */
 static int blob_take(memport_chan_t *ch, const struct chan_rec *rec, void **map, size_t *maplen) {
-  if (ch->stash_n == 0) {
-    int rc = chan_drain(ch);
-    if (rc < 0 && rc != MEMPORT_EPEER)
+  /* Its region was sent before its record was committed, so it is in the port, but it may sit
+   * behind more control messages than one drain reads (a release per pool buffer, sent while the
+   * release queue was full): read on until it is there or the port is empty. The bound only
+   * stops a peer that floods the port without ever sending the region. */
+  for (unsigned n = 0; ch->stash_n == 0 && n < CHAN_BLOB_DRAIN_MAX; n++) {
+    int rc = chan_pump(ch, MEMPORT_NOWAIT);
+    if (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT || rc == MEMPORT_EPEER)
+      break;
+    if (rc < 0)
       return rc;
   }
   if (ch->stash_n == 0)

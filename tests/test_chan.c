@@ -529,6 +529,45 @@ static void test_chan_many_oversized_messages_in_flight(void **state) {
   assert_int_equal(count_memport_maps(), maps);
 }
 
+/* A peer that releases many pool buffers while the release queue is full sends one control
+ * message per release; an oversized message sent after them has its region behind more control
+ * messages than one look at the port reads. It still arrives (it broke the channel with
+ * MEMPORT_EPROTO). */
+static void test_chan_oversized_message_behind_many_port_releases(void **state) {
+  (void)state;
+  memport_chan_opts_t o;
+  memport_chan_opts_init(&o);
+  o.ring_capacity = 1u << 20;
+  o.pool_buffers = 1024;
+  o.pool_buffer_size = 4096;
+  o.zerocopy_threshold = 1024;
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  unsigned char small[2000];
+  memset(small, 5, sizeof small);
+  /* The first MEMPORT__REL_QUEUE releases fill the queue (the sender takes them back only when its
+   * pool runs dry); each later one goes over the port on its own (the receiver's ring is empty).
+   * 264 of them: more than one look at the port reads (256), fewer than the port holds. */
+  for (unsigned i = 0; i < MEMPORT__REL_QUEUE + 264; i++) {
+    th_assert_ok(memport_chan_send(a, small, sizeof small, 0, SEC));
+    memport_buf_t m;
+    th_assert_ok(memport_chan_recv(b, &m, SEC));
+    assert_int_equal(m.len, sizeof small);
+    th_assert_ok(memport_chan_release(b, &m));
+  }
+  static unsigned char big[100000];
+  fill(big, sizeof big, 9);
+  th_assert_ok(memport_chan_send(b, big, sizeof big, 0, SEC));
+  memport_buf_t m;
+  th_assert_ok(memport_chan_recv(a, &m, SEC));
+  assert_int_equal(m.len, sizeof big);
+  assert_int_equal(check(m.data, m.len, 9), 0);
+  th_assert_ok(memport_chan_release(a, &m));
+  th_assert_ok(memport_chan_send(a, small, sizeof small, 0, SEC)); /* the channel still works */
+  memport_chan_close(a);
+  memport_chan_close(b);
+}
+
 static int write_byte_child(void *arg) {
   volatile unsigned char *p = arg;
   signal(SIGSEGV, SIG_DFL); /* cmocka's (or ASan's) handler would hide the fault */
@@ -1283,6 +1322,7 @@ int main(void) {
       cmocka_unit_test(test_chan_zero_copy_shares_the_senders_pages),
       cmocka_unit_test(test_chan_receiver_cannot_write_received_bytes),
       cmocka_unit_test(test_chan_many_oversized_messages_in_flight),
+      cmocka_unit_test(test_chan_oversized_message_behind_many_port_releases),
       cmocka_unit_test(test_chan_zero_copy_stream_through_a_tiny_pool),
       cmocka_unit_test(test_chan_pool_exhaustion_times_out_then_recovers),
       cmocka_unit_test(test_chan_peer_exit_before_handshake_gives_epeer),
