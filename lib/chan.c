@@ -619,7 +619,7 @@ int memport_chan_open(memport_chan_t **out, memport_port_t *port, const memport_
 }
 
 int memport_chan_pair(memport_chan_t **a, memport_chan_t **b, const memport_chan_opts_t *opts) {
-  if (a == NULL || b == NULL)
+  if (a == NULL || b == NULL || a == b) /* one out-parameter for both ends would leak one */
     return MEMPORT_EINVAL;
   *a = *b = NULL;
   memport_chan_opts_t o;

@@ -127,6 +127,7 @@ static void test_chan_opts_defaults_and_validation(void **state) {
   bad.spin_ns = -5;
   th_assert_rc(memport_chan_pair(&a, &b, &bad), MEMPORT_EINVAL);
   th_assert_rc(memport_chan_pair(NULL, &b, NULL), MEMPORT_EINVAL);
+  th_assert_rc(memport_chan_pair(&a, &a, NULL), MEMPORT_EINVAL); /* as memport_port_pair */
   th_assert_rc(memport_chan_open(&a, NULL, NULL, 0), MEMPORT_EINVAL);
   th_assert_ok(memport_chan_close(NULL));
   assert_int_equal(th_count_fds(), fds);
