@@ -76,9 +76,11 @@ static int sub_entry(mach_port_t parent, size_t size, vm_prot_t prot, mach_port_
 int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_region_t *out) {
   if (r == NULL || out == NULL || !MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os))
     return MEMPORT_EBADF;
-  if (readonly && !r->readonly) {
+  if (readonly || r->readonly) {
     /* An entry for the same pages that the kernel lets nobody map with VM_PROT_WRITE
-     * (vm_map_enter_mem_object compares the requested maximum protection with the entry's). */
+     * (vm_map_enter_mem_object compares the requested maximum protection with the entry's). Made
+     * for every read-only duplicate, also of a handle already read-only: the new handle must never
+     * name a writable entry, whatever the parent handle names. */
     mach_port_t ro = MACH_PORT_NULL;
     int err = sub_entry(r->handle, r->size, VM_PROT_READ, &ro);
     if (err < 0)
@@ -232,23 +234,35 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
     if (!covers)
       return MEMPORT_EINVAL;
   }
-  bool ro = readonly;
-  if (!ro) {
-    /* A read-only entry adopted without MEMPORT_ADOPT_READONLY is still read-only: say so. */
-    mach_port_t probe = MACH_PORT_NULL;
-    err = sub_entry(h, vm_page_size, VM_PROT_READ | VM_PROT_WRITE, &probe);
-    if (err == MEMPORT_EACCES)
-      ro = true;
-    else if (err < 0)
+  /* Is the entry itself writable? Only a writable entry yields a read-write sub-entry. A read-only
+   * entry adopted without MEMPORT_ADOPT_READONLY is still read-only: say so. */
+  bool entry_writable = true;
+  mach_port_t probe = MACH_PORT_NULL;
+  err = sub_entry(h, vm_page_size, VM_PROT_READ | VM_PROT_WRITE, &probe);
+  if (err == MEMPORT_EACCES)
+    entry_writable = false;
+  else if (err < 0)
+    return err;
+  else
+    memport__darwin_release_send(probe);
+  mach_port_name_t keep = h;
+  if (readonly && entry_writable) {
+    /* A read-only region must name a read-only entry, so that a duplicate or a copy sent on can
+     * never be mapped writable (as on Linux, where the descriptor is swapped for a read-only one):
+     * derive one, as memport__os_region_seal does, and give up the writable right. Nothing is
+     * released before this can fail, so on failure the caller still owns h. */
+    mach_port_t ro = MACH_PORT_NULL;
+    if ((err = sub_entry(h, size, VM_PROT_READ, &ro)) < 0)
       return err;
-    else
-      memport__darwin_release_send(probe);
+    keep = ro;
   }
-  r->handle = h;
+  r->handle = keep;
   r->size = size;
-  r->readonly = ro;
+  r->readonly = readonly || !entry_writable;
   r->os = stamp;
   memport__darwin_track(r, MEMPORT_HANDLE_REGION);
+  if (keep != h)
+    memport__darwin_release_send(h); /* the reference adopt took over: the region holds ro instead */
   return 0;
 }
 
