@@ -524,7 +524,12 @@ static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle 
   /* Regions: a kernel memory entry of at least the announced size, writable unless announced
    * read-only. Anything else (a send right to some user port) is refused before we use it. */
   for (size_t i = 0; i < nh; i++) {
-    if (hs[i].kind == MEMPORT_HANDLE_REGION && memport__darwin_entry_check(hs[i].a, hs[i].size, !hs[i].readonly) < 0) {
+    if (hs[i].kind != MEMPORT_HANDLE_REGION)
+      continue;
+    if (memport__darwin_entry_check(hs[i].a, hs[i].size, !hs[i].readonly) < 0 ||
+        /* announced read-only, the entry must be: a read-only region sent on from here must never
+         * hand out a writable right (a memport sender always derives a VM_PROT_READ entry) */
+        (hs[i].readonly && memport__darwin_entry_check(hs[i].a, vm_page_size, true) == 0)) {
       mach_msg_destroy(hdr);
       return MEMPORT_EPROTO;
     }
