@@ -30,8 +30,8 @@
  * Connection handshake: the client makes a receive right and sends HELLO {magic, kind} to the
  * service port with a send right to it; accept receives it with the audit trailer, checks the
  * sender's uid (memport__service_allows) and answers WELCOME {status 0} with a send right to a
- * fresh per-connection receive right, or WELCOME {status MEMPORT_EPERM / MEMPORT_ENOENT} and drops
- * the client.
+ * fresh per-connection receive right, or WELCOME {status MEMPORT_EPERM (uid not allowed) /
+ * MEMPORT_EPROTO (the name is of the other kind)} and drops the client.
  */
 
 #define BOOTSTRAP_PREFIX "org.memport."
@@ -245,6 +245,32 @@ static int registry_state(const char *name) {
   }
   close(dirfd);
   return state;
+}
+
+/* The kind a live owner recorded for `name` in this user's registry: MEMPORT_NAME_SERVICE,
+ * MEMPORT_NAME_REGION, or 0 when there is no readable record (yet). */
+static int registry_kind(const char *name) {
+  int dirfd = -1;
+  if (registry_open(false, &dirfd) < 0)
+    return 0;
+  char file[MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX];
+  int kind = 0;
+  if (lock_file_name(file, sizeof file, name) == 0) {
+    int fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) {
+      char text[128];
+      ssize_t got = pread(fd, text, sizeof text - 1, 0);
+      memport_name_info_t info;
+      if (got > 0) {
+        text[got] = '\0';
+        if (registry_parse(text, &info))
+          kind = info.kind;
+      }
+      close(fd);
+    }
+  }
+  close(dirfd);
+  return kind;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -489,7 +515,9 @@ int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64
       continue;
     }
     mach_port_name_t client = m.port.name; /* a send right to the client's receive right: ours now */
-    int32_t refusal = m.payload.value != s->kind            ? MEMPORT_ENOENT
+    /* A name of the other kind (a publication asked for a service, or the reverse) is a protocol
+     * mismatch, as on Linux, where the client reads the kind from the registry. */
+    int32_t refusal = m.payload.value != s->kind            ? MEMPORT_EPROTO
                       : !memport__service_allows(s, &peer) ? MEMPORT_EPERM
                                                            : 0;
     if (refusal != 0) {
@@ -601,7 +629,7 @@ static int wait_welcome(mach_port_name_t rx, uint64_t deadline, mach_port_name_t
       if (hdr->msgh_size != sizeof r)
         return MEMPORT_EPROTO; /* simple: no rights to release */
       memcpy(&r, buf.bytes, sizeof r);
-      bool known = r.payload.value == MEMPORT_EPERM || r.payload.value == MEMPORT_ENOENT;
+      bool known = r.payload.value == MEMPORT_EPERM || r.payload.value == MEMPORT_EPROTO;
       return r.payload.magic == WELCOME_MAGIC && known ? r.payload.value : MEMPORT_EPROTO;
     }
     struct ctl_msg m;
@@ -641,11 +669,25 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
   /* Until the deadline: find the name with a live owner and get our hello into its queue. A
    * service port that is dead (its owner just exited, launchd not yet updated) counts as absent. */
   bool have_send = false;
+  /* As on Linux: MEMPORT_ENOENT only for MEMPORT_NOWAIT and a name nobody serves; a positive
+   * timeout that expires gives MEMPORT_ETIMEDOUT. */
+  bool nowait = deadline != MEMPORT__NO_DEADLINE && memport__now_ns() >= deadline;
   for (;;) {
-    if (registry_state(name) != 0) {
+    bool exists = false;
+    int state = registry_state(name);
+    if (state == 1) {
+      exists = true;
+      int rkind = registry_kind(name);
+      if (rkind != 0 && rkind != kind) {
+        memport__darwin_drop_all(rx);
+        return MEMPORT_EPROTO; /* a region where a service was asked for, or the reverse */
+      }
+    }
+    if (state != 0) {
       mach_port_t svc = MACH_PORT_NULL;
       kern_return_t kr = bootstrap_look_up(bootstrap_port, bname, &svc);
       if (kr == BOOTSTRAP_SUCCESS && MACH_PORT_VALID(svc)) {
+        exists = true;
         err = send_hello(svc, rx, kind, deadline, &have_send);
         memport__darwin_release_send(svc);
         if (err == 0)
@@ -654,6 +696,7 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
           memport__darwin_drop_all(rx);
           return err;
         }
+        exists = state == 1; /* a dead service port counts as absent */
       } else if (kr == BOOTSTRAP_SUCCESS) {
         memport__darwin_release_send(svc); /* a dead name */
       } else if (kr != BOOTSTRAP_UNKNOWN_SERVICE) {
@@ -663,7 +706,7 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
     }
     if (!nap(deadline)) {
       memport__darwin_drop_all(rx);
-      return MEMPORT_ENOENT;
+      return nowait && !exists ? MEMPORT_ENOENT : MEMPORT_ETIMEDOUT;
     }
   }
   mach_port_name_t tx = MACH_PORT_NULL;

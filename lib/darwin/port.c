@@ -622,7 +622,7 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
       return MEMPORT_ETIMEDOUT;
     }
     if (mr == MACH_RCV_TOO_LARGE)
-      return MEMPORT_EPROTO; /* larger than any memport message: the kernel destroyed it */
+      return MEMPORT_EMSGSIZE; /* larger than any memport message: the kernel destroyed it (as Linux) */
     if ((mr & ~MACH_MSG_MASK) == MACH_RCV_BODY_ERROR) {
       /* some rights or memory could not be given to us; release what was */
       mach_msg_destroy(hdr);
