@@ -48,6 +48,13 @@ int memport_port_close(memport_port_t *port) {
 int memport_port_send(memport_port_t *port, memport_msg_t *msg, int64_t timeout_ns) {
   if (port == NULL || msg == NULL)
     return MEMPORT_EINVAL;
+  /* A port cannot travel through itself: on Darwin its receive right would be queued on itself,
+   * on Linux the socket would sit in its own receive queue, an unreachable reference cycle that
+   * only the kernel's garbage collector can break. Nothing useful can come of it on either. (A
+   * backend may refuse more: Darwin also refuses the peer's end of this port.) */
+  for (size_t i = 0; i < msg->nhandles; i++)
+    if (msg->handles[i].kind == MEMPORT_HANDLE_PORT && msg->handles[i].u.port == port)
+      return MEMPORT_EINVAL;
   int rc = memport__os_port_send(port, msg, memport__deadline(timeout_ns));
   if (rc != 0)
     return memport__nowait_code(rc, timeout_ns);

@@ -784,6 +784,53 @@ static void test_port_failed_send_leaves_the_message_unchanged(void **state) {
   memport_port_close(a);
 }
 
+static void test_port_cannot_be_sent_through_itself(void **state) {
+  (void)state;
+  memport_port_t *a, *b;
+  th_assert_ok(memport_port_pair(&a, &b));
+  memport_msg_t *m, *r;
+  th_assert_ok(memport_msg_create(&m));
+  th_assert_ok(memport_msg_create(&r));
+  int fds = th_count_fds();
+
+  /* A copy of the port: the same endpoint, refused, and the copy stays in the message. */
+  th_assert_ok(memport_msg_attach_port(m, a, MEMPORT_ATTACH_COPY));
+  assert_int_equal(th_count_fds(), fds + 1);
+  th_assert_rc(memport_port_send(a, m, 1000 * MS), MEMPORT_EINVAL);
+  assert_int_equal(memport_msg_handle_count(m), 1);
+  assert_int_equal(memport_msg_handle_kind(m, 0), MEMPORT_HANDLE_PORT);
+  th_assert_ok(memport_msg_clear(m));
+  assert_int_equal(th_count_fds(), fds);
+
+  /* The port itself, moved into the message: refused, nothing sent, the port still works. */
+  th_assert_ok(memport_msg_set_bytes(m, "self", 4));
+  th_assert_ok(memport_msg_attach_port(m, a, 0));
+  th_assert_rc(memport_port_send(a, m, 1000 * MS), MEMPORT_EINVAL);
+  assert_int_equal(memport_msg_handle_count(m), 1);
+  th_assert_rc(memport_port_recv(b, r, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(send_text(b, "still here"), 0);
+  assert_int_equal(recv_text(a, "still here"), 0);
+
+  /* Sent over another port it is an ordinary transfer. */
+  memport_port_t *c, *d;
+  th_assert_ok(memport_port_pair(&c, &d));
+  th_assert_ok(memport_port_send(c, m, 1000 * MS));
+  assert_int_equal(memport_msg_handle_count(m), 0);
+  th_assert_ok(memport_port_recv(d, r, 1000 * MS));
+  memport_port_t *got;
+  th_assert_ok(memport_msg_take_port(r, 0, &got));
+  assert_int_equal(send_text(got, "moved"), 0);
+  assert_int_equal(recv_text(b, "moved"), 0);
+
+  memport_port_close(got);
+  memport_port_close(c);
+  memport_port_close(d);
+  memport_msg_close(m);
+  memport_msg_close(r);
+  memport_port_close(b);
+}
+
 /* ---- pollable ---- */
 
 static void test_port_pollable_fd_is_readable_when_a_message_waits(void **state) {
@@ -1104,6 +1151,7 @@ int main(void) {
       cmocka_unit_test(test_port_killed_peer_gives_epeer_without_sigpipe),
       cmocka_unit_test(test_port_recv_times_out),
       cmocka_unit_test(test_port_failed_send_leaves_the_message_unchanged),
+      cmocka_unit_test(test_port_cannot_be_sent_through_itself),
       cmocka_unit_test(test_port_pollable_fd_is_readable_when_a_message_waits),
       cmocka_unit_test(test_port_rejects_hostile_records_and_leaks_nothing),
       cmocka_unit_test(test_port_out_of_descriptors_drops_the_message_with_emfile),

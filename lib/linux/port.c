@@ -176,6 +176,14 @@ static int wait_ready(int fd, short events, uint64_t deadline) {
 /* ------------------------------------------------------------------------------------------ */
 /* Send.                                                                                        */
 
+/* Do two descriptors name the same open socket (one a dup of the other)? */
+static bool same_socket(int a, int b) {
+  if (a == b)
+    return true;
+  struct stat sa, sb;
+  return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
   struct wire_hdr hdr;
   memset(&hdr, 0, sizeof hdr);
@@ -200,6 +208,10 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
       break;
     case MEMPORT_HANDLE_PORT:
       fd = h->u.port->tx;
+      /* lib/port.c refuses the port itself; a copy of it (MEMPORT_ATTACH_COPY) is the same
+       * socket, which would sit in its own receive queue: refuse that too. */
+      if (same_socket(fd, p->tx))
+        return MEMPORT_EINVAL;
       break;
     default:
       continue; /* a slot whose handle was taken out: not sent */
