@@ -172,6 +172,12 @@ static int child_touch(void *arg) {
   return *(volatile char *)arg == 0x7f ? 1 : 2; /* must not return: the page is absent */
 }
 
+static int child_sees_0x5a(void *arg) {
+  signal(SIGSEGV, SIG_DFL);
+  signal(SIGBUS, SIG_DFL);
+  return *(volatile char *)arg == 0x5a ? 0 : 3; /* faults when the page is absent */
+}
+
 static int child_check_absent(void *arg) {
   unsigned char vec[4];
   /* the range is unmapped in the child: mincore says so, without touching it */
@@ -450,8 +456,13 @@ static void test_none_works_on_shared_memory_too(void **state) {
   th_assert_ok(memport_inherit(s, g_page, MEMPORT_INHERIT_NONE));
   assert_true(is_shared(s));
   assert_int_equal(th_run_child(child_touch, s, 10), 128 + SIGSEGV);
-  /* SHARE again makes it inherited (a fresh shared mapping is never DONTFORK) */
+  /* SHARE again makes it inherited, though the memory is shared already and stays in place */
   th_assert_ok(memport_inherit(s, g_page, MEMPORT_INHERIT_SHARE));
+  s[0] = 0x5a;
+  assert_int_equal(th_run_child(child_sees_0x5a, s, 10), 0);
+  th_assert_ok(memport_inherit(m, g_page, MEMPORT_INHERIT_SHARE));
+  m[0] = 0x5a;
+  assert_int_equal(th_run_child(child_sees_0x5a, m, 10), 0);
   unanon(s, 1);
   th_assert_ok(memport_unmap(m));
   memport_region_close(r);

@@ -185,6 +185,11 @@ int memport__os_inherit(void *addr, size_t len, int mode) {
   switch (mode) {
   case MEMPORT_INHERIT_SHARE:
     rc = memport__share(a, len, v, nv);
+    /* Pieces that were shared already stay in place: they may still carry MADV_DONTFORK from an
+     * earlier NONE, which would keep them out of the child. */
+    for (size_t i = 0; i < nv && rc == 0; i++)
+      if (v[i].shared)
+        rc = memport__madvise(v[i].start, v[i].end - v[i].start, MADV_DOFORK);
     break;
   case MEMPORT_INHERIT_NONE:
     rc = memport__madvise(a, len, MADV_DONTFORK);
