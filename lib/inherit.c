@@ -15,5 +15,8 @@ int memport_inherit(void *addr, size_t len, int mode) {
     return MEMPORT_EINVAL;
   if ((uintptr_t)addr + len < (uintptr_t)addr)
     return MEMPORT_EOVERFLOW;
-  return memport__os_inherit(addr, len, mode);
+  int rc = memport__os_inherit(addr, len, mode);
+  if (rc == 0)
+    memport__reg_inherit(addr, len, mode);
+  return rc;
 }

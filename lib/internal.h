@@ -106,6 +106,10 @@ MEMPORT_HIDDEN int memport__msg_push(memport_msg_t *msg, int kind, void *object)
 MEMPORT_HIDDEN void memport__msg_drop_handles(memport_msg_t *msg);
 /* Forget handles without closing them (after the backend moved them to the peer). */
 MEMPORT_HIDDEN void memport__msg_forget_handles(memport_msg_t *msg);
+/* After memport__os_inherit set `mode` on [addr, addr+len): memport mappings there that a fork
+ * child does not get (NONE, ZERO) are forgotten in the child, so that its memport_unmap never
+ * unmaps what the child put at those addresses since (lib/region.c). */
+MEMPORT_HIDDEN void memport__reg_inherit(const void *addr, size_t len, int mode);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Backend: memory. All return 0 or a negative MEMPORT_E* code.                                */

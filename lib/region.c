@@ -14,6 +14,7 @@
 #define MEMPORT__MAPPING_MIRROR   (1u << 0)
 #define MEMPORT__MAPPING_READONLY (1u << 1)
 #define MEMPORT__MAPPING_REMAP    (1u << 2)
+#define MEMPORT__MAPPING_NOFORK   (1u << 3) /* (part of) it is not inherited by fork children */
 
 struct memport__mapping {
   uintptr_t base;
@@ -31,7 +32,19 @@ static pthread_once_t memport__reg_once = PTHREAD_ONCE_INIT;
 /* fork() while another thread holds the lock must not leave the child's registry locked. */
 static void memport__reg_prepare(void) { pthread_mutex_lock(&memport__reg_lock); }
 static void memport__reg_parent(void) { pthread_mutex_unlock(&memport__reg_lock); }
-static void memport__reg_child(void) { pthread_mutex_unlock(&memport__reg_lock); }
+static void memport__reg_child(void) {
+  /* Mappings (partly) made MEMPORT_INHERIT_NONE or ZERO are not the child's (compacted in place,
+   * no allocator call). */
+  size_t k = 0;
+  for (size_t i = 0; i < memport__reg_count; i++) {
+    if (!(memport__reg[i].flags & MEMPORT__MAPPING_NOFORK))
+      memport__reg[k++] = memport__reg[i];
+    else if (memport__reg[i].flags & MEMPORT__MAPPING_REMAP)
+      memport__reg_views--;
+  }
+  memport__reg_count = k;
+  pthread_mutex_unlock(&memport__reg_lock);
+}
 static void memport__reg_init(void) {
   (void)pthread_atfork(memport__reg_prepare, memport__reg_parent, memport__reg_child);
 }
@@ -115,6 +128,21 @@ static int memport__reg_add(void *addr, size_t len, unsigned flags, const void *
 out:
   pthread_mutex_unlock(&memport__reg_lock);
   return rc;
+}
+
+void memport__reg_inherit(const void *addr, size_t len, int mode) {
+  uintptr_t lo = (uintptr_t)addr, hi = lo + len;
+  memport__reg_lock_acquire();
+  for (size_t i = 0; i < memport__reg_count; i++) {
+    struct memport__mapping *m = &memport__reg[i];
+    if (m->base >= hi || m->base + m->len <= lo)
+      continue;
+    if (mode == MEMPORT_INHERIT_NONE || mode == MEMPORT_INHERIT_ZERO)
+      m->flags |= MEMPORT__MAPPING_NOFORK;
+    else if (lo <= m->base && m->base + m->len <= hi) /* inherited again as a whole */
+      m->flags &= ~MEMPORT__MAPPING_NOFORK;
+  }
+  pthread_mutex_unlock(&memport__reg_lock);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -468,6 +468,46 @@ static void test_none_works_on_shared_memory_too(void **state) {
   memport_region_close(r);
 }
 
+/* In a child, a memport mapping the child did not inherit is no memport mapping: memport_unmap
+ * must not unmap what the child has put at that address since. */
+static int child_registry_forgot(void *arg) {
+  char *p = arg;
+  size_t len = 0;
+  if (memport_mapping_size(p, &len) != MEMPORT_EINVAL)
+    return 1;
+  char *mine = mmap(p, 2 * g_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  if (mine != p)
+    return 2;
+  mine[0] = 1;
+  if (memport_unmap(p) != MEMPORT_EINVAL)
+    return 3;
+  signal(SIGSEGV, SIG_DFL);
+  return mine[0] == 1 ? 0 : 4; /* faults if memport_unmap took the child's own memory */
+}
+
+static int child_registry_kept(void *arg) {
+  size_t len = 0;
+  return memport_mapping_size(arg, &len) == 0 && len == 2 * g_page ? 0 : 1;
+}
+
+static void test_none_mapping_is_no_memport_mapping_in_the_child(void **state) {
+  (void)state;
+  memport_region_t *r;
+  th_assert_ok(memport_region_create(&r, 2 * g_page, 0));
+  char *m;
+  th_assert_ok(memport_region_map(r, 0, (void **)&m));
+  th_assert_ok(memport_inherit(m + g_page, g_page, MEMPORT_INHERIT_NONE)); /* part of it is enough */
+  assert_int_equal(th_run_child(child_registry_forgot, m, 10), 0);
+  /* inherited again as a whole: a memport mapping in the child again */
+  th_assert_ok(memport_inherit(m, 2 * g_page, MEMPORT_INHERIT_SHARE));
+  assert_int_equal(th_run_child(child_registry_kept, m, 10), 0);
+  size_t len = 0;
+  th_assert_ok(memport_mapping_size(m, &len)); /* the parent's registry is untouched */
+  assert_int_equal(len, 2 * g_page);
+  th_assert_ok(memport_unmap(m));
+  memport_region_close(r);
+}
+
 /* ---- ZERO ---------------------------------------------------------------------------------- */
 
 static void test_zero_gives_the_child_fresh_zero_pages(void **state) {
@@ -555,6 +595,7 @@ int main(void) {
       cmocka_unit_test(test_copy_of_a_mixed_range_changes_nothing_when_refused),
       cmocka_unit_test(test_none_leaves_the_range_absent_in_the_child),
       cmocka_unit_test(test_none_works_on_shared_memory_too),
+      cmocka_unit_test(test_none_mapping_is_no_memport_mapping_in_the_child),
       cmocka_unit_test(test_zero_gives_the_child_fresh_zero_pages),
       cmocka_unit_test(test_zero_after_none_and_after_share),
       cmocka_unit_test(test_inherit_rejects_bad_arguments_and_unmapped_ranges),
