@@ -603,11 +603,7 @@ int memport_chan_open(memport_chan_t **out, memport_port_t *port, const memport_
     return rc;
   rc = chan_send_hello(ch, timeout_ns);
   if (rc == 0) {
-    int64_t left = timeout_ns;
-    if (timeout_ns > 0 && deadline != 0) {
-      uint64_t now = memport__now_ns();
-      left = now >= deadline ? 0 : (int64_t)(deadline - now);
-    }
+    int64_t left = timeout_ns > 0 ? memport__remaining_ns(deadline) : timeout_ns;
     rc = chan_recv_hello(ch, left);
   }
   if (rc < 0) {
@@ -671,11 +667,7 @@ int memport_chan_connect(memport_chan_t **out, const char *name, const memport_c
   rc = memport_port_connect(&port, name, timeout_ns);
   if (rc < 0)
     return rc;
-  int64_t left = timeout_ns;
-  if (timeout_ns > 0) {
-    uint64_t now = memport__now_ns();
-    left = now >= deadline ? 0 : (int64_t)(deadline - now);
-  }
+  int64_t left = timeout_ns > 0 ? memport__remaining_ns(deadline) : timeout_ns;
   return memport_chan_open(out, port, &o, left);
 }
 
@@ -693,11 +685,7 @@ int memport_chan_accept(memport_chan_t **out, memport_service_t *svc, const memp
   rc = memport_service_accept(svc, &port, timeout_ns);
   if (rc < 0)
     return rc;
-  int64_t left = timeout_ns;
-  if (timeout_ns > 0) {
-    uint64_t now = memport__now_ns();
-    left = now >= deadline ? 0 : (int64_t)(deadline - now);
-  }
+  int64_t left = timeout_ns > 0 ? memport__remaining_ns(deadline) : timeout_ns;
   return memport_chan_open(out, port, &o, left);
 }
 
@@ -933,11 +921,7 @@ static int send_buf_internal(memport_chan_t *ch, memport_buf_t *buf, uint64_t de
   if (rc == 0)
     rc = memport_msg_attach_region(ch->cmsg, ro, 0);
   if (rc == 0) {
-    int64_t left = timeout_ns;
-    if (timeout_ns > 0 && deadline != 0) {
-      uint64_t now = memport__now_ns();
-      left = now >= deadline ? 0 : (int64_t)(deadline - now);
-    }
+    int64_t left = timeout_ns > 0 ? memport__remaining_ns(deadline) : timeout_ns;
     rc = ctl_send(ch, &b, sizeof b, left);
   }
   memport_msg_clear(ch->cmsg);

@@ -36,6 +36,8 @@ MEMPORT_HIDDEN int memport__expired(uint64_t deadline);
 /* A wait that gave up with MEMPORT_ETIMEDOUT reports MEMPORT_EAGAIN when it was asked not to wait
  * at all (MEMPORT_NOWAIT), the same for every call that takes a timeout. */
 MEMPORT_HIDDEN int memport__nowait_code(int rc, int64_t timeout_ns);
+/* The relative timeout left until `deadline`: MEMPORT_FOREVER for none, 0 once it has passed. */
+MEMPORT_HIDDEN int64_t memport__remaining_ns(uint64_t deadline);
 
 /* size rounded up to pages; 0 on overflow. */
 MEMPORT_HIDDEN size_t memport__page_round(size_t size);
@@ -100,12 +102,12 @@ struct memport_service {
 MEMPORT_HIDDEN int memport__name_check(const char *name);
 /* May this service accept a peer with credentials `peer`? */
 MEMPORT_HIDDEN bool memport__service_allows(const memport_service_t *svc, const memport_cred_t *peer);
+/* A port object with no OS handles yet (calloc; NULL when out of memory). */
+MEMPORT_HIDDEN memport_port_t *memport__port_alloc(void);
 /* Take ownership of a handle into a message slot; closes it and fails when the message is full. */
 MEMPORT_HIDDEN int memport__msg_push(memport_msg_t *msg, int kind, void *object);
 /* Close and forget every handle in a message. */
 MEMPORT_HIDDEN void memport__msg_drop_handles(memport_msg_t *msg);
-/* Forget handles without closing them (after the backend moved them to the peer). */
-MEMPORT_HIDDEN void memport__msg_forget_handles(memport_msg_t *msg);
 /* After memport__os_inherit set `mode` on [addr, addr+len): memport mappings there that a fork
  * child does not get (NONE, ZERO) are forgotten in the child, so that its memport_unmap never
  * unmaps what the child put at those addresses since (lib/region.c). */

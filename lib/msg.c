@@ -68,19 +68,6 @@ void memport__msg_drop_handles(memport_msg_t *msg) {
   msg->nhandles = 0;
 }
 
-void memport__msg_forget_handles(memport_msg_t *msg) {
-  /* The OS handles now belong to the peer; free only our objects around them. Only for a backend
-   * whose handle objects hold nothing but the moved OS handle (the Linux backend never calls it:
-   * SCM_RIGHTS copies descriptors, so portable code closes ours after a send). */
-  for (size_t i = 0; i < msg->nhandles; i++) {
-    struct memport__handle *h = &msg->handles[i];
-    free(handle_object(h));
-    h->kind = 0;
-    h->u.port = NULL;
-  }
-  msg->nhandles = 0;
-}
-
 int memport_msg_create(memport_msg_t **out) {
   if (out == NULL)
     return MEMPORT_EINVAL;

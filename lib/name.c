@@ -11,15 +11,6 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Services.                                                                                   */
 
-static memport_port_t *port_alloc(void) {
-  memport_port_t *p = calloc(1, sizeof *p);
-  if (p != NULL) {
-    p->rx = MEMPORT_OS_HANDLE_INVALID;
-    p->tx = MEMPORT_OS_HANDLE_INVALID;
-  }
-  return p;
-}
-
 static int service_open(memport_service_t **out, const char *name, int kind) {
   int rc = memport__name_check(name);
   if (rc != 0)
@@ -73,7 +64,7 @@ int memport_service_allow_uid(memport_service_t *svc, uid_t uid) {
 int memport_service_accept(memport_service_t *svc, memport_port_t **out, int64_t timeout_ns) {
   if (svc == NULL || out == NULL)
     return MEMPORT_EINVAL;
-  memport_port_t *p = port_alloc();
+  memport_port_t *p = memport__port_alloc();
   if (p == NULL)
     return MEMPORT_ENOMEM;
   int rc = memport__os_service_accept(svc, p, memport__deadline(timeout_ns));
@@ -94,7 +85,7 @@ int memport_service_pollable(const memport_service_t *svc, memport_os_handle_t *
 }
 
 static int connect_kind(memport_port_t **out, const char *name, int kind, uint64_t deadline) {
-  memport_port_t *p = port_alloc();
+  memport_port_t *p = memport__port_alloc();
   if (p == NULL)
     return MEMPORT_ENOMEM;
   int rc = memport__os_port_connect(p, name, kind, deadline);
@@ -281,16 +272,6 @@ int memport_publication_close(memport_publication_t *pub) {
   return 0;
 }
 
-static int64_t remaining_ns(uint64_t deadline) {
-  if (deadline == MEMPORT__NO_DEADLINE)
-    return MEMPORT_FOREVER;
-  uint64_t now = memport__now_ns();
-  if (now >= deadline)
-    return 0;
-  uint64_t left = deadline - now;
-  return left > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)left;
-}
-
 int memport_region_open(memport_region_t **out, const char *name, int64_t timeout_ns) {
   if (out == NULL || name == NULL)
     return MEMPORT_EINVAL;
@@ -309,7 +290,7 @@ int memport_region_open(memport_region_t **out, const char *name, int64_t timeou
     return rc;
   }
   /* The publisher exists: give it a moment to answer even under a short timeout. */
-  int64_t wait = remaining_ns(deadline);
+  int64_t wait = memport__remaining_ns(deadline);
   if (wait != MEMPORT_FOREVER && wait < PUB_REPLY_GRACE_NS)
     wait = PUB_REPLY_GRACE_NS;
   rc = memport_port_recv(port, msg, wait);

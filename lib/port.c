@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static memport_port_t *port_alloc(void) {
+memport_port_t *memport__port_alloc(void) {
   memport_port_t *p = calloc(1, sizeof *p);
   if (p != NULL) {
     p->rx = MEMPORT_OS_HANDLE_INVALID;
@@ -19,8 +19,8 @@ static memport_port_t *port_alloc(void) {
 int memport_port_pair(memport_port_t **a, memport_port_t **b) {
   if (a == NULL || b == NULL || a == b)
     return MEMPORT_EINVAL;
-  memport_port_t *pa = port_alloc();
-  memport_port_t *pb = port_alloc();
+  memport_port_t *pa = memport__port_alloc();
+  memport_port_t *pb = memport__port_alloc();
   if (pa == NULL || pb == NULL) {
     free(pa);
     free(pb);

@@ -25,6 +25,16 @@ int memport__expired(uint64_t deadline) {
   return deadline != MEMPORT__NO_DEADLINE && memport__now_ns() >= deadline;
 }
 
+int64_t memport__remaining_ns(uint64_t deadline) {
+  if (deadline == MEMPORT__NO_DEADLINE)
+    return MEMPORT_FOREVER;
+  uint64_t now = memport__now_ns();
+  if (now >= deadline)
+    return 0;
+  uint64_t left = deadline - now;
+  return left > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)left;
+}
+
 int memport__nowait_code(int rc, int64_t timeout_ns) {
   return rc == MEMPORT_ETIMEDOUT && timeout_ns == MEMPORT_NOWAIT ? MEMPORT_EAGAIN : rc;
 }
