@@ -3,6 +3,7 @@
 #include "helpers.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,38 @@ int th_count_maps(void) {
       n++;
   fclose(f);
   return n;
+}
+
+int th_count_memport_maps(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (f == NULL)
+    return -1;
+  char line[4096];
+  int n = 0;
+  while (fgets(line, sizeof line, f) != NULL)
+    if (strstr(line, "memfd:memport") != NULL)
+      n++;
+  fclose(f);
+  return n;
+}
+
+uint64_t th_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void th_sleep_ns(uint64_t ns) {
+  struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+void th_sleep_ms(unsigned ms) { th_sleep_ns((uint64_t)ms * 1000000u); }
+
+bool th_under_valgrind(void) {
+  const char *p = getenv("LD_PRELOAD");
+  return p != NULL && strstr(p, "vgpreload") != NULL;
 }
 
 pid_t th_fork(int (*fn)(void *arg), void *arg, unsigned timeout_s) {

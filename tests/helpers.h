@@ -13,6 +13,12 @@
 
 #include "memport.h"
 
+#include <stdbool.h>
+
+#define SEC 1000000000LL /* nanoseconds */
+#define MS 1000000LL
+#define US 1000LL
+
 /* Assert that a memport call returned `expected`, printing both codes by name when not. */
 #define th_assert_rc(call, expected)                                                           \
   do {                                                                                         \
@@ -28,6 +34,17 @@
 int th_count_fds(void);
 /* Mappings of this process (lines of /proc/self/maps), or -1 where there is no such file. */
 int th_count_maps(void);
+
+/* Mappings of memport memory (memfd:memport) in this process, or -1 without /proc/self/maps.
+ * Unlike th_count_maps, malloc arenas, thread stacks and valgrind's own mappings do not move it. */
+int th_count_memport_maps(void);
+/* The monotonic clock in nanoseconds. */
+uint64_t th_now_ns(void);
+/* Sleep the whole time, whatever signals arrive. */
+void th_sleep_ns(uint64_t ns);
+void th_sleep_ms(unsigned ms);
+/* True when running under valgrind (its preload library is in LD_PRELOAD). */
+bool th_under_valgrind(void);
 
 /* Fork a child that runs fn(arg) and exits with its return value (0: success). The child is
  * killed by SIGALRM after timeout_s seconds, so a deadlock fails instead of hanging. */

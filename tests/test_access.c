@@ -33,8 +33,6 @@
  * (test_other_uid_holder_cannot_reopen_writable_but_can_dup_readonly).
  */
 
-#define SEC 1000000000LL
-#define MS 1000000LL
 #define NOBODY 65534
 
 static char g_xdg[64];

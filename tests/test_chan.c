@@ -17,39 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SEC 1000000000LL
-#define MS 1000000LL
-
-/* Mappings of memport memory in this process (the total count also moves with malloc arenas,
- * thread stacks and valgrind's own bookkeeping; these do not). */
-static int count_memport_maps(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (f == NULL)
-    return -1;
-  char line[4096];
-  int n = 0;
-  while (fgets(line, sizeof line, f) != NULL)
-    if (strstr(line, "memfd:memport") != NULL)
-      n++;
-  fclose(f);
-  return n;
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-static int under_valgrind(void) {
-  const char *p = getenv("LD_PRELOAD");
-  return p != NULL && strstr(p, "vgpreload") != NULL;
-}
 
 static void fill(unsigned char *p, size_t len, uint32_t seed) {
   uint32_t x = seed * 2654435761u + 1;
@@ -103,7 +70,7 @@ static void test_chan_opts_defaults_and_validation(void **state) {
   assert_true(o.pool_buffers > 0 && o.pool_buffer_size >= o.zerocopy_threshold);
   assert_int_equal(o.wait_policy, MEMPORT_WAIT_ADAPTIVE);
   assert_true(o.spin_ns > 0);
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_t *a = NULL, *b = NULL;
   memport_chan_opts_t bad = o;
   bad.struct_size = 8;
@@ -131,7 +98,7 @@ static void test_chan_opts_defaults_and_validation(void **state) {
   th_assert_rc(memport_chan_open(&a, NULL, NULL, 0), MEMPORT_EINVAL);
   th_assert_ok(memport_chan_close(NULL));
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
   /* Rounded: a ring of 100 bytes is a page; the threshold must then fit a page record. */
   o.ring_capacity = 100;
   o.zerocopy_threshold = 64;
@@ -148,7 +115,7 @@ static void test_chan_opts_defaults_and_validation(void **state) {
   memport_chan_close(a);
   memport_chan_close(b);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static void roundtrip(memport_chan_t *a, memport_chan_t *b, size_t n, unsigned flags, uint32_t seed) {
@@ -176,7 +143,7 @@ static void roundtrip(memport_chan_t *a, memport_chan_t *b, size_t n, unsigned f
 
 static void test_chan_sizes_at_every_boundary(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   for (int variant = 0; variant < 2; variant++) {
@@ -203,12 +170,12 @@ static void test_chan_sizes_at_every_boundary(void **state) {
     memport_chan_close(b);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static void test_chan_recv_copy_with_short_buffer_keeps_message(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   memport_chan_t *a, *b;
@@ -243,7 +210,7 @@ static void test_chan_recv_copy_with_short_buffer_keeps_message(void **state) {
   memport_chan_close(a);
   memport_chan_close(b);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 
@@ -332,12 +299,12 @@ static int stream_sender(void *varg) {
 
 static void test_chan_million_messages_keep_order_across_fork(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
-  uint32_t count = under_valgrind() ? 20000 : 1000000;
+  int fds = th_count_fds(), maps = th_count_memport_maps();
+  uint32_t count = th_under_valgrind() ? 20000 : 1000000;
   memport_chan_t *a, *b;
   th_assert_ok(memport_chan_pair(&a, &b, NULL));
   struct stream_arg arg = {b, count};
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   pid_t pid = th_fork(stream_sender, &arg, 120);
   memport_chan_close(b);
   uint64_t bytes = 0;
@@ -358,14 +325,14 @@ static void test_chan_million_messages_keep_order_across_fork(void **state) {
     bytes += n;
     th_assert_ok(memport_chan_release(a, &m));
   }
-  double s = (double)(now_ns() - t0) / 1e9;
+  double s = (double)(th_now_ns() - t0) / 1e9;
   printf("# %u messages (%.1f MB) in %.2f s\n", count, (double)bytes / 1e6, s);
   assert_int_equal(th_wait(pid, 60), 0);
   memport_buf_t m;
   th_assert_rc(memport_chan_recv(a, &m, 2 * SEC), MEMPORT_EPEER);
   memport_chan_close(a);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -373,7 +340,7 @@ static void test_chan_million_messages_keep_order_across_fork(void **state) {
 
 static void test_chan_zero_copy_shares_the_senders_pages(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   memport_chan_t *a, *b;
@@ -410,7 +377,7 @@ static void test_chan_zero_copy_shares_the_senders_pages(void **state) {
   memport_chan_close(a);
   memport_chan_close(b);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* Zero-copy through a two-buffer pool, across fork, for every wait policy: the sender keeps
@@ -440,9 +407,9 @@ static int zc_sender(void *varg) {
 
 static void test_chan_zero_copy_stream_through_a_tiny_pool(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   int pol[3] = {MEMPORT_WAIT_BLOCK, MEMPORT_WAIT_ADAPTIVE, MEMPORT_WAIT_SPIN};
-  uint32_t count = under_valgrind() ? 500 : 8000;
+  uint32_t count = th_under_valgrind() ? 500 : 8000;
   for (int p = 0; p < 3; p++) {
     memport_chan_opts_t o;
     small_opts(&o);
@@ -453,7 +420,7 @@ static void test_chan_zero_copy_stream_through_a_tiny_pool(void **state) {
     memport_chan_t *a, *b;
     th_assert_ok(memport_chan_pair(&a, &b, &o));
     struct zc_arg arg = {b, count};
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     pid_t pid = th_fork(zc_sender, &arg, 60);
     memport_chan_close(b);
     memport_buf_t held = {0};
@@ -478,12 +445,12 @@ static void test_chan_zero_copy_stream_through_a_tiny_pool(void **state) {
     if (held.data != NULL)
       th_assert_ok(memport_chan_release(a, &held));
     printf("# policy %d: %u zero-copy messages through 2 buffers in %.2f s\n", pol[p], count,
-           (double)(now_ns() - t0) / 1e9);
+           (double)(th_now_ns() - t0) / 1e9);
     assert_int_equal(th_wait(pid, 60), 0);
     memport_chan_close(a);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* Oversized messages the application has not received yet are not a protocol error: the
@@ -491,7 +458,7 @@ static void test_chan_zero_copy_stream_through_a_tiny_pool(void **state) {
  * sender waits once that many are untaken (back-pressure) instead of pinning more regions. */
 static void test_chan_many_oversized_messages_in_flight(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   o.pool_buffer_size = 4096;
@@ -504,7 +471,7 @@ static void test_chan_many_oversized_messages_in_flight(void **state) {
     fill(buf, sizeof buf, i);
     th_assert_ok(memport_chan_send(a, buf, sizeof buf, 0, SEC));
     if (i % 16 == 0) {
-      sleep_ms(11); /* let the receiver's send path look at its port */
+      th_sleep_ms(11); /* let the receiver's send path look at its port */
       th_assert_ok(memport_chan_send(b, "x", 1, 0, SEC));
     }
   }
@@ -527,7 +494,7 @@ static void test_chan_many_oversized_messages_in_flight(void **state) {
   memport_chan_close(a);
   memport_chan_close(b);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* A peer that releases many pool buffers while the release queue is full sends one control
@@ -627,14 +594,14 @@ static void test_chan_receiver_cannot_write_received_bytes(void **state) {
 
 static void *release_later(void *arg) {
   void **v = arg;
-  sleep_ms(100);
+  th_sleep_ms(100);
   memport_chan_release(v[0], v[1]);
   return NULL;
 }
 
 static void test_chan_pool_exhaustion_times_out_then_recovers(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   o.pool_buffers = 2;
@@ -644,9 +611,9 @@ static void test_chan_pool_exhaustion_times_out_then_recovers(void **state) {
   th_assert_ok(memport_chan_alloc(a, 10, &z[0], 0));
   th_assert_ok(memport_chan_alloc(a, 10, &z[1], 0));
   th_assert_rc(memport_chan_alloc(a, 10, &z[2], 0), MEMPORT_EAGAIN);
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   th_assert_rc(memport_chan_alloc(a, 10, &z[2], 50 * MS), MEMPORT_ETIMEDOUT);
-  uint64_t el = now_ns() - t0;
+  uint64_t el = th_now_ns() - t0;
   assert_true(el >= 50 * MS && el < SEC);
   th_assert_ok(memport_chan_free_buf(a, &z[1]));
   th_assert_ok(memport_chan_alloc(a, 10, &z[1], 0));
@@ -665,9 +632,9 @@ static void test_chan_pool_exhaustion_times_out_then_recovers(void **state) {
   void *targ[2] = {b, &r[1]};
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, release_later, targ), 0);
-  t0 = now_ns();
+  t0 = th_now_ns();
   th_assert_ok(memport_chan_alloc(a, 10, &z[0], 5 * SEC));
-  el = now_ns() - t0;
+  el = th_now_ns() - t0;
   pthread_join(t, NULL);
   assert_true(el < 3 * SEC);
   th_assert_ok(memport_chan_free_buf(a, &z[0]));
@@ -675,7 +642,7 @@ static void test_chan_pool_exhaustion_times_out_then_recovers(void **state) {
   memport_chan_close(a);
   memport_chan_close(b);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -689,15 +656,15 @@ static int exit_at_once(void *arg) {
 
 static void test_chan_peer_exit_before_handshake_gives_epeer(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *pa, *pb;
   th_assert_ok(memport_port_pair(&pa, &pb));
   pid_t pid = th_fork(exit_at_once, pb, 10);
   memport_port_close(pb);
   memport_chan_t *c = NULL;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   th_assert_rc(memport_chan_open(&c, pa, NULL, 5 * SEC), MEMPORT_EPEER);
-  assert_true(now_ns() - t0 < (uint64_t)SEC);
+  assert_true(th_now_ns() - t0 < (uint64_t)SEC);
   assert_null(c);
   assert_int_equal(th_wait(pid, 10), 0);
   /* Nobody answers at all: the handshake times out. */
@@ -705,7 +672,7 @@ static void test_chan_peer_exit_before_handshake_gives_epeer(void **state) {
   th_assert_rc(memport_chan_open(&c, pa, NULL, 50 * MS), MEMPORT_ETIMEDOUT);
   memport_port_close(pb);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 struct death_arg {
@@ -735,13 +702,13 @@ static int send_then_exit(void *varg) {
     if (memport_chan_send(a->chan, buf, n, flags, 5 * SEC) != 0)
       return 51;
   }
-  sleep_ms(a->linger_ms);
-  a->stamp[0] = now_ns();
+  th_sleep_ms(a->linger_ms);
+  a->stamp[0] = th_now_ns();
   _exit(0); /* no close: as if killed */
 }
 
 static void run_death_while_blocked(int policy, unsigned sends, unsigned zerocopy, unsigned linger_ms) {
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   o.wait_policy = policy;
@@ -770,7 +737,7 @@ static void run_death_while_blocked(int policy, unsigned sends, unsigned zerocop
   }
   memport_buf_t m;
   int rc = memport_chan_recv(a, &m, 10 * SEC);
-  uint64_t t = now_ns();
+  uint64_t t = th_now_ns();
   th_assert_rc(rc, MEMPORT_EPEER);
   if (linger_ms != 0) {
     double ms = (double)(t - stamp[0]) / 1e6;
@@ -789,7 +756,7 @@ static void run_death_while_blocked(int policy, unsigned sends, unsigned zerocop
   memport_chan_close(a);
   munmap((void *)stamp, 4096);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static void test_chan_peer_exit_while_blocked_in_recv_gives_epeer(void **state) {
@@ -816,8 +783,8 @@ static int hold_then_die(void *varg) {
   for (int i = 0; i < 2; i++)
     if (memport_chan_recv(a->chan, &m[i], 5 * SEC) != 0)
       return 60;
-  sleep_ms(100);
-  a->stamp[0] = now_ns();
+  th_sleep_ms(100);
+  a->stamp[0] = th_now_ns();
   kill(getpid(), SIGKILL);
   return 61;
 }
@@ -826,7 +793,7 @@ static int hold_then_die(void *varg) {
  * blocked sending into a full ring. */
 static void test_chan_sender_blocked_in_alloc_or_send_sees_epeer(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   for (int stage = 0; stage < 2; stage++) {
     memport_chan_opts_t o;
     small_opts(&o);
@@ -849,7 +816,7 @@ static void test_chan_sender_blocked_in_alloc_or_send_sees_epeer(void **state) {
         rc = memport_chan_send(a, chunk, sizeof chunk, 0, 10 * SEC);
       while (rc == 0);
     }
-    uint64_t t = now_ns();
+    uint64_t t = th_now_ns();
     th_assert_rc(rc, MEMPORT_EPEER);
     double ms = (double)(t - stamp[0]) / 1e6;
     printf("# blocked in %s: MEMPORT_EPEER %.1f ms after the peer was killed\n", stage ? "send" : "alloc", ms);
@@ -859,20 +826,20 @@ static void test_chan_sender_blocked_in_alloc_or_send_sees_epeer(void **state) {
     munmap((void *)stamp, 4096);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static int exit_soon(void *varg) {
   struct death_arg *a = varg;
-  sleep_ms(50);
-  a->stamp[0] = now_ns();
+  th_sleep_ms(50);
+  a->stamp[0] = th_now_ns();
   _exit(0);
 }
 
 /* A sender that never blocks (the ring has room) still learns of the peer's death. */
 static void test_chan_sender_with_room_sees_epeer(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   memport_chan_t *a, *b;
@@ -883,12 +850,12 @@ static void test_chan_sender_with_room_sees_epeer(void **state) {
   memport_chan_close(b);
   int rc;
   unsigned sent = 0;
-  uint64_t t0 = now_ns();
-  while ((rc = memport_chan_send(a, "tick", 4, 0, 0)) == 0 && now_ns() - t0 < 5 * (uint64_t)SEC) {
+  uint64_t t0 = th_now_ns();
+  while ((rc = memport_chan_send(a, "tick", 4, 0, 0)) == 0 && th_now_ns() - t0 < 5 * (uint64_t)SEC) {
     sent++;
-    sleep_ms(1);
+    th_sleep_ms(1);
   }
-  uint64_t t = now_ns();
+  uint64_t t = th_now_ns();
   th_assert_rc(rc, MEMPORT_EPEER);
   assert_int_equal(th_wait(pid, 10), 0);
   double ms = (double)(t - stamp[0]) / 1e6;
@@ -897,7 +864,7 @@ static void test_chan_sender_with_room_sees_epeer(void **state) {
   memport_chan_close(a);
   munmap((void *)stamp, 4096);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -905,19 +872,19 @@ static void test_chan_sender_with_room_sees_epeer(void **state) {
 
 static int send_later(void *varg) {
   memport_chan_t *c = varg;
-  sleep_ms(100);
+  th_sleep_ms(100);
   if (memport_chan_send(c, "ping", 4, 0, SEC) != 0)
     return 70;
-  sleep_ms(100);
+  th_sleep_ms(100);
   if (memport_chan_send(c, "big", 3, MEMPORT_SEND_ZEROCOPY, SEC) != 0)
     return 71;
-  sleep_ms(100);
+  th_sleep_ms(100);
   return 0;
 }
 
 static void test_chan_pollable_becomes_ready_when_a_message_waits(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_t *a, *b;
   th_assert_ok(memport_chan_pair(&a, &b, NULL));
   memport_os_handle_t h;
@@ -930,10 +897,10 @@ static void test_chan_pollable_becomes_ready_when_a_message_waits(void **state) 
     memport_buf_t m;
     th_assert_rc(memport_chan_recv(a, &m, 0), MEMPORT_EAGAIN); /* arms the wake-up */
     struct pollfd pfd = {(int)h, POLLIN, 0};
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     int n = poll(&pfd, 1, 5000);
     assert_int_equal(n, 1);
-    assert_true(now_ns() - t0 < 4 * (uint64_t)SEC);
+    assert_true(th_now_ns() - t0 < 4 * (uint64_t)SEC);
     th_assert_ok(memport_chan_recv(a, &m, 0));
     assert_memory_equal(m.data, expect[k], strlen(expect[k]));
     th_assert_ok(memport_chan_release(a, &m));
@@ -949,7 +916,7 @@ static void test_chan_pollable_becomes_ready_when_a_message_waits(void **state) 
   th_assert_rc(memport_chan_recv(a, &m, 0), MEMPORT_EPEER);
   memport_chan_close(a);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -975,7 +942,7 @@ static int connect_child(void *arg) {
 
 static void test_chan_connect_and_accept_over_a_named_service(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   char name[MEMPORT_NAME_MAX + 1];
   snprintf(name, sizeof name, "%s", th_unique_name("chan"));
   memport_service_t *svc;
@@ -996,7 +963,7 @@ static void test_chan_connect_and_accept_over_a_named_service(void **state) {
   memport_service_close(svc);
   assert_true(memport_chan_connect(&c, name, NULL, 20 * MS) < 0); /* nobody serves it any more */
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1072,7 +1039,7 @@ static void raw_record(struct raw_peer *rp, uint32_t type, const void *payload, 
 
 static void test_chan_hostile_handshakes_give_eproto(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   for (int k = 0; k < 7; k++) {
     memport_port_t *pa, *pb;
     th_assert_ok(memport_port_pair(&pa, &pb));
@@ -1102,12 +1069,12 @@ static void test_chan_hostile_handshakes_give_eproto(void **state) {
     raw_peer_fini(&rp);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static void test_chan_hostile_records_and_controls_give_eproto(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   for (int k = 0; k < 9; k++) {
     memport_port_t *pa, *pb;
     th_assert_ok(memport_port_pair(&pa, &pb));
@@ -1178,14 +1145,14 @@ static void test_chan_hostile_records_and_controls_give_eproto(void **state) {
     raw_peer_fini(&rp);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* A peer that scribbles the release queue of our pool: bad index, replayed generation, tail
  * beyond what it could have pushed. Our alloc notices when it looks for a buffer. */
 static void test_chan_hostile_release_queue_gives_eproto(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   for (int k = 0; k < 4; k++) {
     memport_port_t *pa, *pb;
     th_assert_ok(memport_port_pair(&pa, &pb));
@@ -1248,7 +1215,7 @@ static void test_chan_hostile_release_queue_gives_eproto(void **state) {
     raw_peer_fini(&rp);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 struct flood_arg {
@@ -1264,8 +1231,8 @@ static int flood_child(void *varg) {
     return 100;
   struct memport__ctl_hdr wake = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
   memport_msg_set_bytes(m, &wake, sizeof wake);
-  uint64_t end = now_ns() + 700 * MS;
-  while (now_ns() < end) {
+  uint64_t end = th_now_ns() + 700 * MS;
+  while (th_now_ns() < end) {
     int rc = memport_port_send(rp->port, m, MEMPORT_NOWAIT);
     if (rc != 0 && rc != MEMPORT_EAGAIN)
       break;
@@ -1280,7 +1247,7 @@ static int flood_child(void *varg) {
 /* A peer that floods the port with (valid) wake messages cannot keep a call from returning. */
 static void test_chan_control_flood_cannot_stall_a_call(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *pa, *pb;
   th_assert_ok(memport_port_pair(&pa, &pb));
   struct raw_peer rp;
@@ -1293,13 +1260,13 @@ static void test_chan_control_flood_cannot_stall_a_call(void **state) {
   th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
   struct flood_arg fa = {&rp, c, m};
   pid_t pid = th_fork(flood_child, &fa, 10);
-  sleep_ms(50);
+  th_sleep_ms(50);
   memport_buf_t b;
   uint64_t worst = 0;
   for (int i = 0; i < 20; i++) {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     th_assert_rc(memport_chan_recv(c, &b, i % 2 ? 0 : 20 * MS), i % 2 ? MEMPORT_EAGAIN : MEMPORT_ETIMEDOUT);
-    uint64_t el = now_ns() - t0;
+    uint64_t el = th_now_ns() - t0;
     worst = el > worst ? el : worst;
   }
   printf("# under a wake flood: slowest receive returned after %.1f ms\n", (double)worst / 1e6);
@@ -1309,7 +1276,7 @@ static void test_chan_control_flood_cannot_stall_a_call(void **state) {
   memport_msg_close(m);
   raw_peer_fini(&rp);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 int main(void) {

@@ -37,9 +37,6 @@
  * MEMPORT_DEATH_ONLY=<text> runs only the kill points whose description contains <text>.
  */
 
-#define SEC 1000000000LL
-#define MS 1000000LL
-#define US 1000LL
 
 /* Channel shape: a small ring and pool, so every path (inline, pool, one-off region) is cheap. */
 #define RING_CAP (64u << 10)
@@ -66,37 +63,6 @@ static struct shared *g_sh;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Utilities.                                                                                   */
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ns(uint64_t ns) {
-  struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-static bool under_valgrind(void) {
-  const char *p = getenv("LD_PRELOAD");
-  return p != NULL && strstr(p, "vgpreload") != NULL;
-}
-
-/* Mappings of memport memory (memfd:memport...) in this process. */
-static int count_memport_maps(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (f == NULL)
-    return -1;
-  char line[4096];
-  int n = 0;
-  while (fgets(line, sizeof line, f) != NULL)
-    if (strstr(line, "memfd:memport") != NULL)
-      n++;
-  fclose(f);
-  return n;
-}
 
 static uint64_t mix(uint64_t x) {
   x ^= x >> 33;
@@ -282,7 +248,7 @@ static void *watch_main(void *arg) {
   struct pollfd p = {.fd = pfd, .events = POLLIN, .revents = 0};
   while (poll(&p, 1, 30000) < 0 && errno == EINTR) {
   }
-  atomic_store(&g_watch.exit_ns, now_ns());
+  atomic_store(&g_watch.exit_ns, th_now_ns());
   close(pfd);
   return NULL;
 }
@@ -343,13 +309,13 @@ static void record_epeer(const struct it *it, uint64_t t_call, uint64_t t_ret) {
   g_epeers[it->kp]++;
   if (ms > g_kp_max[it->kp])
     g_kp_max[it->kp] = ms;
-  if (!under_valgrind() && ms_exit >= EPEER_BOUND_MS)
+  if (!th_under_valgrind() && ms_exit >= EPEER_BOUND_MS)
     fail_msg("%s (round %u, seed %llu): MEMPORT_EPEER %.1f ms after the peer exited (%.1f ms after the kill)",
              kp_name[it->kp], it->round, (unsigned long long)g_seed, ms_exit, ms);
 }
 
 static _Noreturn void die_now(void) {
-  atomic_store(&g_sh->death_ns, now_ns());
+  atomic_store(&g_sh->death_ns, th_now_ns());
   raise(SIGKILL);
   _exit(99);
 }
@@ -363,11 +329,11 @@ static void reset_shared(void) {
 
 /* Wait (in the child or the parent) until *v >= want; false after 10 s. */
 static bool wait_at_least(_Atomic uint32_t *v, uint32_t want) {
-  uint64_t end = now_ns() + 10 * (uint64_t)SEC;
+  uint64_t end = th_now_ns() + 10 * (uint64_t)SEC;
   while (atomic_load(v) < want) {
-    if (now_ns() > end)
+    if (th_now_ns() > end)
       return false;
-    sleep_ns(50 * US);
+    th_sleep_ns(50 * US);
   }
   return true;
 }
@@ -403,8 +369,8 @@ static void *killer_main(void *arg) {
   struct killer *k = arg;
   if (k->after != NULL)
     wait_at_least(k->after, k->after_value);
-  sleep_ns(k->delay_ns);
-  atomic_store(&g_sh->death_ns, now_ns());
+  th_sleep_ns(k->delay_ns);
+  atomic_store(&g_sh->death_ns, th_now_ns());
   kill(k->pid, SIGKILL);
   return NULL;
 }
@@ -430,7 +396,7 @@ static uint32_t recv_until_epeer(const struct it *it, memport_chan_t *c, int fir
     size_t want = msg_size(it->salt, seq, k);
     /* Keep up to 2 of the peer's pool buffers (it needs the others to go on) and 4 regions. */
     bool keep = it->hold && want > THRESH && nheld < 6 && (want > POOL_BUF || npool < 2);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     int r;
     if (keep) {
       r = memport_chan_recv(c, &held[nheld], 5 * SEC);
@@ -445,7 +411,7 @@ static uint32_t recv_until_epeer(const struct it *it, memport_chan_t *c, int fir
     } else {
       r = recv_msg(c, it->salt, seq, k, 5 * SEC);
     }
-    uint64_t t1 = now_ns();
+    uint64_t t1 = th_now_ns();
     if (r == MEMPORT_EPEER) {
       record_epeer(it, t0, t1);
       memport_buf_t b;
@@ -487,7 +453,7 @@ static void check_fresh_pool(const struct it *it) {
 }
 
 static void check_no_leak(const struct it *it, int fds, int maps) {
-  int f = th_count_fds(), m = count_memport_maps();
+  int f = th_count_fds(), m = th_count_memport_maps();
   if (f != fds || m != maps)
     fail_msg("%s (round %u, seed %llu): %d descriptors (was %d), %d memport mappings (was %d)", kp_name[it->kp],
              it->round, (unsigned long long)g_seed, f, fds, m, maps);
@@ -518,7 +484,7 @@ static pid_t fork_pair(struct it *it, memport_chan_t **mine, int (*fn)(void *)) 
 
 static int child_die_before_hello(void *arg) {
   struct it *it = arg;
-  sleep_ns(it->delay_ns);
+  th_sleep_ns(it->delay_ns);
   die_now();
 }
 
@@ -540,7 +506,7 @@ static int child_open(void *arg) {
 }
 
 static void run_open(struct it *it) {
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *pa, *pb;
   th_assert_ok(memport_port_pair(&pa, &pb));
   it->port = pb;
@@ -566,14 +532,14 @@ static void run_open(struct it *it) {
     th_assert_ok(memport_port_pollable(pa, &h));
     struct pollfd pfd = {.fd = h, .events = POLLIN, .revents = 0};
     assert_int_equal(poll(&pfd, 1, 10000), 1);
-    atomic_store(&g_sh->death_ns, now_ns());
+    atomic_store(&g_sh->death_ns, th_now_ns());
     kill(pid, SIGKILL);
     expect_child(it, pid, 128 + SIGKILL);
   }
   memport_chan_t *c = NULL;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   int rc = memport_chan_open(&c, pa, &it->o, 5 * SEC);
-  uint64_t t1 = now_ns();
+  uint64_t t1 = th_now_ns();
   if (killer)
     killer_join(&k);
   if (it->kp == KP_OPEN_BEFORE_HELLO || (it->kp == KP_OPEN_AFTER_HELLO && it->mode == 1)) {
@@ -630,16 +596,16 @@ static int child_producer(void *arg) {
   if (it->mode == 2 && it->kp == KP_AFTER_COMMIT) {
     /* An orderly close instead of a death. The stamp goes first: the survivor may see the close
      * (MEMPORT_EPEER) before this process is scheduled again. */
-    atomic_store(&g_sh->death_ns, now_ns());
+    atomic_store(&g_sh->death_ns, th_now_ns());
     memport_chan_close(c);
     _exit(0);
   }
-  sleep_ns(it->delay_ns);
+  th_sleep_ns(it->delay_ns);
   die_now();
 }
 
 static void run_producer(struct it *it) {
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   switch (it->kp) {
   case KP_AFTER_COMMIT:
     it->n = (unsigned)rnd_below(&it->rng, 40);
@@ -679,11 +645,11 @@ static void run_producer(struct it *it) {
     assert_true(wait_at_least(&g_sh->stage, 1));
     static unsigned char chunk[2048];
     int rc;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     do
       rc = memport_chan_send(c, chunk, sizeof chunk, 0, 3 * SEC);
     while (rc == 0);
-    uint64_t t1 = now_ns();
+    uint64_t t1 = th_now_ns();
     if (rc != MEMPORT_EPEER)
       fail_msg("%s (round %u, seed %llu): blocked send gave %s, expected MEMPORT_EPEER", kp_name[it->kp],
                it->round, (unsigned long long)g_seed, memport_err_name(rc));
@@ -736,12 +702,12 @@ static int child_consumer(void *arg) {
     if (((volatile const unsigned char *)held[i].data)[0] != ((const unsigned char *)held[i].data)[0])
       return 33;
   atomic_store(&g_sh->stage, 1);
-  sleep_ns(it->delay_ns);
+  th_sleep_ns(it->delay_ns);
   die_now();
 }
 
 static void run_consumer(struct it *it) {
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   switch (it->kp) {
   case KP_HOLDING_RECEIVED:
     it->mode = (unsigned)rnd_below(&it->rng, 2); /* 1: an oversized message is held too */
@@ -770,9 +736,9 @@ static void run_consumer(struct it *it) {
     memport_buf_t mine, z;
     th_assert_ok(memport_chan_alloc(c, 100, &mine, 0));
     memcpy(mine.data, "mine", 4);
-    t0 = now_ns();
+    t0 = th_now_ns();
     rc = memport_chan_alloc(c, 100, &z, 5 * SEC);
-    t1 = now_ns();
+    t1 = th_now_ns();
     th_assert_rc(rc, MEMPORT_EPEER);
     record_epeer(it, t0, t1);
     th_assert_rc(memport_chan_alloc(c, 100, &z, 0), MEMPORT_EPEER);
@@ -786,20 +752,20 @@ static void run_consumer(struct it *it) {
       th_assert_ok(send_msg(c, it->salt, seq, SZ_MIXED, 5 * SEC));
     static unsigned char chunk[POOL_BUF + 1];
     size_t len = it->mode == 0 ? 1024 : it->mode == 1 ? THRESH + 1 : POOL_BUF + 1;
-    t0 = now_ns();
+    t0 = th_now_ns();
     do
       rc = memport_chan_send(c, chunk, len, 0, 5 * SEC);
     while (rc == 0);
-    t1 = now_ns();
+    t1 = th_now_ns();
     th_assert_rc(rc, MEMPORT_EPEER);
     record_epeer(it, t0, t1);
   } else { /* KP_SENDER_WITH_ROOM: a sender that never waits still learns of the death */
-    t0 = now_ns();
+    t0 = th_now_ns();
     do {
       rc = memport_chan_send(c, "tick", 4, 0, MEMPORT_NOWAIT);
-      t1 = now_ns();
+      t1 = th_now_ns();
       if (rc == 0)
-        sleep_ns(500 * US);
+        th_sleep_ns(500 * US);
     } while (rc == 0 && t1 - t0 < 5 * (uint64_t)SEC);
     th_assert_rc(rc, MEMPORT_EPEER);
     record_epeer(it, t0, t1); /* from the death: every call before it returned at once */
@@ -884,7 +850,7 @@ static int child_svc_owner(void *arg) {
 }
 
 static void run_svc_owner(struct it *it) {
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   it->mode = (unsigned)rnd_below(&it->rng, 4);
   it->n = it->mode == 3 ? (unsigned)rnd_below(&it->rng, 10) : 0;
   pid_t pid = spawn(child_svc_owner, it);
@@ -895,9 +861,9 @@ static void run_svc_owner(struct it *it) {
     /* The owner is gone: the name is not served (at once, not after a timeout). */
     th_assert_rc(memport_chan_connect(&c, it->name, &it->o, MEMPORT_NOWAIT), MEMPORT_ENOENT);
   } else {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     int rc = memport_chan_connect(&c, it->name, &it->o, 5 * SEC);
-    uint64_t t1 = now_ns();
+    uint64_t t1 = th_now_ns();
     if (it->mode < 3) {
       th_assert_rc(rc, MEMPORT_EPEER);
       assert_null(c);
@@ -945,7 +911,7 @@ static int child_svc_client(void *arg) {
 }
 
 static void run_svc_client(struct it *it) {
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   it->mode = (unsigned)rnd_below(&it->rng, 3);
   memport_service_t *svc;
   th_assert_ok(memport_service_create(&svc, it->name, 0));
@@ -954,9 +920,9 @@ static void run_svc_client(struct it *it) {
   if (it->mode == 1)
     killer_start(&k, pid, rnd_below(&it->rng, 3000) * US, &g_sh->stage, 1);
   memport_chan_t *c = NULL;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   int rc = memport_chan_accept(&c, svc, &it->o, 5 * SEC);
-  uint64_t t1 = now_ns();
+  uint64_t t1 = th_now_ns();
   if (it->mode == 1)
     killer_join(&k);
   if (it->mode == 0 || (it->mode == 1 && rc == MEMPORT_EPEER)) {
@@ -991,7 +957,7 @@ static int child_publisher(void *arg) {
   if (memport_region_publish(&p, r, it->name, NULL, NULL) != 0)
     return 61;
   atomic_store(&g_sh->stage, 1);
-  sleep_ns(it->delay_ns);
+  th_sleep_ns(it->delay_ns);
   die_now();
 }
 
@@ -1021,15 +987,15 @@ static void open_and_check(const struct it *it) {
 }
 
 static void run_region(struct it *it) {
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   it->delay_ns = rnd_below(&it->rng, 2) ? 0 : rnd_below(&it->rng, 2000) * US;
   if (it->kp == KP_REGION_PUBLISHER) {
     pid_t pid = spawn(child_publisher, it);
     assert_true(wait_at_least(&g_sh->stage, 1));
     memport_region_t *r = NULL;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     int rc = memport_region_open(&r, it->name, MEMPORT_NOWAIT);
-    uint64_t t1 = now_ns();
+    uint64_t t1 = th_now_ns();
     if (rc == 0) {
       void *map;
       th_assert_ok(memport_region_map(r, MEMPORT_MAP_READONLY, &map));
@@ -1084,7 +1050,7 @@ static void run_kp(enum kp kp, unsigned rounds, void (*fn)(struct it *)) {
 
 static unsigned rounds(unsigned normal) {
   unsigned n = g_rounds != 0 ? g_rounds : normal;
-  if (under_valgrind())
+  if (th_under_valgrind())
     n = (n + 9) / 10;
   return n;
 }
@@ -1149,7 +1115,7 @@ static void test_epeer_latency_summary(void **state) {
   if (g_only != NULL)
     return;
   assert_int_equal(kps, KP_COUNT);
-  if (!under_valgrind() && g_rounds == 0)
+  if (!th_under_valgrind() && g_rounds == 0)
     assert_true(total >= 500);
 }
 

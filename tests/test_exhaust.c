@@ -17,9 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SEC 1000000000LL
-#define MS 1000000LL
-#define US 1000LL
 
 #define RING_CAP (64u << 10)
 #define THRESH (4u << 10)
@@ -41,36 +38,6 @@ static rlim_t g_nofile0; /* the soft RLIMIT_NOFILE we started with */
 /* ------------------------------------------------------------------------------------------ */
 /* Utilities.                                                                                   */
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ns(uint64_t ns) {
-  struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-static bool under_valgrind(void) {
-  const char *p = getenv("LD_PRELOAD");
-  return p != NULL && strstr(p, "vgpreload") != NULL;
-}
-
-static int count_memport_maps(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (f == NULL)
-    return -1;
-  char line[4096];
-  int n = 0;
-  while (fgets(line, sizeof line, f) != NULL)
-    if (strstr(line, "memfd:memport") != NULL)
-      n++;
-  fclose(f);
-  return n;
-}
-
 /* Resident memory of this process in bytes. */
 static size_t rss_bytes(void) {
   FILE *f = fopen("/proc/self/statm", "r");
@@ -86,11 +53,11 @@ static size_t rss_bytes(void) {
 static void reset_shared(void) { memset(g_sh, 0, sizeof *g_sh); }
 
 static bool wait_at_least(_Atomic uint32_t *v, uint32_t want, uint64_t timeout_ns) {
-  uint64_t end = now_ns() + timeout_ns;
+  uint64_t end = th_now_ns() + timeout_ns;
   while (atomic_load(v) < want) {
-    if (now_ns() > end)
+    if (th_now_ns() > end)
       return false;
-    sleep_ns(100 * US);
+    th_sleep_ns(100 * US);
   }
   return true;
 }
@@ -205,10 +172,10 @@ static int flood_child(void *arg) {
       memport_msg_create(&m) != 0)
     return 1;
   int fds0 = th_count_fds();
-  uint64_t end = now_ns() + f->duration_ns;
+  uint64_t end = th_now_ns() + f->duration_ns;
   uint32_t seq = 0;
   bool filled = false;
-  while (now_ns() < end) {
+  while (th_now_ns() < end) {
     if (!filled && fill_handles(m, seq, r, s, x) != 0)
       return 2;
     filled = true;
@@ -225,7 +192,7 @@ static int flood_child(void *arg) {
       if (memport_msg_handle_count(m) != (int)MEMPORT_MSG_MAX_HANDLES)
         return 4; /* a failed send changes nothing */
       atomic_fetch_add(&g_sh->stalls, 1);
-      sleep_ns(200 * US);
+      th_sleep_ns(200 * US);
     } else {
       fprintf(stderr, "flood send: %s\n", memport_err_name(rc));
       return 5;
@@ -263,24 +230,24 @@ static int check_flood_msg(memport_msg_t *m, uint32_t seq) {
 static void test_flood_of_messages_with_the_most_handles(void **state) {
   (void)state;
   reset_shared();
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *a, *b;
   th_assert_ok(memport_port_pair(&a, &b));
-  struct flood f = {b, (under_valgrind() ? 3000 : 900) * (uint64_t)MS};
+  struct flood f = {b, (th_under_valgrind() ? 3000 : 900) * (uint64_t)MS};
   pid_t pid = th_fork(flood_child, &f, 60);
   memport_port_close(b);
   memport_msg_t *m;
   th_assert_ok(memport_msg_create(&m));
   int base = th_count_fds(), worst = base;
   uint32_t got = 0;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   for (int phase = 0; phase < 3; phase++) {
-    uint64_t until = now_ns() + (phase == 2 ? 60 * (uint64_t)SEC : f.duration_ns / 3);
+    uint64_t until = th_now_ns() + (phase == 2 ? 60 * (uint64_t)SEC : f.duration_ns / 3);
     if (phase == 1) {
-      sleep_ns(f.duration_ns / 3); /* not reading: the sender must wait */
+      th_sleep_ns(f.duration_ns / 3); /* not reading: the sender must wait */
       continue;
     }
-    while (now_ns() < until) {
+    while (th_now_ns() < until) {
       int rc = memport_port_recv(a, m, 2 * SEC);
       if (rc == MEMPORT_EPEER && phase == 2)
         break;
@@ -297,7 +264,7 @@ static void test_flood_of_messages_with_the_most_handles(void **state) {
   assert_int_equal(th_wait(pid, 60), 0);
   printf("# %u messages of %u handles in %.2f s; the sender met back-pressure %u times; descriptors: "
          "receiver at most +%d, sender at most %u\n",
-         got, MEMPORT_MSG_MAX_HANDLES, (double)(now_ns() - t0) / 1e9, atomic_load(&g_sh->stalls), worst - base,
+         got, MEMPORT_MSG_MAX_HANDLES, (double)(th_now_ns() - t0) / 1e9, atomic_load(&g_sh->stalls), worst - base,
          atomic_load(&g_sh->max_fds));
   assert_int_equal(got, atomic_load(&g_sh->sent));
   assert_true(atomic_load(&g_sh->stalls) > 0);
@@ -305,7 +272,7 @@ static void test_flood_of_messages_with_the_most_handles(void **state) {
   memport_msg_close(m);
   memport_port_close(a);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -374,7 +341,7 @@ static int emfile_receive_child(void *arg) {
 
 static void test_too_few_descriptors_for_a_message_gives_emfile_and_the_port_goes_on(void **state) {
   (void)state;
-  if (under_valgrind())
+  if (th_under_valgrind())
     skip(); /* valgrind keeps descriptors of its own near the limit */
   assert_int_equal(th_run_child(emfile_receive_child, NULL, 60), 0);
 }
@@ -388,7 +355,7 @@ static int emfile_channel_child(void *arg) {
   struct conn_arg *c = arg;
   memport_chan_opts_t o;
   small_opts(&o);
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   unsigned ok = 0, emfile = 0;
   for (int free = 0; free <= 40; free++) {
     for (int what = 0; what < 3; what++) {
@@ -420,9 +387,9 @@ static int emfile_channel_child(void *arg) {
         fprintf(stderr, "%s with %d free descriptors: %s\n", whats[what], free, memport_err_name(rc));
         return 4;
       }
-      if (th_count_fds() != fds || count_memport_maps() != maps) {
+      if (th_count_fds() != fds || th_count_memport_maps() != maps) {
         fprintf(stderr, "%s with %d free: %d fds (was %d), %d maps (was %d)\n", whats[what], free, th_count_fds(),
-                fds, count_memport_maps(), maps);
+                fds, th_count_memport_maps(), maps);
         return 5;
       }
     }
@@ -445,7 +412,7 @@ static int emfile_server_child(void *arg) {
   if (memport_service_create(&svc, c->name, 0) != 0)
     return 1;
   atomic_store(&g_sh->stage, 1);
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   unsigned ok = 0, emfile = 0;
   for (int free = 0; free <= 40; free++) {
     memport_chan_t *x = NULL;
@@ -466,9 +433,9 @@ static int emfile_server_child(void *arg) {
       fprintf(stderr, "accept with %d free descriptors: %s\n", free, memport_err_name(rc));
       return 4;
     }
-    if (th_count_fds() != fds || count_memport_maps() != maps) {
+    if (th_count_fds() != fds || th_count_memport_maps() != maps) {
       fprintf(stderr, "accept with %d free: %d fds (was %d), %d maps (was %d)\n", free, th_count_fds(), fds,
-              count_memport_maps(), maps);
+              th_count_memport_maps(), maps);
       return 5;
     }
   }
@@ -483,10 +450,10 @@ static int emfile_server_child(void *arg) {
  * descriptors: MEMPORT_EMFILE, nothing left behind, on both sides; the service goes on serving. */
 static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(void **state) {
   (void)state;
-  if (under_valgrind())
+  if (th_under_valgrind())
     skip();
   reset_shared();
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   char name[MEMPORT_NAME_MAX + 1];
   snprintf(name, sizeof name, "%s", th_unique_name("exhaust"));
   char region_name[MEMPORT_NAME_MAX + 1];
@@ -549,7 +516,7 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   assert_int_equal(th_wait(pid, 120), 0);
   assert_true(served > 0);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static int emfile_receiver_child(void *arg) {
@@ -591,10 +558,10 @@ static int emfile_receiver_child(void *arg) {
  * is reported (MEMPORT_EMFILE) and dropped, the ones before and after it arrive whole, in order. */
 static void test_channel_receiver_out_of_descriptors_drops_one_oversized_message(void **state) {
   (void)state;
-  if (under_valgrind())
+  if (th_under_valgrind())
     skip();
   reset_shared();
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   memport_chan_t *a, *b;
@@ -613,7 +580,7 @@ static void test_channel_receiver_out_of_descriptors_drops_one_oversized_message
   memport_chan_close(a);
   assert_int_equal(th_wait(pid, 60), 0);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -651,7 +618,7 @@ static int holder_child(void *arg) {
 static void test_full_pool_waits_then_times_out_then_recovers(void **state) {
   (void)state;
   reset_shared();
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   for (int policy = 0; policy < 3; policy++) {
@@ -668,20 +635,20 @@ static void test_full_pool_waits_then_times_out_then_recovers(void **state) {
     memport_buf_t z;
     th_assert_rc(memport_chan_alloc(a, 10, &z, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
     th_assert_rc(memport_chan_send(a, "zc", 2, MEMPORT_SEND_ZEROCOPY, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     th_assert_rc(memport_chan_alloc(a, 10, &z, 60 * MS), MEMPORT_ETIMEDOUT);
-    uint64_t el = now_ns() - t0;
+    uint64_t el = th_now_ns() - t0;
     assert_true(el >= 60 * (uint64_t)MS && el < (uint64_t)SEC);
-    t0 = now_ns();
+    t0 = th_now_ns();
     th_assert_rc(memport_chan_send(a, "zc", 2, MEMPORT_SEND_ZEROCOPY, 40 * MS), MEMPORT_ETIMEDOUT);
-    el = now_ns() - t0;
+    el = th_now_ns() - t0;
     assert_true(el >= 40 * (uint64_t)MS && el < (uint64_t)SEC);
     /* Small messages still go through the ring meanwhile. */
     th_assert_ok(memport_chan_send(a, "ring", 4, 0, SEC));
     atomic_store(&g_sh->go, 1);
-    t0 = now_ns();
+    t0 = th_now_ns();
     th_assert_ok(memport_chan_alloc(a, 10, &z, 5 * SEC));
-    assert_true(now_ns() - t0 < (uint64_t)SEC);
+    assert_true(th_now_ns() - t0 < (uint64_t)SEC);
     memport_buf_t w;
     th_assert_rc(memport_chan_alloc(a, 10, &w, MEMPORT_NOWAIT), MEMPORT_EAGAIN); /* just the one */
     th_assert_ok(memport_chan_free_buf(a, &z));
@@ -695,7 +662,7 @@ static void test_full_pool_waits_then_times_out_then_recovers(void **state) {
     assert_int_equal(th_wait(pid, 30), 0);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -748,7 +715,7 @@ static unsigned char g_buf[BIG_MAX];
 static void test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing(void **state) {
   (void)state;
   reset_shared();
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_opts_t o;
   small_opts(&o);
   memport_chan_t *a, *b;
@@ -756,16 +723,16 @@ static void test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing
   struct ends e = {a, b};
   pid_t pid = th_fork(late_reader_child, &e, 120);
   memport_chan_close(b);
-  uint64_t phase_ns = (under_valgrind() ? 1500 : 500) * (uint64_t)MS;
+  uint64_t phase_ns = (th_under_valgrind() ? 1500 : 500) * (uint64_t)MS;
   uint32_t seq = 0;
   for (int phase = 0; phase < 3; phase++) {
     for (int k = phase; k < 3; k++)
       atomic_store(&g_sh->bound[k], k == phase ? seq : UINT32_MAX);
     uint32_t first = seq, stalls = 0;
-    uint64_t start = now_ns(), end = start + phase_ns;
+    uint64_t start = th_now_ns(), end = start + phase_ns;
     size_t rss0 = 0, rss_max = 0;
     int fd_max = 0;
-    while (now_ns() < end) {
+    while (th_now_ns() < end) {
       int kind = phase_kinds[phase];
       size_t n = msg_size(seq, kind);
       int rc;
@@ -788,7 +755,7 @@ static void test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing
         stalls++;
       else
         fail_msg("%s: send %u: %s", phase_names[phase], seq, memport_err_name(rc));
-      if (now_ns() - start > phase_ns / 5) {
+      if (th_now_ns() - start > phase_ns / 5) {
         size_t r = rss_bytes();
         if (rss0 == 0)
           rss0 = r; /* after the warm-up */
@@ -810,7 +777,7 @@ static void test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing
   memport_chan_close(a);      /* what was sent is still delivered, then MEMPORT_EPEER */
   assert_int_equal(th_wait(pid, 120), 0);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -879,7 +846,7 @@ static void raw_record(struct raw_peer *rp, uint32_t type, const void *payload, 
  * waits in the flooder's port (back-pressure), and once the records come every one is delivered. */
 static void test_flood_of_oversized_announcements_is_held_back(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *pa, *pb;
   th_assert_ok(memport_port_pair(&pa, &pb));
   struct raw_peer rp;
@@ -952,7 +919,7 @@ static void test_flood_of_oversized_announcements_is_held_back(void **state) {
   memport_chan_close(c);
   raw_peer_fini(&rp);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 int main(void) {

@@ -20,8 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SEC 1000000000LL
-#define MS 1000000LL
 
 /*
  * The victim is a real channel end (memport_chan_open over a port). The hostile peer is built at
@@ -36,30 +34,6 @@
  * byte can be read (a record pointing outside the mappings would fault), that MEMPORT_EPROTO is
  * sticky, and that closing the channel returns every descriptor and mapping it made.
  */
-
-static int count_memport_maps(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (f == NULL)
-    return -1;
-  char line[4096];
-  int n = 0;
-  while (fgets(line, sizeof line, f) != NULL)
-    if (strstr(line, "memfd:memport") != NULL)
-      n++;
-  fclose(f);
-  return n;
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int under_valgrind(void) {
-  const char *p = getenv("LD_PRELOAD");
-  return p != NULL && strstr(p, "vgpreload") != NULL;
-}
 
 static uint64_t rnd(uint64_t *x) {
   *x ^= *x << 13;
@@ -760,12 +734,12 @@ static int victim(void *varg) {
   struct victim_arg *a = varg;
   memport_port_close(a->other);
   uint64_t x = a->seed * 0x9e3779b97f4a7c15ull + 7;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_chan_t *c = NULL;
   int rc = memport_chan_open(&c, a->port, &a->opts, 5 * SEC);
   if (rc == MEMPORT_EPROTO && !a->honest) {
     /* The peer starts scribbling once it has our HELLO, possibly before we mapped its ring. */
-    if (th_count_fds() != fds - 1 || count_memport_maps() != maps)
+    if (th_count_fds() != fds - 1 || th_count_memport_maps() != maps)
       V_FAIL(3, "leak after a failed open");
     return 100;
   }
@@ -775,21 +749,21 @@ static int victim(void *varg) {
   unsigned char *buf = malloc(cap);
   if (buf == NULL)
     return 11;
-  uint64_t slack = (under_valgrind() ? 5 : 1) * (uint64_t)SEC;
-  uint64_t seq_in = 0, seq_out = 0, start = now_ns();
+  uint64_t slack = (th_under_valgrind() ? 5 : 1) * (uint64_t)SEC;
+  uint64_t seq_in = 0, seq_out = 0, start = th_now_ns();
   bool broken = false, gone = false;
   unsigned long ops = 0, got = 0;
   memport_buf_t held[4];
   int nheld = 0;
   volatile unsigned sink = 0;
   while (!broken && !gone) {
-    if (now_ns() - start > 15 * (uint64_t)SEC)
+    if (th_now_ns() - start > 15 * (uint64_t)SEC)
       V_FAIL(7, "still running after 15 s (%lu operations)", ops);
     ops++;
     uint64_t v = rnd(&x);
     int64_t tmo = (int64_t[]){0, 0, MS, 5 * MS}[v % 4];
     const char *what;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     memport_buf_t b;
     size_t len = 0;
     switch ((v >> 4) % 8) {
@@ -879,7 +853,7 @@ static int victim(void *varg) {
       break;
     }
     }
-    uint64_t took = now_ns() - t0;
+    uint64_t took = th_now_ns() - t0;
     if (!allowed(rc) || (rc == MEMPORT_EMSGSIZE && what[0] != 'r'))
       V_FAIL(1, "%s: unexpected %s", what, memport_err_name(rc));
     if (took > (uint64_t)tmo + slack)
@@ -907,7 +881,7 @@ static int victim(void *varg) {
     V_FAIL(6, "an honest peer delivered nothing");
   memport_chan_close(c);
   free(buf);
-  int fds2 = th_count_fds(), maps2 = count_memport_maps();
+  int fds2 = th_count_fds(), maps2 = th_count_memport_maps();
   if (fds2 != fds - 1 || maps2 != maps) /* the channel owned (and closed) the port's descriptor */
     V_FAIL(3, "leak: %d -> %d descriptors, %d -> %d mappings", fds, fds2, maps, maps2);
   (void)sink;
@@ -926,13 +900,13 @@ static uint64_t g_seed; /* MEMPORT_HOSTILE_SEED, or drawn once per run */
 static void test_hostile_peer_randomized_rounds(void **state) {
   (void)state;
   uint64_t seed = g_seed;
-  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 40 : 300);
+  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", th_under_valgrind() ? 40 : 300);
   printf("# hostile rounds: %u, seed %llu (MEMPORT_HOSTILE_SEED=%llu MEMPORT_HOSTILE_ROUNDS=%u to replay)\n",
          rounds, (unsigned long long)seed, (unsigned long long)seed, rounds);
   fflush(stdout);
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   unsigned broke = 0, ended = 0, honest_rounds = 0;
-  uint64_t t_start = now_ns();
+  uint64_t t_start = th_now_ns();
   for (unsigned round = 0; round < rounds; round++) {
     uint64_t x = seed + round * 0x9e3779b97f4a7c15ull;
     rnd(&x);
@@ -960,13 +934,13 @@ static void test_hostile_peer_randomized_rounds(void **state) {
     /* Two rounds in three stick to one kind of attack (each kind gets its turns), the others mix. */
     h.focus = round % 3 != 0 ? (int)((round / 3 * 2 + round % 3) % H_EVIL_KINDS) : -1;
     hp_send_hello(&h);
-    pid_t pid = th_fork(victim, &va, under_valgrind() ? 120 : 20);
+    pid_t pid = th_fork(victim, &va, th_under_valgrind() ? 120 : 20);
     memport_port_close(pa);
     th_assert_ok(hp_recv_hello(&h));
     unsigned evil = (unsigned)(1 + rnd(&x) % 300);
-    uint64_t end = now_ns() + (5 + rnd(&x) % 40) * (uint64_t)MS;
+    uint64_t end = th_now_ns() + (5 + rnd(&x) % 40) * (uint64_t)MS;
     /* A time budget, and a number of steps too (a loaded machine may give us few in that time). */
-    for (unsigned steps = 0; now_ns() < end || steps < 64; steps++) {
+    for (unsigned steps = 0; th_now_ns() < end || steps < 64; steps++) {
       hp_step(&h, evil);
       if (rnd(&h.x) % 16 == 0)
         sched_yield();
@@ -981,7 +955,7 @@ static void test_hostile_peer_randomized_rounds(void **state) {
         fail_msg("round %u: %u of the honest victim's %u messages were wrong", round, h.bad_in, h.got_in);
     }
     hp_fini(&h);
-    int st = th_wait(pid, under_valgrind() ? 120 : 20);
+    int st = th_wait(pid, th_under_valgrind() ? 120 : 20);
     if (st != 100 && st != 101)
       fail_msg("round %u (seed %llu): victim ended with status %d (victim ring %zu, threshold %zu, pool %u x %zu, "
                "policy %d; peer ring %llu, pool %u x %llu)", round, (unsigned long long)seed, st, va.opts.ring_capacity,
@@ -991,10 +965,10 @@ static void test_hostile_peer_randomized_rounds(void **state) {
     ended += st == 101;
   }
   printf("# %u rounds (%u honest) in %.1f s: %u ended in MEMPORT_EPROTO, %u in MEMPORT_EPEER\n", rounds,
-         honest_rounds, (double)(now_ns() - t_start) / 1e9, broke, ended);
+         honest_rounds, (double)(th_now_ns() - t_start) / 1e9, broke, ended);
   assert_true(broke > 0 || rounds < 8);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1015,7 +989,7 @@ static memport_chan_t *open_victim(struct hpeer *h, const memport_chan_opts_t *o
  * leaves no descriptor or mapping behind. */
 static void test_hostile_hello_gives_eproto_without_leaks(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   for (int k = 0; k < 12; k++) {
     memport_port_t *pa, *pb;
     th_assert_ok(memport_port_pair(&pa, &pb));
@@ -1099,7 +1073,7 @@ static void test_hostile_hello_gives_eproto_without_leaks(void **state) {
     hp_fini(&h);
   }
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* A ring data file whose size is not a page multiple is mapped as the rounded-up region (the
@@ -1107,7 +1081,7 @@ static void test_hostile_hello_gives_eproto_without_leaks(void **state) {
  * state that rounded size, and the channel works. */
 static void test_hostile_hello_with_odd_sized_ring_file(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *pa, *pb;
   th_assert_ok(memport_port_pair(&pa, &pb));
   struct hpeer h;
@@ -1142,7 +1116,7 @@ static void test_hostile_hello_with_odd_sized_ring_file(void **state) {
   memport_chan_close(c);
   hp_fini(&h);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* A record whose header the peer rewrites after the victim took it: the victim keeps what it
@@ -1225,7 +1199,7 @@ static void test_hostile_torn_position_is_checked_as_a_whole(void **state) {
  * the victim's list of owed releases. */
 static void test_hostile_pool_buffer_resent_while_release_owed_gives_eproto(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *pa, *pb;
   th_assert_ok(memport_port_pair(&pa, &pb));
   struct hpeer h;
@@ -1249,7 +1223,7 @@ static void test_hostile_pool_buffer_resent_while_release_owed_gives_eproto(void
   memport_chan_close(c);
   hp_fini(&h);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* The peer announces more oversized messages than may be in flight, sends none of their records,
@@ -1257,7 +1231,7 @@ static void test_hostile_pool_buffer_resent_while_release_owed_gives_eproto(void
  * MEMPORT_EPEER, well within its timeout, and closing returns every stashed region. */
 static void test_hostile_announcement_flood_then_exit_gives_epeer(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   struct hpeer h;
   memport_chan_t *c = open_victim(&h, NULL);
   for (unsigned i = 0; i < MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 8; i++) {
@@ -1274,15 +1248,15 @@ static void test_hostile_announcement_flood_then_exit_gives_epeer(void **state) 
   memport_buf_t b;
   th_assert_rc(memport_chan_recv(c, &b, 50 * MS), MEMPORT_ETIMEDOUT); /* nothing in the ring */
   hp_fini(&h);
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   th_assert_rc(memport_chan_recv(c, &b, 5 * SEC), MEMPORT_EPEER);
-  uint64_t took = now_ns() - t0;
+  uint64_t took = th_now_ns() - t0;
   printf("# MEMPORT_EPEER after %.1f ms with the port no longer read\n", (double)took / 1e6);
   assert_true(took < (uint64_t)SEC);
   th_assert_rc(memport_chan_send(c, "x", 1, 0, SEC), MEMPORT_EPEER);
   memport_chan_close(c);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* The peer's semaphores count up without limit and its wait words are garbage: a victim waiting
@@ -1296,11 +1270,11 @@ static void test_hostile_spurious_wakeups_do_not_stretch_a_deadline(void **state
       break;
   atomic_store(&h.sh->cons_wait, 0xffffffffu);
   memport_buf_t b;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   th_assert_rc(memport_chan_recv(c, &b, 50 * MS), MEMPORT_ETIMEDOUT);
-  uint64_t took = now_ns() - t0;
+  uint64_t took = th_now_ns() - t0;
   assert_true(took >= 50 * (uint64_t)MS);
-  assert_true(took < 50 * (uint64_t)MS + (under_valgrind() ? 5 : 1) * (uint64_t)SEC);
+  assert_true(took < 50 * (uint64_t)MS + (th_under_valgrind() ? 5 : 1) * (uint64_t)SEC);
   memport_chan_close(c);
   hp_fini(&h);
 }
@@ -1360,13 +1334,13 @@ static int ring_victim(void *varg) {
   if (buf == NULL)
     return 11;
   memset(buf, 7, max + 1);
-  uint64_t slack = (under_valgrind() ? 5 : 1) * (uint64_t)SEC, end = now_ns() + 60 * (uint64_t)MS;
+  uint64_t slack = (th_under_valgrind() ? 5 : 1) * (uint64_t)SEC, end = th_now_ns() + 60 * (uint64_t)MS;
   bool in_broken = false, out_broken = false;
   volatile unsigned sink = 0;
-  while (now_ns() < end && !(in_broken && out_broken)) {
+  while (th_now_ns() < end && !(in_broken && out_broken)) {
     uint64_t v = rnd(&x);
     int64_t tmo = (int64_t[]){0, 0, MS / 2, 2 * MS}[v % 4];
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     int rc;
     bool in = (v >> 4) % 2 == 0;
     const char *what;
@@ -1396,7 +1370,7 @@ static int ring_victim(void *varg) {
     if (rc != 0 && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EPROTO &&
         !(rc == MEMPORT_EMSGSIZE && what[0] == 'r'))
       V_FAIL(1, "ring %s: unexpected %s", what, memport_err_name(rc));
-    if (now_ns() - t0 > (uint64_t)tmo + slack)
+    if (th_now_ns() - t0 > (uint64_t)tmo + slack)
       V_FAIL(2, "ring %s with a %lld ns timeout overran", what, (long long)tmo);
     if ((in ? in_broken : out_broken) && rc != MEMPORT_EPROTO)
       V_FAIL(4, "ring %s after MEMPORT_EPROTO returned %s", what, memport_err_name(rc));
@@ -1491,11 +1465,11 @@ static void ring_peer_step(struct raw_ring *prod, struct raw_ring *cons, uint64_
 static void test_hostile_ring_peer_randomized_rounds(void **state) {
   (void)state;
   uint64_t seed = g_seed;
-  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", under_valgrind() ? 15 : 100);
+  unsigned rounds = (unsigned)env_u64("MEMPORT_HOSTILE_ROUNDS", th_under_valgrind() ? 15 : 100);
   printf("# ring rounds: %u, seed %llu (MEMPORT_HOSTILE_SEED=%llu MEMPORT_HOSTILE_ROUNDS=%u to replay)\n", rounds,
          (unsigned long long)seed, (unsigned long long)seed, rounds);
   fflush(stdout);
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   unsigned broke = 0;
   for (unsigned round = 0; round < rounds; round++) {
     uint64_t x = seed + round * 0x9e3779b97f4a7c15ull + 1;
@@ -1509,17 +1483,17 @@ static void test_hostile_ring_peer_randomized_rounds(void **state) {
     struct raw_ring prod, cons;
     raw_ring_open(&prod, va.in);
     raw_ring_open(&cons, va.out);
-    pid_t pid = th_fork(ring_victim, &va, under_valgrind() ? 120 : 20);
+    pid_t pid = th_fork(ring_victim, &va, th_under_valgrind() ? 120 : 20);
     memport_ring_close(va.in);
     memport_ring_close(va.out);
     unsigned evil = (unsigned)(rnd(&x) % 100);
-    uint64_t end = now_ns() + 70 * (uint64_t)MS; /* the victim runs for 60 ms */
-    while (now_ns() < end) {
+    uint64_t end = th_now_ns() + 70 * (uint64_t)MS; /* the victim runs for 60 ms */
+    while (th_now_ns() < end) {
       ring_peer_step(&prod, &cons, &x, evil);
       if (rnd(&x) % 8 == 0)
         sched_yield();
     }
-    int st = th_wait(pid, under_valgrind() ? 120 : 20);
+    int st = th_wait(pid, th_under_valgrind() ? 120 : 20);
     raw_ring_close(&prod);
     raw_ring_close(&cons);
     if (st != 100 && st != 101)
@@ -1528,12 +1502,12 @@ static void test_hostile_ring_peer_randomized_rounds(void **state) {
   }
   printf("# %u ring rounds: %u ended with a ring refused as broken\n", rounds, broke);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
-  g_seed = env_u64("MEMPORT_HOSTILE_SEED", now_ns() ^ (uint64_t)getpid() << 32);
+  g_seed = env_u64("MEMPORT_HOSTILE_SEED", th_now_ns() ^ (uint64_t)getpid() << 32);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hostile_hello_gives_eproto_without_leaks),
       cmocka_unit_test(test_hostile_hello_with_odd_sized_ring_file),

@@ -24,8 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SEC 1000000000LL
-#define MS 1000000LL
 
 /* The test runs with XDG_RUNTIME_DIR pointing at a fresh private directory of its own, so the
  * files behind names can be inspected and parallel runs never meet. */
@@ -46,12 +44,6 @@ static char *name_dup(const char *prefix) {
   char *s = strdup(th_unique_name(prefix));
   assert_non_null(s);
   return s;
-}
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
 }
 
 static bool entry_exists(const char *name, const char *suffix) {
@@ -508,9 +500,9 @@ static void test_connect_times_out_when_nobody_serves(void **state) {
   char *n = name_dup("nobody");
   memport_port_t *p = NULL;
   th_assert_rc(memport_port_connect(&p, n, MEMPORT_NOWAIT), MEMPORT_ENOENT);
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_rc(memport_port_connect(&p, n, 100 * MS), MEMPORT_ETIMEDOUT);
-  int64_t took = now_ns() - t0;
+  int64_t took = th_now_ns() - t0;
   assert_true(took >= 100 * MS);
   assert_true(took < 5 * SEC);
   memport_region_t *r = NULL;
@@ -556,9 +548,9 @@ static void test_accept_times_out(void **state) {
   memport_port_t *p = NULL;
   th_assert_ok(memport_service_create(&s, n, 0));
   th_assert_rc(memport_service_accept(s, &p, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_rc(memport_service_accept(s, &p, 100 * MS), MEMPORT_ETIMEDOUT);
-  int64_t took = now_ns() - t0;
+  int64_t took = th_now_ns() - t0;
   assert_true(took >= 100 * MS);
   assert_true(took < 5 * SEC);
   memport_service_close(s);
@@ -1011,9 +1003,9 @@ static void test_name_disappears_after_publication_close(void **state) {
   th_assert_ok(memport_region_open(&r, p.name, 5 * SEC));
   memport_region_close(r);
   char *n = strdup(p.name);
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_ok(memport_publication_close(p.pub));
-  assert_true(now_ns() - t0 < 2 * SEC); /* prompt: the thread is woken, not waited out */
+  assert_true(th_now_ns() - t0 < 2 * SEC); /* prompt: the thread is woken, not waited out */
   p.pub = NULL;
   th_assert_rc(memport_region_open(&r, n, MEMPORT_NOWAIT), MEMPORT_ENOENT);
   assert_false(entry_exists(n, ".lock"));

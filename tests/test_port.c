@@ -19,25 +19,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MS 1000000LL
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-/* valgrind's own memory shows in /proc/self/maps, and it keeps the kernel's descriptor limit. */
-static bool under_valgrind(void) {
-  const char *p = getenv("LD_PRELOAD");
-  return p != NULL && strstr(p, "vgpreload") != NULL;
-}
 
 static int send_text(memport_port_t *p, const char *text) {
   memport_msg_t *m;
@@ -190,13 +171,13 @@ static void test_msg_holds_64_handles_and_closes_a_moved_65th(void **state) {
   assert_int_equal(memport_msg_handle_count(m), 0);
   memport_sem_close(s5);
   assert_int_equal(th_count_fds(), fds0);
-  if (!under_valgrind())
+  if (!th_under_valgrind())
     assert_int_equal(th_count_maps(), maps0);
   th_assert_ok(memport_sem_create(&extra, 0, 0));
   th_assert_ok(memport_msg_attach_sem(m, extra, 0));
   memport_msg_close(m); /* close closes un-taken handles */
   assert_int_equal(th_count_fds(), fds0);
-  if (!under_valgrind())
+  if (!th_under_valgrind())
     assert_int_equal(th_count_maps(), maps0);
 }
 
@@ -640,7 +621,7 @@ static void test_port_peer_close_gives_epeer_after_queued_messages(void **state)
 
 static int child_dies_later(void *arg) {
   (void)arg;
-  sleep_ms(100);
+  th_sleep_ms(100);
   raise(SIGKILL);
   return 1;
 }
@@ -673,9 +654,9 @@ static void test_port_killed_peer_gives_epeer_without_sigpipe(void **state) {
   th_assert_ok(memport_port_pair(&a, &b));
   pid_t pid = th_fork(child_dies_later, b, 20);
   memport_port_close(b);
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_rc(memport_port_recv(a, m, 10000 * MS), MEMPORT_EPEER);
-  assert_true(now_ns() - t0 < 5000 * MS);
+  assert_true(th_now_ns() - t0 < 5000 * MS);
   assert_int_equal(th_wait(pid, 20), 128 + SIGKILL);
   th_assert_rc(memport_port_send(a, m, 1000 * MS), MEMPORT_EPEER);
   memport_port_close(a);
@@ -702,9 +683,9 @@ static void test_port_killed_peer_gives_epeer_without_sigpipe(void **state) {
   assert_true(queued < 10000);
   pid = th_fork(child_dies_later, b, 20);
   memport_port_close(b);
-  t0 = now_ns();
+  t0 = th_now_ns();
   th_assert_rc(memport_port_send(a, m, 10000 * MS), MEMPORT_EPEER);
-  assert_true(now_ns() - t0 < 5000 * MS);
+  assert_true(th_now_ns() - t0 < 5000 * MS);
   assert_int_equal(th_wait(pid, 20), 128 + SIGKILL);
   memport_port_close(a);
 
@@ -721,9 +702,9 @@ static void test_port_recv_times_out(void **state) {
   memport_msg_t *m;
   th_assert_ok(memport_msg_create(&m));
   th_assert_rc(memport_port_recv(a, m, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_rc(memport_port_recv(a, m, 80 * MS), MEMPORT_ETIMEDOUT);
-  int64_t el = now_ns() - t0;
+  int64_t el = th_now_ns() - t0;
   assert_true(el >= 80 * MS);
   assert_true(el < 5000 * MS);
   memport_msg_close(m);
@@ -752,9 +733,9 @@ static void test_port_failed_send_leaves_the_message_unchanged(void **state) {
   th_assert_ok(memport_msg_attach_sem(m, s, 0));
   th_assert_ok(memport_msg_set_bytes(m, "x", 1));
   int fds = th_count_fds();
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_rc(memport_port_send(a, m, 60 * MS), MEMPORT_ETIMEDOUT);
-  assert_true(now_ns() - t0 >= 60 * MS);
+  assert_true(th_now_ns() - t0 >= 60 * MS);
   assert_int_equal(memport_msg_handle_count(m), 1);
   assert_int_equal(memport_msg_handle_kind(m, 0), MEMPORT_HANDLE_SEM);
   assert_int_equal(th_count_fds(), fds);
@@ -943,7 +924,7 @@ static void expect_rejected(memport_port_t *rx, memport_port_t *tx, const void *
   assert_int_equal(memport_msg_handle_count(m), 0);
   if (th_count_fds() != fds0)
     fail_msg("%s: %d descriptors before, %d after", what, fds0, th_count_fds());
-  if (!under_valgrind() && th_count_maps() != maps0)
+  if (!th_under_valgrind() && th_count_maps() != maps0)
     fail_msg("%s: %d mappings before, %d after", what, maps0, th_count_maps());
   memport_msg_close(m);
   th_assert_ok(send_text(tx, "still fine"));
@@ -1116,7 +1097,7 @@ static void test_port_out_of_descriptors_drops_the_message_with_emfile(void **st
   int fds = th_count_fds();
   low = old;
   low.rlim_cur = (rlim_t)limit_with_free_slots(4); /* room for 4 of the 8 */
-  if (under_valgrind() || setrlimit(RLIMIT_NOFILE, &low) != 0) {
+  if (th_under_valgrind() || setrlimit(RLIMIT_NOFILE, &low) != 0) {
     memport_msg_close(m);
     memport_port_close(a);
     memport_port_close(b);

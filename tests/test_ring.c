@@ -12,32 +12,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Mappings of memport memory in this process (the total count also moves with malloc arenas,
- * thread stacks and valgrind's own bookkeeping; these do not). */
-static int count_memport_maps(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (f == NULL)
-    return -1;
-  char line[4096];
-  int n = 0;
-  while (fgets(line, sizeof line, f) != NULL)
-    if (strstr(line, "memfd:memport") != NULL)
-      n++;
-  fclose(f);
-  return n;
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 /* A deterministic byte pattern per (seed, index). */
 static void fill(unsigned char *p, size_t len, uint32_t seed) {
   uint32_t x = seed * 2654435761u + 1;
@@ -105,7 +79,7 @@ static void test_ring_create_rejects_bad_arguments(void **state) {
 
 static void test_ring_capacity_rounds_to_pages_and_bounds_records(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_ring_t *r;
   th_assert_ok(memport_ring_create(&r, 100, 0));
   size_t page = memport_page_size();
@@ -123,7 +97,7 @@ static void test_ring_capacity_rounds_to_pages_and_bounds_records(void **state) 
   assert_int_equal(memport_ring_max_record(r), 4 * page - MEMPORT__RING_HDR);
   th_assert_ok(memport_ring_close(r));
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static void test_ring_sizes_at_every_boundary(void **state) {
@@ -324,18 +298,18 @@ static void test_ring_timeouts_on_empty_and_full(void **state) {
     const void *q;
     size_t len;
     th_assert_rc(memport_ring_peek(r, &q, &len, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = th_now_ns();
     th_assert_rc(memport_ring_peek(r, &q, &len, 30000000), MEMPORT_ETIMEDOUT);
-    uint64_t el = now_ns() - t0;
+    uint64_t el = th_now_ns() - t0;
     assert_true(el >= 30000000u);
     assert_true(el < 1000000000u);
     void *p;
     th_assert_ok(memport_ring_reserve(r, memport_ring_max_record(r), &p, 0));
     th_assert_ok(memport_ring_commit(r, memport_ring_max_record(r)));
     th_assert_rc(memport_ring_reserve(r, 0, &p, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
-    t0 = now_ns();
+    t0 = th_now_ns();
     th_assert_rc(memport_ring_reserve(r, 0, &p, 30000000), MEMPORT_ETIMEDOUT);
-    el = now_ns() - t0;
+    el = th_now_ns() - t0;
     assert_true(el >= 30000000u);
     assert_true(el < 1000000000u);
     printf("# policy %d: 30 ms timeouts took %.1f ms\n", policies[i], (double)el / 1e6);
@@ -375,7 +349,7 @@ static int producer_child(void *varg) {
     if (memport_ring_commit(a->ring, n) != 0)
       return 12;
     if (a->pause_every != 0 && i % a->pause_every == 0)
-      sleep_ms(2);
+      th_sleep_ms(2);
   }
   return 0;
 }
@@ -405,7 +379,7 @@ static void run_fork_stream(int policy) {
       fail_msg("record %u corrupted", i);
     th_assert_ok(memport_ring_release(r));
     if (i % 15000 == 0)
-      sleep_ms(3); /* the ring fills: the producer must wait for space */
+      th_sleep_ms(3); /* the ring fills: the producer must wait for space */
   }
   assert_int_equal(th_wait(pid, 60), 0);
   const void *q;
@@ -452,7 +426,7 @@ static void test_ring_blocking_pingpong_loses_no_wakeup(void **state) {
   memport_ring_set_wait(rings[0], MEMPORT_WAIT_BLOCK, 0);
   memport_ring_set_wait(rings[1], MEMPORT_WAIT_BLOCK, 0);
   pid_t pid = th_fork(pingpong_child, rings, 60);
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   for (uint32_t i = 0; i < 5000; i++) {
     th_assert_ok(memport_ring_write(rings[0], &i, sizeof i, 5000000000));
     uint32_t v;
@@ -460,7 +434,7 @@ static void test_ring_blocking_pingpong_loses_no_wakeup(void **state) {
     th_assert_ok(memport_ring_read(rings[1], &v, sizeof v, &len, 5000000000));
     assert_int_equal(v, i + 1);
   }
-  printf("# blocking ping-pong: %.2f us per round trip\n", (double)(now_ns() - t0) / 5000 / 1e3);
+  printf("# blocking ping-pong: %.2f us per round trip\n", (double)(th_now_ns() - t0) / 5000 / 1e3);
   assert_int_equal(th_wait(pid, 60), 0);
   memport_ring_close(rings[0]);
   memport_ring_close(rings[1]);
@@ -471,7 +445,7 @@ static void test_ring_blocking_pingpong_loses_no_wakeup(void **state) {
 
 static void test_ring_export_import_shares_the_same_ring(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_port_t *pa, *pb;
   th_assert_ok(memport_port_pair(&pa, &pb));
   memport_msg_t *m;
@@ -506,12 +480,12 @@ static void test_ring_export_import_shares_the_same_ring(void **state) {
   memport_port_close(pa);
   memport_port_close(pb);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 static void test_ring_import_rejects_foreign_handles(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   memport_msg_t *m;
   th_assert_ok(memport_msg_create(&m));
   memport_ring_t *r = NULL;
@@ -574,7 +548,7 @@ static void test_ring_import_rejects_foreign_handles(void **state) {
   memport_ring_close(good);
   memport_msg_close(m);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -677,9 +651,9 @@ struct scribble_arg {
 static int scribbler_child(void *varg) {
   struct scribble_arg *a = varg;
   uint64_t x = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
-  uint64_t end = now_ns() + 300000000u;
+  uint64_t end = th_now_ns() + 300000000u;
   uint64_t *ctrl = (uint64_t *)a->sh;
-  while (now_ns() < end) {
+  while (th_now_ns() < end) {
     for (int i = 0; i < 64; i++) {
       x ^= x << 13;
       x ^= x >> 7;
@@ -705,10 +679,10 @@ static int scribbler_child(void *varg) {
 
 static void test_ring_survives_random_scribbling(void **state) {
   (void)state;
-  int fds = th_count_fds(), maps = count_memport_maps();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
   unsigned rounds = 0, broken = 0;
-  uint64_t end = now_ns() + 600000000u;
-  while (now_ns() < end || rounds < 2) {
+  uint64_t end = th_now_ns() + 600000000u;
+  while (th_now_ns() < end || rounds < 2) {
     memport_ring_t *r;
     th_assert_ok(memport_ring_create(&r, 8192, 0));
     th_assert_ok(memport_ring_set_wait(r, policies[rounds % 3], 10000));
@@ -750,7 +724,7 @@ static void test_ring_survives_random_scribbling(void **state) {
   printf("# %u rounds against a scribbling peer, %u detected as broken\n", rounds, broken);
   assert_true(broken > 0);
   assert_int_equal(th_count_fds(), fds);
-  assert_int_equal(count_memport_maps(), maps);
+  assert_int_equal(th_count_memport_maps(), maps);
 }
 
 /* ------------------------------------------------------------------------------------------ */

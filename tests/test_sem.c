@@ -25,24 +25,6 @@
 #include <linux/futex.h>
 #include <linux/seccomp.h>
 
-#define MS 1000000LL
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-static bool under_valgrind(void) {
-  const char *p = getenv("LD_PRELOAD");
-  return p != NULL && strstr(p, "vgpreload") != NULL;
-}
 
 /* Read a small /proc file of process pid into buf; false if it cannot be read. */
 static bool read_proc(pid_t pid, const char *what, char *buf, size_t cap) {
@@ -79,10 +61,10 @@ static void wait_all_in_futex(const pid_t *pids, int n) {
     for (int i = 0; i < n; i++)
       asleep += in_futex(pids[i]);
     if (asleep == n) {
-      sleep_ms(50); /* and they stay there */
+      th_sleep_ms(50); /* and they stay there */
       return;
     }
-    sleep_ms(1);
+    th_sleep_ms(1);
   }
   fail_msg("children never blocked in futex");
 }
@@ -141,7 +123,7 @@ static void test_sem_dup_shares_the_count_and_outlives_the_original(void **state
   th_assert_rc(memport_sem_trywait(b), MEMPORT_EAGAIN);
   memport_sem_close(b);
   assert_int_equal(th_count_fds(), fds0);
-  if (!under_valgrind()) /* valgrind's own memory shows in /proc/self/maps */
+  if (!th_under_valgrind()) /* valgrind's own memory shows in /proc/self/maps */
     assert_int_equal(th_count_maps(), maps0);
 }
 
@@ -149,9 +131,9 @@ static void test_sem_timedwait_expires_with_etimedout_not_early(void **state) {
   (void)state;
   memport_sem_t *s;
   th_assert_ok(memport_sem_create(&s, 0, 0));
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_rc(memport_sem_wait(s, 120 * MS), MEMPORT_ETIMEDOUT);
-  int64_t el = now_ns() - t0;
+  int64_t el = th_now_ns() - t0;
   assert_true(el >= 120 * MS);
   assert_true(el < 5000 * MS);
   /* A count that is there is taken even with an expired deadline. */
@@ -176,7 +158,7 @@ static int pester_child(void *arg) {
   struct pester_arg *p = arg;
   for (int i = 0; i < p->rounds; i++) {
     kill(p->target, SIGUSR1);
-    sleep_ms(3);
+    th_sleep_ms(3);
   }
   if (p->sem != NULL && memport_sem_signal(p->sem) != 0)
     return 1;
@@ -197,9 +179,9 @@ static void test_sem_wait_is_not_interrupted_by_signals(void **state) {
   g_usr1 = 0;
   struct pester_arg pa = {getpid(), NULL, 60};
   pid_t pid = th_fork(pester_child, &pa, 20);
-  int64_t t0 = now_ns();
+  int64_t t0 = th_now_ns();
   th_assert_rc(memport_sem_wait(s, 400 * MS), MEMPORT_ETIMEDOUT);
-  int64_t el = now_ns() - t0;
+  int64_t el = th_now_ns() - t0;
   assert_int_equal(th_wait(pid, 20), 0);
   assert_true(g_usr1 > 0);
   assert_true(el >= 400 * MS);
@@ -244,7 +226,7 @@ static void test_sem_works_across_fork_both_directions(void **state) {
   pid_t pid = th_fork(child_waits_then_answers, &pp, 30);
   for (int i = 0; i < PINGPONG_ROUNDS; i++) {
     if (i % 1000 == 0)
-      sleep_ms(5); /* sometimes let the child block in the kernel first */
+      th_sleep_ms(5); /* sometimes let the child block in the kernel first */
     th_assert_ok(memport_sem_signal(pp.to_child));
     th_assert_ok(memport_sem_wait(pp.to_parent, 10000 * MS));
   }
@@ -264,7 +246,7 @@ static int producer(void *arg) {
     if (memport_sem_signal(arg) != 0)
       return 1;
     if (i % 1000 == 0)
-      sleep_ms(1); /* let the consumers run dry and sleep in the kernel now and then */
+      th_sleep_ms(1); /* let the consumers run dry and sleep in the kernel now and then */
   }
   return 0;
 }
@@ -469,7 +451,7 @@ static void test_sem_signal_makes_no_syscall_when_nobody_waits(void **state) {
 #ifndef SECCOMP_ARCH
   skip();
 #else
-  if (under_valgrind())
+  if (th_under_valgrind())
     skip(); /* valgrind runs the client's system calls itself; seccomp traps confuse it */
   memport_sem_t *s;
   th_assert_ok(memport_sem_create(&s, 0, 0));
@@ -525,10 +507,10 @@ static uint32_t *g_page;
 static int child_zeroes_waiters(void *arg) {
   (void)arg;
   for (int i = 0; i < 5000 && __atomic_load_n(&g_page[1], __ATOMIC_SEQ_CST) == 0; i++)
-    sleep_ms(1);
+    th_sleep_ms(1);
   if (__atomic_load_n(&g_page[1], __ATOMIC_SEQ_CST) != 1)
     return 1;
-  sleep_ms(10);
+  th_sleep_ms(10);
   __atomic_store_n(&g_page[1], 0, __ATOMIC_SEQ_CST);
   return 0;
 }

@@ -12,7 +12,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SEC 1000000000LL
 #define PAIRS 4
 #define SRC_BYTES (8u << 20)
 #define DEFAULT_MESSAGES 10000000ull /* MEMPORT_STRESS_MESSAGES overrides; 20000 under valgrind */
@@ -47,17 +46,6 @@ struct result {
 
 static struct result *g_results; /* shared with the children: [pair][0 sender, 1 receiver] */
 static unsigned char *g_src;
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int under_valgrind(void) {
-  const char *p = getenv("LD_PRELOAD");
-  return p != NULL && strstr(p, "vgpreload") != NULL;
-}
 
 static uint64_t mix(uint64_t x) {
   x ^= x >> 33;
@@ -132,7 +120,7 @@ static int sender(memport_chan_t *c, unsigned pair, uint64_t n, struct result *r
   unsigned char *buf = malloc(64 << 10);
   if (buf == NULL)
     return 1;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   for (uint64_t seq = 0; seq < n; seq++) {
     size_t len = msg_len(pair, seq), plen = len - sizeof(struct hdr);
     const unsigned char *src = payload_src(seq, plen);
@@ -164,14 +152,14 @@ static int sender(memport_chan_t *c, unsigned pair, uint64_t n, struct result *r
     if ((seq & 16383) == 0)
       sample(res, seq, n);
   }
-  res->ns = now_ns() - t0;
+  res->ns = th_now_ns() - t0;
   sample(res, n, n);
   free(buf);
   return res->error != 0;
 }
 
 static int receiver(memport_chan_t *c, unsigned pair, uint64_t n, struct result *res) {
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   for (uint64_t seq = 0; seq < n; seq++) {
     memport_buf_t b;
     int rc = memport_chan_recv(c, &b, 20 * SEC);
@@ -214,7 +202,7 @@ static int receiver(memport_chan_t *c, unsigned pair, uint64_t n, struct result 
       res->error_seq = n;
     }
   }
-  res->ns = now_ns() - t0;
+  res->ns = th_now_ns() - t0;
   sample(res, n, n);
   return res->error != 0;
 }
@@ -234,7 +222,7 @@ static void test_stress_four_pairs_mixed_sizes(void **state) {
   (void)state;
   const char *env = getenv("MEMPORT_STRESS_MESSAGES");
   uint64_t total = env != NULL && *env != '\0' ? strtoull(env, NULL, 0) : DEFAULT_MESSAGES;
-  if (under_valgrind() && (env == NULL || *env == '\0'))
+  if (th_under_valgrind() && (env == NULL || *env == '\0'))
     total = 20000;
   uint64_t per = total / PAIRS;
   g_results = mmap(NULL, sizeof(struct result) * PAIRS * 2, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -260,7 +248,7 @@ static void test_stress_four_pairs_mixed_sizes(void **state) {
     th_assert_ok(memport_chan_pair(&tx[p], &rx[p], &o));
   unsigned timeout = (unsigned)(120 + per / 20000);
   pid_t pids[PAIRS * 2];
-  uint64_t t0 = now_ns();
+  uint64_t t0 = th_now_ns();
   for (unsigned k = 0; k < PAIRS * 2; k++) {
     fflush(NULL);
     pids[k] = fork();
@@ -293,7 +281,7 @@ static void test_stress_four_pairs_mixed_sizes(void **state) {
       failed = 1;
     }
   }
-  double secs = (double)(now_ns() - t0) / 1e9;
+  double secs = (double)(th_now_ns() - t0) / 1e9;
   uint64_t msgs = 0, bytes = 0, zc = 0, rss_max = 0;
   int64_t growth = INT64_MIN;
   for (unsigned k = 0; k < PAIRS * 2; k++) {
@@ -320,7 +308,7 @@ static void test_stress_four_pairs_mixed_sizes(void **state) {
    * program itself (64 MiB covers its heap, the source bytes and sanitizer overhead; valgrind's
    * own memory counts too when it runs the test). */
   uint64_t bound_kb = (2 * o.ring_capacity + (uint64_t)o.pool_buffers * o.pool_buffer_size) / 1024 +
-                      (under_valgrind() ? 192 : 64) * 1024;
+                      (th_under_valgrind() ? 192 : 64) * 1024;
   if (rss_max > bound_kb)
     fail_msg("a process reached %llu KiB resident, more than %llu KiB", (unsigned long long)rss_max,
              (unsigned long long)bound_kb);
