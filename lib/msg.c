@@ -207,49 +207,42 @@ int memport_msg_handle_kind(const memport_msg_t *msg, size_t index) {
   return msg->handles[index].kind;
 }
 
-/* The slot `index` if it holds a handle of `kind`: MEMPORT_EINVAL out of range, MEMPORT_EBADF
- * when taken already or of another kind. */
-static int take_slot(memport_msg_t *msg, size_t index, int kind, void *out, struct memport__handle **slot) {
-  if (msg == NULL || out == NULL || index >= msg->nhandles)
+/* Hand the handle in slot `index` to the caller if it is of `kind`: MEMPORT_EINVAL out of
+ * range, MEMPORT_EBADF when taken already or of another kind. */
+static int take(memport_msg_t *msg, size_t index, int kind, void **out) {
+  if (msg == NULL || index >= msg->nhandles)
     return MEMPORT_EINVAL;
   struct memport__handle *h = &msg->handles[index];
   if (h->kind != kind)
     return MEMPORT_EBADF;
-  *slot = h;
+  *out = handle_object(h);
+  h->kind = 0;
+  h->u.port = NULL;
   return 0;
 }
 
 int memport_msg_take_region(memport_msg_t *msg, size_t index, memport_region_t **out) {
-  struct memport__handle *h;
-  int rc = take_slot(msg, index, MEMPORT_HANDLE_REGION, out, &h);
-  if (rc != 0)
-    return rc;
-  *out = h->u.region;
-  h->kind = 0;
-  h->u.region = NULL;
-  return 0;
+  void *o;
+  int rc = out == NULL ? MEMPORT_EINVAL : take(msg, index, MEMPORT_HANDLE_REGION, &o);
+  if (rc == 0)
+    *out = o;
+  return rc;
 }
 
 int memport_msg_take_sem(memport_msg_t *msg, size_t index, memport_sem_t **out) {
-  struct memport__handle *h;
-  int rc = take_slot(msg, index, MEMPORT_HANDLE_SEM, out, &h);
-  if (rc != 0)
-    return rc;
-  *out = h->u.sem;
-  h->kind = 0;
-  h->u.sem = NULL;
-  return 0;
+  void *o;
+  int rc = out == NULL ? MEMPORT_EINVAL : take(msg, index, MEMPORT_HANDLE_SEM, &o);
+  if (rc == 0)
+    *out = o;
+  return rc;
 }
 
 int memport_msg_take_port(memport_msg_t *msg, size_t index, memport_port_t **out) {
-  struct memport__handle *h;
-  int rc = take_slot(msg, index, MEMPORT_HANDLE_PORT, out, &h);
-  if (rc != 0)
-    return rc;
-  *out = h->u.port;
-  h->kind = 0;
-  h->u.port = NULL;
-  return 0;
+  void *o;
+  int rc = out == NULL ? MEMPORT_EINVAL : take(msg, index, MEMPORT_HANDLE_PORT, &o);
+  if (rc == 0)
+    *out = o;
+  return rc;
 }
 
 int memport_msg_sender(const memport_msg_t *msg, memport_cred_t *out) {

@@ -160,6 +160,9 @@ static void test_msg_holds_64_handles_and_closes_a_moved_65th(void **state) {
   th_assert_rc(memport_msg_take_region(m, 5, &r), MEMPORT_EBADF);
   th_assert_ok(memport_msg_take_sem(m, 5, &s5));
   th_assert_rc(memport_msg_take_sem(m, 5, &s5), MEMPORT_EBADF);
+  th_assert_rc(memport_msg_take_sem(m, 6, NULL), MEMPORT_EINVAL);
+  th_assert_rc(memport_msg_take_sem(m, MEMPORT_MSG_MAX_HANDLES, &s5), MEMPORT_EINVAL);
+  assert_int_equal(memport_msg_handle_kind(m, 6), MEMPORT_HANDLE_SEM); /* a refused take leaves it */
   assert_int_equal(memport_msg_handle_kind(m, 5), 0);
   assert_int_equal(memport_msg_handle_kind(m, 6), MEMPORT_HANDLE_SEM);
   for (int i = 0; i < 5; i++)
