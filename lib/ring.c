@@ -265,16 +265,32 @@ int memport_ring_close(memport_ring_t *ring) {
 int memport_ring_export(memport_ring_t *ring, memport_msg_t *msg) {
   if (ring == NULL || msg == NULL)
     return MEMPORT_EINVAL;
-  if (memport_msg_handle_count(msg) > (int)(MEMPORT_MSG_MAX_HANDLES - 4))
-    return MEMPORT_EMSGSIZE;
-  int rc = memport_msg_attach_region(msg, ring->ctrl_region, MEMPORT_ATTACH_COPY);
+  int n = memport_msg_handle_count(msg);
+  if (n < 0)
+    return n;
+  if (n > (int)(MEMPORT_MSG_MAX_HANDLES - 4))
+    return MEMPORT_ENOSPC;
+  /* All or nothing: make the four copies first; attaching them cannot fail once there is room. */
+  memport_region_t *ctrl = NULL, *data = NULL;
+  memport_sem_t *dsem = NULL, *ssem = NULL;
+  int rc = memport_region_dup(ring->ctrl_region, 0, &ctrl);
   if (rc == 0)
-    rc = memport_msg_attach_region(msg, ring->data_region, MEMPORT_ATTACH_COPY);
+    rc = memport_region_dup(ring->data_region, 0, &data);
   if (rc == 0)
-    rc = memport_msg_attach_sem(msg, ring->data_sem, MEMPORT_ATTACH_COPY);
+    rc = memport_sem_dup(ring->data_sem, &dsem);
   if (rc == 0)
-    rc = memport_msg_attach_sem(msg, ring->space_sem, MEMPORT_ATTACH_COPY);
-  return rc;
+    rc = memport_sem_dup(ring->space_sem, &ssem);
+  if (rc != 0) {
+    memport_region_close(ctrl);
+    memport_region_close(data);
+    memport_sem_close(dsem);
+    return rc;
+  }
+  memport_msg_attach_region(msg, ctrl, 0);
+  memport_msg_attach_region(msg, data, 0);
+  memport_msg_attach_sem(msg, dsem, 0);
+  memport_msg_attach_sem(msg, ssem, 0);
+  return 0;
 }
 
 /* A read-only duplicate of the data region instead of a writable one: the importer

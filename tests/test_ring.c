@@ -443,6 +443,32 @@ static void test_ring_blocking_pingpong_loses_no_wakeup(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 /* Export / import.                                                                             */
 
+/* Export attaches all four handles or none: a message without room for four gets
+ * MEMPORT_ENOSPC and keeps exactly what it had, with no descriptor made. */
+static void test_ring_export_is_all_or_nothing(void **state) {
+  (void)state;
+  memport_ring_t *r;
+  th_assert_ok(memport_ring_create(&r, 8192, 0));
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  for (unsigned i = 0; i < MEMPORT_MSG_MAX_HANDLES - 3; i++) {
+    memport_sem_t *s;
+    th_assert_ok(memport_sem_create(&s, 0, 0));
+    th_assert_ok(memport_msg_attach_sem(m, s, 0));
+  }
+  int fds = th_count_fds();
+  th_assert_rc(memport_ring_export(r, m), MEMPORT_ENOSPC);
+  assert_int_equal(memport_msg_handle_count(m), MEMPORT_MSG_MAX_HANDLES - 3);
+  assert_int_equal(th_count_fds(), fds);
+  th_assert_ok(memport_msg_clear(m));
+  th_assert_ok(memport_ring_export(r, m));
+  assert_int_equal(memport_msg_handle_count(m), 4);
+  assert_int_equal(memport_msg_handle_kind(m, 0), MEMPORT_HANDLE_REGION);
+  assert_int_equal(memport_msg_handle_kind(m, 3), MEMPORT_HANDLE_SEM);
+  memport_msg_close(m);
+  memport_ring_close(r);
+}
+
 static void test_ring_export_import_shares_the_same_ring(void **state) {
   (void)state;
   int fds = th_count_fds(), maps = th_count_memport_maps();
@@ -780,6 +806,7 @@ int main(void) {
       cmocka_unit_test(test_ring_spin_policy_across_fork),
       cmocka_unit_test(test_ring_adaptive_policy_across_fork),
       cmocka_unit_test(test_ring_blocking_pingpong_loses_no_wakeup),
+      cmocka_unit_test(test_ring_export_is_all_or_nothing),
       cmocka_unit_test(test_ring_export_import_shares_the_same_ring),
       cmocka_unit_test(test_ring_import_rejects_foreign_handles),
       cmocka_unit_test(test_ring_hostile_indices_and_lengths_give_eproto),
