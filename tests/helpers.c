@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* helpers.c: peer processes with timeouts, descriptor and mapping counts for the tests. */
+/* helpers.c: what the tests share: peer processes with timeouts, counts, clocks, byte patterns. */
+#include "config.h"
+
 #include "helpers.h"
 
 #include <dirent.h>
@@ -8,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +72,44 @@ void th_sleep_ms(unsigned ms) { th_sleep_ns((uint64_t)ms * 1000000u); }
 bool th_under_valgrind(void) {
   const char *p = getenv("LD_PRELOAD");
   return p != NULL && strstr(p, "vgpreload") != NULL;
+}
+
+void th_fill(unsigned char *p, size_t len, uint32_t seed) {
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    p[i] = (unsigned char)x;
+  }
+}
+
+int th_check(const unsigned char *p, size_t len, uint32_t seed) {
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    if (p[i] != (unsigned char)x)
+      return -1;
+  }
+  return 0;
+}
+
+bool th_can_duplicate_mappings(void) {
+#ifdef MREMAP_MAYMOVE
+  size_t page = memport_page_size();
+  void *p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  assert_true(p != MAP_FAILED);
+  void *q = mremap(p, 0, page, MREMAP_MAYMOVE);
+  munmap(p, page);
+  if (q != MAP_FAILED) {
+    munmap(q, page);
+    return true;
+  }
+#endif
+  print_message("mremap(old_size 0) is not available here (valgrind?): remap test skipped\n");
+  return false;
 }
 
 pid_t th_fork(int (*fn)(void *arg), void *arg, unsigned timeout_s) {

@@ -46,6 +46,13 @@ void th_sleep_ms(unsigned ms);
 /* True when running under valgrind (its preload library is in LD_PRELOAD). */
 bool th_under_valgrind(void);
 
+/* A byte pattern that depends on seed, and a check of it (0 when p holds exactly that pattern). */
+void th_fill(unsigned char *p, size_t len, uint32_t seed);
+int th_check(const unsigned char *p, size_t len, uint32_t seed);
+/* Whether this kernel (or emulator: valgrind does not model it) can give a shared mapping a
+ * second address with mremap(old_size 0), which memport_remap uses on Linux. */
+bool th_can_duplicate_mappings(void);
+
 /* Fork a child that runs fn(arg) and exits with its return value (0: success). The child is
  * killed by SIGALRM after timeout_s seconds, so a deadlock fails instead of hanging. */
 pid_t th_fork(int (*fn)(void *arg), void *arg, unsigned timeout_s);

@@ -18,28 +18,6 @@
 #include <unistd.h>
 
 
-static void fill(unsigned char *p, size_t len, uint32_t seed) {
-  uint32_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    p[i] = (unsigned char)x;
-  }
-}
-
-static int check(const unsigned char *p, size_t len, uint32_t seed) {
-  uint32_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    if (p[i] != (unsigned char)x)
-      return -1;
-  }
-  return 0;
-}
-
 /* A page shared with forked children (for timestamps). */
 static volatile uint64_t *shared_page(void) {
   void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -121,12 +99,12 @@ static void test_chan_opts_defaults_and_validation(void **state) {
 static void roundtrip(memport_chan_t *a, memport_chan_t *b, size_t n, unsigned flags, uint32_t seed) {
   unsigned char *src = malloc(n + 1);
   assert_non_null(src);
-  fill(src, n, seed);
+  th_fill(src, n, seed);
   th_assert_ok(memport_chan_send(a, src, n, flags, 5 * SEC));
   memport_buf_t buf;
   th_assert_ok(memport_chan_recv(b, &buf, 5 * SEC));
   assert_int_equal(buf.len, n);
-  if (check(buf.data, n, seed) != 0)
+  if (th_check(buf.data, n, seed) != 0)
     fail_msg("message of %zu bytes corrupted", n);
   th_assert_ok(memport_chan_release(b, &buf));
   th_assert_rc(memport_chan_release(b, &buf), MEMPORT_EINVAL);
@@ -136,7 +114,7 @@ static void roundtrip(memport_chan_t *a, memport_chan_t *b, size_t n, unsigned f
   size_t len = 0;
   th_assert_ok(memport_chan_recv_copy(b, src, n, &len, 5 * SEC));
   assert_int_equal(len, n);
-  if (check(src, n, seed) != 0)
+  if (th_check(src, n, seed) != 0)
     fail_msg("copied message of %zu bytes corrupted", n);
   free(src);
 }
@@ -183,7 +161,7 @@ static void test_chan_recv_copy_with_short_buffer_keeps_message(void **state) {
   size_t sizes[] = {100, o.zerocopy_threshold + 100, o.pool_buffer_size + 100};
   unsigned char *src = malloc(o.pool_buffer_size + 100), *dst = malloc(o.pool_buffer_size + 100);
   for (size_t i = 0; i < 3; i++) {
-    fill(src, sizes[i], (uint32_t)i);
+    th_fill(src, sizes[i], (uint32_t)i);
     th_assert_ok(memport_chan_send(a, src, sizes[i], 0, SEC));
   }
   for (size_t i = 0; i < 3; i++) {
@@ -193,7 +171,7 @@ static void test_chan_recv_copy_with_short_buffer_keeps_message(void **state) {
     th_assert_rc(memport_chan_recv_copy(b, NULL, 0, &len, SEC), MEMPORT_EMSGSIZE);
     th_assert_ok(memport_chan_recv_copy(b, dst, sizes[i], &len, SEC));
     assert_int_equal(len, sizes[i]);
-    assert_int_equal(check(dst, len, (uint32_t)i), 0);
+    assert_int_equal(th_check(dst, len, (uint32_t)i), 0);
   }
   /* An in-place message must be released before the next one is received. */
   th_assert_ok(memport_chan_send(a, "one", 3, 0, SEC));
@@ -281,13 +259,13 @@ static int stream_sender(void *varg) {
         return 30;
       }
       memcpy(zb.data, &i, 4);
-      fill((unsigned char *)zb.data + 4, n - 4, i);
+      th_fill((unsigned char *)zb.data + 4, n - 4, i);
       if (memport_chan_send_buf(a->chan, &zb, 10 * SEC) != 0)
         return 31;
       continue;
     }
     memcpy(buf, &i, 4);
-    fill(buf + 4, n - 4, i);
+    th_fill(buf + 4, n - 4, i);
     int rc = memport_chan_send(a->chan, buf, n, 0, 10 * SEC);
     if (rc != 0) {
       fprintf(stderr, "sender: send %u: %s\n", i, memport_err_name(rc));
@@ -320,7 +298,7 @@ static void test_chan_million_messages_keep_order_across_fork(void **state) {
     memcpy(&seq, m.data, 4);
     if (seq != i)
       fail_msg("message %u carries sequence %u (lost, duplicated or reordered)", i, seq);
-    if (check((const unsigned char *)m.data + 4, n - 4, i) != 0)
+    if (th_check((const unsigned char *)m.data + 4, n - 4, i) != 0)
       fail_msg("message %u: checksum mismatch", i);
     bytes += n;
     th_assert_ok(memport_chan_release(a, &m));
@@ -350,12 +328,12 @@ static void test_chan_zero_copy_shares_the_senders_pages(void **state) {
   th_assert_ok(memport_chan_alloc(a, 5000, &zb, 0));
   assert_int_equal(zb.len, 5000);
   unsigned char *p = zb.data;
-  fill(p, 5000, 9);
+  th_fill(p, 5000, 9);
   th_assert_ok(memport_chan_send_buf(a, &zb, SEC));
   th_assert_rc(memport_chan_send_buf(a, &zb, SEC), MEMPORT_EINVAL); /* already sent */
   th_assert_ok(memport_chan_recv(b, &rb, SEC));
   assert_int_equal(rb.len, 5000);
-  assert_int_equal(check(rb.data, 5000, 9), 0);
+  assert_int_equal(th_check(rb.data, 5000, 9), 0);
   /* Same pages: what the owner writes shows through the receiver's read-only view. */
   p[0] ^= 0xff;
   assert_int_equal(((unsigned char *)rb.data)[0], p[0]);
@@ -398,7 +376,7 @@ static int zc_sender(void *varg) {
       return 90;
     }
     memcpy(z.data, &i, 4);
-    fill((unsigned char *)z.data + 4, n - 4, i);
+    th_fill((unsigned char *)z.data + 4, n - 4, i);
     if (memport_chan_send_buf(a->chan, &z, 10 * SEC) != 0)
       return 91;
   }
@@ -432,7 +410,7 @@ static void test_chan_zero_copy_stream_through_a_tiny_pool(void **state) {
       size_t n = 64 + (i * 977u) % 30000u;
       uint32_t seq;
       memcpy(&seq, m.data, 4);
-      if (m.len != n || seq != i || check((const unsigned char *)m.data + 4, n - 4, i) != 0)
+      if (m.len != n || seq != i || th_check((const unsigned char *)m.data + 4, n - 4, i) != 0)
         fail_msg("policy %d: message %u wrong (len %zu, seq %u)", pol[p], i, m.len, seq);
       /* Hold one buffer now and then, so the sender really runs dry. */
       if (held.data != NULL)
@@ -468,14 +446,14 @@ static void test_chan_many_oversized_messages_in_flight(void **state) {
   unsigned char buf[10000];
   const unsigned count = MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 10;
   for (unsigned i = 0; i < MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT; i++) {
-    fill(buf, sizeof buf, i);
+    th_fill(buf, sizeof buf, i);
     th_assert_ok(memport_chan_send(a, buf, sizeof buf, 0, SEC));
     if (i % 16 == 0) {
       th_sleep_ms(11); /* let the receiver's send path look at its port */
       th_assert_ok(memport_chan_send(b, "x", 1, 0, SEC));
     }
   }
-  fill(buf, sizeof buf, MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT);
+  th_fill(buf, sizeof buf, MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT);
   th_assert_rc(memport_chan_send(a, buf, sizeof buf, 0, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
   th_assert_rc(memport_chan_send(a, buf, sizeof buf, 0, 20 * MS), MEMPORT_ETIMEDOUT);
   unsigned sent = MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT;
@@ -484,10 +462,10 @@ static void test_chan_many_oversized_messages_in_flight(void **state) {
     memset(buf, 0, sizeof buf);
     th_assert_ok(memport_chan_recv_copy(b, buf, sizeof buf, &len, SEC));
     assert_int_equal(len, sizeof buf);
-    if (check(buf, len, i) != 0)
+    if (th_check(buf, len, i) != 0)
       fail_msg("oversized message %u corrupted", i);
     if (sent < count) { /* each one taken lets one more go, at once */
-      fill(buf, sizeof buf, sent++);
+      th_fill(buf, sizeof buf, sent++);
       th_assert_ok(memport_chan_send(a, buf, sizeof buf, 0, MEMPORT_NOWAIT));
     }
   }
@@ -524,12 +502,12 @@ static void test_chan_oversized_message_behind_many_port_releases(void **state) 
     th_assert_ok(memport_chan_release(b, &m));
   }
   static unsigned char big[100000];
-  fill(big, sizeof big, 9);
+  th_fill(big, sizeof big, 9);
   th_assert_ok(memport_chan_send(b, big, sizeof big, 0, SEC));
   memport_buf_t m;
   th_assert_ok(memport_chan_recv(a, &m, SEC));
   assert_int_equal(m.len, sizeof big);
-  assert_int_equal(check(m.data, m.len, 9), 0);
+  assert_int_equal(th_check(m.data, m.len, 9), 0);
   th_assert_ok(memport_chan_release(a, &m));
   th_assert_ok(memport_chan_send(a, small, sizeof small, 0, SEC)); /* the channel still works */
   memport_chan_close(a);
@@ -555,7 +533,7 @@ static int ro_receiver(void *varg) {
     memport_buf_t rb;
     if (memport_chan_recv(a->chan, &rb, 10 * SEC) != 0)
       return 40;
-    if (check(rb.data, rb.len, 77) != 0)
+    if (th_check(rb.data, rb.len, 77) != 0)
       return 41;
     int st = th_run_child(write_byte_child, rb.data, 10);
     if (st != 128 + SIGSEGV && st != 128 + SIGBUS) {
@@ -579,13 +557,13 @@ static void test_chan_receiver_cannot_write_received_bytes(void **state) {
   pid_t pid = th_fork(ro_receiver, &arg, 30);
   memport_chan_close(b);
   unsigned char small[100];
-  fill(small, sizeof small, 77);
+  th_fill(small, sizeof small, 77);
   th_assert_ok(memport_chan_send(a, small, sizeof small, 0, SEC));
   size_t sizes[2] = {o.zerocopy_threshold + 1, o.pool_buffer_size * 2};
   for (int k = 0; k < 2; k++) {
     memport_buf_t zb;
     th_assert_ok(memport_chan_alloc(a, sizes[k], &zb, SEC));
-    fill(zb.data, sizes[k], 77);
+    th_fill(zb.data, sizes[k], 77);
     th_assert_ok(memport_chan_send_buf(a, &zb, SEC));
   }
   assert_int_equal(th_wait(pid, 30), 0);
@@ -688,11 +666,11 @@ static int send_then_exit(void *varg) {
   for (unsigned i = 0; i < a->sends; i++) {
     unsigned char buf[300];
     size_t n = sizeof buf;
-    fill(buf, n, i);
+    th_fill(buf, n, i);
     unsigned flags = i < a->zerocopy ? MEMPORT_SEND_ZEROCOPY : 0;
     if (i == 0 && a->zerocopy > 0) {
       unsigned char *big = malloc(3u << 20);
-      fill(big, 3u << 20, i);
+      th_fill(big, 3u << 20, i);
       int rc = memport_chan_send(a->chan, big, 3u << 20, 0, 5 * SEC);
       free(big);
       if (rc != 0)
@@ -729,7 +707,7 @@ static void run_death_while_blocked(int policy, unsigned sends, unsigned zerocop
       fail_msg("message %u of %u: %s", i, sends, memport_err_name(rc));
     size_t n = (i == 0 && zerocopy > 0) ? 3u << 20 : 300;
     assert_int_equal(m.len, n);
-    assert_int_equal(check(m.data, n, i), 0);
+    assert_int_equal(th_check(m.data, n, i), 0);
     if (i < zerocopy && nheld < 8)
       held[nheld++] = m; /* keep the peer's buffers across its death */
     else
@@ -750,7 +728,7 @@ static void run_death_while_blocked(int policy, unsigned sends, unsigned zerocop
   th_assert_rc(memport_chan_recv(a, &m, 0), MEMPORT_EPEER);
   for (unsigned i = 0; i < nheld; i++) {
     size_t n = i == 0 ? 3u << 20 : 300;
-    assert_int_equal(check(held[i].data, n, i), 0);
+    assert_int_equal(th_check(held[i].data, n, i), 0);
     th_assert_ok(memport_chan_release(a, &held[i]));
   }
   memport_chan_close(a);

@@ -75,21 +75,6 @@ static bool all_zero(const char *p, size_t n) {
   return true;
 }
 
-/* Whether this kernel (or emulator: valgrind does not model it) can give a shared mapping a
- * second address with mremap(old_size 0), which memport_remap uses on Linux. */
-static bool can_duplicate_mappings(void) {
-  void *p = mmap(NULL, g_page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  assert_true(p != MAP_FAILED);
-  void *q = mremap(p, 0, g_page, MREMAP_MAYMOVE);
-  munmap(p, g_page);
-  if (q == MAP_FAILED) {
-    print_message("mremap(old_size 0) is not available here (valgrind?): remap test skipped\n");
-    return false;
-  }
-  munmap(q, g_page);
-  return true;
-}
-
 /* ---- a fork seen from both sides ----------------------------------------------------------- */
 
 /* Layout of the 3-page test range: the parent writes page 0 before the fork; the child writes
@@ -294,7 +279,7 @@ static void test_share_is_a_noop_on_a_memport_mapping(void **state) {
 
 static void test_shared_memory_can_be_remapped_and_is_not_moved_back_while_viewed(void **state) {
   (void)state;
-  if (!can_duplicate_mappings())
+  if (!th_can_duplicate_mappings())
     skip();
   char *p = anon(2);
   void *v = NULL;

@@ -92,21 +92,6 @@ static int region_fd(const memport_region_t *r) {
   return h;
 }
 
-/* Whether this kernel (or emulator: valgrind does not model it) can give a shared mapping a
- * second address with mremap(old_size 0), which memport_remap uses on Linux. */
-static bool can_duplicate_mappings(void) {
-  void *p = mmap(NULL, g_page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  assert_true(p != MAP_FAILED);
-  void *q = mremap(p, 0, g_page, MREMAP_MAYMOVE);
-  munmap(p, g_page);
-  if (q == MAP_FAILED) {
-    print_message("mremap(old_size 0) is not available here (valgrind?): remap test skipped\n");
-    return false;
-  }
-  munmap(q, g_page);
-  return true;
-}
-
 /* The child writes one byte at arg; a read-only mapping must kill it with SIGSEGV. */
 static int child_write_byte(void *arg) {
   signal(SIGSEGV, SIG_DFL); /* cmocka's handler would turn the fault into a failed test */
@@ -955,7 +940,7 @@ static void test_region_travels_across_fork_and_exec_as_a_raw_handle(void **stat
 
 static void test_remap_of_a_memport_mapping_shares_the_pages_and_holds_the_original(void **state) {
   (void)state;
-  if (!can_duplicate_mappings())
+  if (!th_can_duplicate_mappings())
     skip();
   memport_region_t *r;
   th_assert_ok(memport_region_create(&r, 4 * g_page, 0));
@@ -987,7 +972,7 @@ static void test_remap_of_a_memport_mapping_shares_the_pages_and_holds_the_origi
 
 static void test_remap_readonly_view_faults_while_original_stays_writable(void **state) {
   (void)state;
-  if (!can_duplicate_mappings())
+  if (!th_can_duplicate_mappings())
     skip();
   memport_region_t *r;
   th_assert_ok(memport_region_create(&r, 2 * g_page, 0));
@@ -1006,7 +991,7 @@ static void test_remap_readonly_view_faults_while_original_stays_writable(void *
 
 static void test_remap_of_a_whole_mirror_is_a_mirror(void **state) {
   (void)state;
-  if (!can_duplicate_mappings())
+  if (!th_can_duplicate_mappings())
     skip();
   memport_region_t *r;
   th_assert_ok(memport_region_create(&r, g_page, 0));
@@ -1085,7 +1070,7 @@ static void test_remap_rejects_bad_arguments_and_unmapped_ranges(void **state) {
   th_assert_rc(memport_remap(ro, g_page, 0, &v), MEMPORT_EACCES); /* no more access than the source */
   assert_null(v);
   assert_counts(c);
-  if (can_duplicate_mappings()) {
+  if (th_can_duplicate_mappings()) {
     th_assert_ok(memport_remap(ro, g_page, MEMPORT_MAP_READONLY, &v));
     th_assert_ok(memport_unmap(v));
   }

@@ -13,28 +13,6 @@
 #include <unistd.h>
 
 /* A deterministic byte pattern per (seed, index). */
-static void fill(unsigned char *p, size_t len, uint32_t seed) {
-  uint32_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    p[i] = (unsigned char)x;
-  }
-}
-
-static int check(const unsigned char *p, size_t len, uint32_t seed) {
-  uint32_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    if (p[i] != (unsigned char)x)
-      return -1;
-  }
-  return 0;
-}
-
 static const int policies[3] = {MEMPORT_WAIT_BLOCK, MEMPORT_WAIT_SPIN, MEMPORT_WAIT_ADAPTIVE};
 
 /* Map the shared control page of `ring` (as a hostile peer would, from the exported handles). */
@@ -112,13 +90,13 @@ static void test_ring_sizes_at_every_boundary(void **state) {
   for (int round = 0; round < 3; round++) {
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
       size_t n = sizes[i];
-      fill(buf, n, (uint32_t)(n + 7 * i));
+      th_fill(buf, n, (uint32_t)(n + 7 * i));
       th_assert_ok(memport_ring_write(r, buf, n, 0));
       size_t got = SIZE_MAX;
       memset(out, 0xee, max + 1);
       th_assert_ok(memport_ring_read(r, out, max + 1, &got, 0));
       assert_int_equal(got, n);
-      assert_int_equal(check(out, n, (uint32_t)(n + 7 * i)), 0);
+      assert_int_equal(th_check(out, n, (uint32_t)(n + 7 * i)), 0);
     }
   }
   void *p;
@@ -174,14 +152,14 @@ static void test_ring_records_cross_the_end_at_every_offset(void **state) {
       void *p;
       th_assert_ok(memport_ring_reserve(r, n, &p, 0));
       /* The reserved bytes are contiguous and inside the mapping even across the end. */
-      fill(p, n, seed);
+      th_fill(p, n, seed);
       th_assert_ok(memport_ring_commit(r, n));
       const void *q;
       size_t len;
       th_assert_ok(memport_ring_peek(r, &q, &len, 0));
       assert_ptr_equal(q, p);
       assert_int_equal(len, n);
-      if (check(q, n, seed) != 0)
+      if (th_check(q, n, seed) != 0)
         fail_msg("payload of %zu bytes at offset %zu corrupted", n, off);
       th_assert_ok(memport_ring_release(r));
       cur = (off + MEMPORT__RING_HDR + ((n + 15) & ~(size_t)15)) % cap;
@@ -194,7 +172,7 @@ static void test_ring_records_cross_the_end_at_every_offset(void **state) {
   srand(7);
   for (int i = 0; i < 20000; i++) {
     size_t n = (size_t)rand() % (cap / 3);
-    fill(tmp, n, wseed);
+    th_fill(tmp, n, wseed);
     int rc = memport_ring_write(r, tmp, n, 0);
     if (rc == 0) {
       wseed++;
@@ -206,7 +184,7 @@ static void test_ring_records_cross_the_end_at_every_offset(void **state) {
       while (inflight > 0) {
         size_t got;
         th_assert_ok(memport_ring_read(r, tmp, cap, &got, 0));
-        assert_int_equal(check(tmp, got, rseed), 0);
+        assert_int_equal(th_check(tmp, got, rseed), 0);
         rseed++;
         inflight--;
         if (rand() % 2)
@@ -276,7 +254,7 @@ static void test_ring_read_with_short_buffer_keeps_record(void **state) {
   memport_ring_t *r;
   th_assert_ok(memport_ring_create(&r, 4096, 0));
   unsigned char in[100], out[100];
-  fill(in, sizeof in, 5);
+  th_fill(in, sizeof in, 5);
   th_assert_ok(memport_ring_write(r, in, sizeof in, 0));
   size_t len = 0;
   th_assert_rc(memport_ring_read(r, out, 50, &len, 0), MEMPORT_EMSGSIZE);
@@ -345,7 +323,7 @@ static int producer_child(void *varg) {
     if (n >= 4)
       memcpy(p, &i, 4);
     if (n > 4)
-      fill((unsigned char *)p + 4, n - 4, i);
+      th_fill((unsigned char *)p + 4, n - 4, i);
     if (memport_ring_commit(a->ring, n) != 0)
       return 12;
     if (a->pause_every != 0 && i % a->pause_every == 0)
@@ -375,7 +353,7 @@ static void run_fork_stream(int policy) {
       if (seq != i)
         fail_msg("record %u carries %u", i, seq);
     }
-    if (len > 4 && check((const unsigned char *)q + 4, len - 4, i) != 0)
+    if (len > 4 && th_check((const unsigned char *)q + 4, len - 4, i) != 0)
       fail_msg("record %u corrupted", i);
     th_assert_ok(memport_ring_release(r));
     if (i % 15000 == 0)
@@ -488,11 +466,11 @@ static void test_ring_export_import_shares_the_same_ring(void **state) {
   for (uint32_t i = 0; i < 3000; i++) {
     unsigned char b[600];
     size_t n = i % 600, len;
-    fill(b, n, i);
+    th_fill(b, n, i);
     th_assert_ok(memport_ring_write(r, b, n, 0));
     th_assert_ok(memport_ring_read(r2, b, sizeof b, &len, 0));
     assert_int_equal(len, n);
-    assert_int_equal(check(b, n, i), 0);
+    assert_int_equal(th_check(b, n, i), 0);
   }
   /* The other way round too: the imported side produces. */
   th_assert_ok(memport_ring_write(r2, "back", 4, 0));
@@ -761,7 +739,7 @@ static void *thread_producer(void *arg) {
   for (uint32_t i = 0; i < 30000; i++) {
     unsigned char b[300];
     size_t n = i % 300;
-    fill(b, n, i);
+    th_fill(b, n, i);
     if (memport_ring_write(r, b, n, 5000000000) != 0)
       return (void *)1;
   }
@@ -781,7 +759,7 @@ static void test_ring_threads_share_one_ring(void **state) {
       size_t len;
       th_assert_ok(memport_ring_peek(r, &q, &len, 5000000000));
       assert_int_equal(len, i % 300);
-      if (check(q, len, i) != 0)
+      if (th_check(q, len, i) != 0)
         fail_msg("record %u corrupted", i);
       th_assert_ok(memport_ring_release(r));
     }
