@@ -45,23 +45,30 @@ MEMPORT_HIDDEN size_t memport__page_round(size_t size);
 /* ------------------------------------------------------------------------------------------ */
 /* Objects. Fields marked (os) belong to the backend; portable code does not interpret them.  */
 
+/* Each backend's own part of every object: struct memport__os_region, _sem, _port, _service. */
+#if defined(__APPLE__)
+#include "darwin/fields.h"
+#else
+#include "linux/fields.h"
+#endif
+
 struct memport_region {
   memport_os_handle_t handle; /* (os) Linux: memfd; Darwin: send right to the memory entry */
   size_t size;                /* bytes, a page multiple */
   bool readonly;              /* this handle can only be mapped read-only */
-  uintptr_t os;               /* (os) backend state (Darwin: the fork generation of the handle) */
+  struct memport__os_region os; /* (os) */
 };
 
 struct memport_sem {
   memport_os_handle_t handle; /* (os) Linux: memfd of the futex page; Darwin: semaphore_t */
-  void *shared;               /* (os) Linux: the mapped futex page; Darwin: unused */
+  struct memport__os_sem os;  /* (os) */
 };
 
 struct memport_port {
   memport_os_handle_t rx;     /* (os) Linux: the socket; Darwin: our receive right */
   memport_os_handle_t tx;     /* (os) Linux: same socket; Darwin: send right to the peer */
   memport_cred_t peer;        /* who is at the other end */
-  uintptr_t os[4];            /* (os) backend state (e.g. Darwin dead-name notification) */
+  struct memport__os_port os; /* (os) */
 };
 
 struct memport__handle {
@@ -91,7 +98,7 @@ struct memport_service {
   int kind; /* MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION */
   uid_t allowed[MEMPORT__MAX_ALLOWED_UIDS];
   size_t nallowed; /* the owner's uid is always allowed */
-  uintptr_t os[4]; /* (os) e.g. the lock file descriptor on Linux */
+  struct memport__os_service os; /* (os) */
 };
 
 /* ------------------------------------------------------------------------------------------ */

@@ -12,7 +12,6 @@ static memport_sem_t *sem_alloc(void) {
   memport_sem_t *s = calloc(1, sizeof *s);
   if (s != NULL) {
     s->handle = MEMPORT_OS_HANDLE_INVALID;
-    s->shared = NULL;
   }
   return s;
 }

@@ -335,7 +335,6 @@ static mach_port_name_t claim_broker = MACH_PORT_NULL;
 static unsigned char claim_token[TOKEN_BYTES];
 static uintptr_t claim_gen;
 
-#define OS_CLAIM MEMPORT__DARWIN_OS_CLAIM
 
 static void record_free(struct fork_record *r, bool parent_side) {
   if (r == NULL)
@@ -366,15 +365,15 @@ static mach_port_name_t object_send_name(const struct tracked *t) {
   switch (t->kind) {
   case MEMPORT_HANDLE_REGION: {
     const memport_region_t *r = t->obj;
-    return memport__darwin_mine(r->os) ? r->handle : MACH_PORT_NULL;
+    return memport__darwin_mine(r->os.gen) ? r->handle : MACH_PORT_NULL;
   }
   case MEMPORT_HANDLE_SEM: {
     const memport_sem_t *s = t->obj;
-    return memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s)) ? s->handle : MACH_PORT_NULL;
+    return memport__darwin_mine(s->os.gen) ? s->handle : MACH_PORT_NULL;
   }
   default: {
     const memport_port_t *p = t->obj;
-    return memport__darwin_mine(p->os[MEMPORT__DARWIN_OS_STAMP]) ? p->tx : MACH_PORT_NULL;
+    return memport__darwin_mine(p->os.gen) ? p->tx : MACH_PORT_NULL;
   }
   }
 }
@@ -766,7 +765,7 @@ static void fork_prepare(void) {
       r->names[i] = name;
     if (r->objs[i].kind == MEMPORT_HANDLE_PORT) {
       const memport_port_t *p = r->objs[i].obj;
-      if (memport__darwin_mine(p->os[MEMPORT__DARWIN_OS_STAMP]) && MACH_PORT_VALID(p->rx)) {
+      if (memport__darwin_mine(p->os.gen) && MACH_PORT_VALID(p->rx)) {
         r->rx[i] = p->rx;
         r->rx_state[i] = RX_HELD;
       }
@@ -900,18 +899,18 @@ static bool child_claim(mach_port_name_t broker, struct fork_record *r) {
     if (t->kind == MEMPORT_HANDLE_REGION) {
       memport_region_t *o = t->obj;
       o->handle = d.name;
-      o->os = gen;
+      o->os.gen = gen;
     } else if (t->kind == MEMPORT_HANDLE_SEM) {
       memport_sem_t *o = t->obj;
       o->handle = d.name;
-      o->shared = (void *)gen;
+      o->os.gen = gen;
     } else {
       memport_port_t *o = t->obj;
       o->rx = MACH_PORT_NULL; /* claimed from the parent on first receive */
       o->tx = MACH_PORT_VALID(d.name) ? d.name : MACH_PORT_DEAD;
-      o->os[OS_CLAIM] = r->rx_state[i] == RX_HELD ? i + 1 : 0;
-      o->os[MEMPORT__DARWIN_OS_STAMP] = gen;
-      ports = ports || o->os[OS_CLAIM] != 0;
+      o->os.claim = r->rx_state[i] == RX_HELD ? i + 1 : 0;
+      o->os.gen = gen;
+      ports = ports || o->os.claim != 0;
     }
     tracked[kept++] = *t; /* the child's own object from now on */
   }
@@ -979,7 +978,7 @@ static void fork_child(void) {
 }
 
 int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline) {
-  size_t index = (size_t)p->os[OS_CLAIM];
+  size_t index = (size_t)p->os.claim;
   if (index == 0 || claim_gen == 0 || !memport__darwin_mine(claim_gen) || !MACH_PORT_VALID(claim_broker))
     return MEMPORT_EBADF;
   mach_port_t task = mach_task_self();
@@ -1004,7 +1003,7 @@ int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline) {
   if (mr != MACH_MSG_SUCCESS) {
     memport__darwin_drop_all(reply);
     if (mr == MACH_SEND_INVALID_DEST) { /* the parent is gone, and the right with it */
-      p->os[OS_CLAIM] = 0;
+      p->os.claim = 0;
       return MEMPORT_EPEER;
     }
     return mr == MACH_SEND_TIMED_OUT ? MEMPORT_ETIMEDOUT : memport__darwin_err(mr);
@@ -1034,14 +1033,14 @@ int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline) {
       g.body.msgh_descriptor_count == 1 && g.rx.type == MACH_MSG_PORT_DESCRIPTOR &&
       g.rx.disposition == MACH_MSG_TYPE_PORT_RECEIVE && MACH_PORT_VALID(g.rx.name)) {
     p->rx = g.rx.name;
-    p->os[OS_CLAIM] = 0;
+    p->os.claim = 0;
     return 0;
   }
   /* a refusal (the parent kept, sent away or lost the right), or a broker that dropped the
    * request (a send-once notification) */
   if (g.hdr.msgh_bits & MACH_MSGH_BITS_COMPLEX)
     mach_msg_destroy(&in.g.hdr);
-  p->os[OS_CLAIM] = 0;
+  p->os.claim = 0;
   return MEMPORT_EBADF;
 }
 

@@ -53,9 +53,6 @@ struct ctl_msg {
   struct ctl_payload payload;
 };
 
-/* s->os[] slots (MEMPORT__DARWIN_OS_STAMP is the fork generation) */
-#define OS_LOCK_FD 0 /* the registry lock file, + 1 (0: none) */
-
 static void sleep_ns(uint64_t ns) {
   struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -277,7 +274,7 @@ static int registry_kind(const char *name) {
 /* Services.                                                                                    */
 
 static void service_unregister(memport_service_t *s) {
-  int fd = (int)s->os[OS_LOCK_FD] - 1;
+  int fd = s->os.lock_fd_plus1 - 1;
   if (fd < 0)
     return;
   int dirfd = -1;
@@ -288,7 +285,7 @@ static void service_unregister(memport_service_t *s) {
     close(dirfd);
   }
   close(fd); /* releases the lock */
-  s->os[OS_LOCK_FD] = 0;
+  s->os.lock_fd_plus1 = 0;
 }
 
 /* Put the receive right `rx` in the bootstrap server under bname, or take the one launchd keeps
@@ -373,7 +370,7 @@ int memport__os_service_create(memport_service_t *s) {
   close(dirfd);
   if (err < 0)
     return err;
-  s->os[OS_LOCK_FD] = (uintptr_t)fd + 1;
+  s->os.lock_fd_plus1 = fd + 1;
   mach_port_name_t rx = MACH_PORT_NULL;
   if ((err = bootstrap_publish(bname, &rx)) < 0) {
     service_unregister(s);
@@ -385,19 +382,19 @@ int memport__os_service_create(memport_service_t *s) {
     return err;
   }
   s->handle = rx;
-  s->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+  s->os.gen = stamp;
   return 0;
 }
 
 void memport__os_service_close(memport_service_t *s) {
   if (s == NULL)
     return;
-  if (!memport__darwin_mine(s->os[MEMPORT__DARWIN_OS_STAMP])) {
+  if (!memport__darwin_mine(s->os.gen)) {
     /* a fork child's copy: the name and the lock stay the parent's; close our lock descriptor */
-    int fd = (int)s->os[OS_LOCK_FD] - 1;
+    int fd = s->os.lock_fd_plus1 - 1;
     if (fd >= 0)
       close(fd);
-    s->os[OS_LOCK_FD] = 0;
+    s->os.lock_fd_plus1 = 0;
     s->handle = MACH_PORT_NULL;
     return;
   }
@@ -406,7 +403,7 @@ void memport__os_service_close(memport_service_t *s) {
   memport__darwin_release_receive(s->handle);
   s->handle = MACH_PORT_NULL;
   service_unregister(s);
-  s->os[MEMPORT__DARWIN_OS_STAMP] = 0;
+  s->os.gen = 0;
 }
 
 /* Send a WELCOME to `to` (a send right, copied: the caller still owns it): status 0 with a send
@@ -481,7 +478,7 @@ static int ctl_receive(mach_port_name_t rx, void *buf, uint64_t deadline) {
 int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline) {
   if (s == NULL || out == NULL)
     return MEMPORT_EINVAL;
-  if (!MACH_PORT_VALID(s->handle) || !memport__darwin_mine(s->os[MEMPORT__DARWIN_OS_STAMP]))
+  if (!MACH_PORT_VALID(s->handle) || !memport__darwin_mine(s->os.gen))
     return MEMPORT_EBADF;
   union {
     mach_msg_header_t hdr;
@@ -539,8 +536,8 @@ int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64
     out->rx = conn;
     out->tx = client;
     out->peer = peer;
-    memset(out->os, 0, sizeof out->os);
-    out->os[MEMPORT__DARWIN_OS_STAMP] = s->os[MEMPORT__DARWIN_OS_STAMP];
+    memset(&out->os, 0, sizeof out->os);
+    out->os.gen = s->os.gen;
     memport__darwin_track(out, MEMPORT_HANDLE_PORT);
     return 0;
   }
@@ -718,8 +715,8 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
   out->rx = rx;
   out->tx = tx;
   out->peer = peer;
-  memset(out->os, 0, sizeof out->os);
-  out->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+  memset(&out->os, 0, sizeof out->os);
+  out->os.gen = stamp;
   memport__darwin_track(out, MEMPORT_HANDLE_PORT);
   return 0;
 }

@@ -105,15 +105,10 @@ MEMPORT_HIDDEN void memport__darwin_forget_receive(const memport_port_t *p);
 /* Child side: get the receive right of an inherited port p from the parent (waits up to deadline
  * for the parent to close its copy). 0 and p->rx set, or MEMPORT_EBADF / ETIMEDOUT / EPEER. */
 MEMPORT_HIDDEN int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline);
-/* memport_port_t.os[] slot: index + 1 of an inherited port's receive right in the fork record */
-#define MEMPORT__DARWIN_OS_CLAIM 2
 /* Was an object stamped `stamp` made in this process (not inherited through fork)? */
 static inline bool memport__darwin_mine(uintptr_t stamp) {
   return stamp != 0 && stamp == atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
 }
-#define MEMPORT__DARWIN_SEM_STAMP(s) ((uintptr_t)(s)->shared)
-/* memport_port_t.os[] and memport_service_t.os[] slots shared by port.c and name.c */
-#define MEMPORT__DARWIN_OS_STAMP 1
 
 /* True for a port name that denotes a right (not MACH_PORT_NULL, not MACH_PORT_DEAD). */
 static inline bool memport__darwin_valid(mach_port_name_t name) { return MACH_PORT_VALID(name); }

@@ -50,10 +50,7 @@ struct wire_handle {
 
 #define RCV_TRAILER (MACH_RCV_TRAILER_TYPE(MACH_MSG_TRAILER_FORMAT_0) | MACH_RCV_TRAILER_ELEMENTS(MACH_RCV_TRAILER_AUDIT))
 
-/* p->os[] slots (MEMPORT__DARWIN_OS_STAMP is the fork generation) */
-#define OS_PEER_GONE 0 /* the no-senders notification has been received */
-
-static bool port_mine(const memport_port_t *p) { return memport__darwin_mine(p->os[MEMPORT__DARWIN_OS_STAMP]); }
+static bool port_mine(const memport_port_t *p) { return memport__darwin_mine(p->os.gen); }
 
 static void self_cred(memport_cred_t *c) {
   c->pid = getpid();
@@ -152,10 +149,10 @@ int memport__os_port_pair(memport_port_t *a, memport_port_t *b) {
   b->tx = ra;
   self_cred(&a->peer);
   self_cred(&b->peer);
-  memset(a->os, 0, sizeof a->os);
-  memset(b->os, 0, sizeof b->os);
-  a->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
-  b->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+  memset(&a->os, 0, sizeof a->os);
+  memset(&b->os, 0, sizeof b->os);
+  a->os.gen = stamp;
+  b->os.gen = stamp;
   memport__darwin_track(a, MEMPORT_HANDLE_PORT);
   memport__darwin_track(b, MEMPORT_HANDLE_PORT);
   return 0;
@@ -175,8 +172,8 @@ void memport__os_port_close(memport_port_t *p) {
   bool parked = mine && MACH_PORT_VALID(rx) && memport__darwin_park_receive(p);
   p->rx = MACH_PORT_NULL;
   p->tx = MACH_PORT_NULL;
-  p->os[MEMPORT__DARWIN_OS_STAMP] = 0;
-  p->os[MEMPORT__DARWIN_OS_CLAIM] = 0;
+  p->os.gen = 0;
+  p->os.claim = 0;
   if (mine) {
     if (!parked)
       memport__darwin_release_receive(rx);
@@ -242,13 +239,13 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     const struct memport__handle *h = &msg->handles[i];
     switch (h->kind) {
     case MEMPORT_HANDLE_REGION:
-      if (h->u.region == NULL || !memport__darwin_mine(h->u.region->os) ||
+      if (h->u.region == NULL || !memport__darwin_mine(h->u.region->os.gen) ||
           !has_right(h->u.region->handle, MACH_PORT_TYPE_SEND))
         return MEMPORT_EBADF;
       ndesc += 1;
       break;
     case MEMPORT_HANDLE_SEM:
-      if (h->u.sem == NULL || !memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(h->u.sem)) ||
+      if (h->u.sem == NULL || !memport__darwin_mine(h->u.sem->os.gen) ||
           !has_right(h->u.sem->handle, MACH_PORT_TYPE_SEND))
         return MEMPORT_EBADF;
       ndesc += 1;
@@ -256,7 +253,7 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     case MEMPORT_HANDLE_PORT:
       if (h->u.port == NULL || !port_mine(h->u.port))
         return MEMPORT_EBADF;
-      if (!MACH_PORT_VALID(h->u.port->rx) && h->u.port->os[MEMPORT__DARWIN_OS_CLAIM] != 0) {
+      if (!MACH_PORT_VALID(h->u.port->rx) && h->u.port->os.claim != 0) {
         /* inherited through fork: fetch the receive right from the parent before moving it on */
         err = memport__darwin_claim_receive(h->u.port, deadline);
         if (err < 0)
@@ -553,17 +550,17 @@ static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle 
       r->handle = hs[i].a;
       r->size = hs[i].size;
       r->readonly = hs[i].readonly;
-      r->os = stamp;
+      r->os.gen = stamp;
     } else if (hs[i].kind == MEMPORT_HANDLE_SEM) {
       memport_sem_t *s = hs[i].obj;
       s->handle = hs[i].a;
-      s->shared = (void *)stamp;
+      s->os.gen = stamp;
     } else {
       memport_port_t *q = hs[i].obj;
       q->rx = hs[i].a;
       q->tx = hs[i].b;
       q->peer = *sender; /* the process that handed the port over */
-      q->os[MEMPORT__DARWIN_OS_STAMP] = stamp;
+      q->os.gen = stamp;
       rearm_no_senders(q->rx);
     }
   }
@@ -593,7 +590,7 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     return MEMPORT_EINVAL;
   if (!port_mine(p))
     return MEMPORT_EBADF;
-  if (!MACH_PORT_VALID(p->rx) && p->os[MEMPORT__DARWIN_OS_CLAIM] != 0) {
+  if (!MACH_PORT_VALID(p->rx) && p->os.claim != 0) {
     /* a port inherited through fork: its receive right comes from the parent on first use */
     int err = memport__darwin_claim_receive(p, deadline);
     if (err < 0)
@@ -601,7 +598,7 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
   }
   if (!MACH_PORT_VALID(p->rx))
     return MEMPORT_EBADF;
-  if (p->os[OS_PEER_GONE])
+  if (p->os.peer_gone)
     return MEMPORT_EPEER;
   int err = ensure_buf(msg);
   if (err < 0)
@@ -642,7 +639,7 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     }
     if (from_kernel && !(hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX)) {
       if (hdr->msgh_id == MACH_NOTIFY_NO_SENDERS) {
-        p->os[OS_PEER_GONE] = 1;
+        p->os.peer_gone = true;
         return MEMPORT_EPEER;
       }
       /* another notification (a send-once right to this port released): not for the user */

@@ -37,7 +37,7 @@ int memport__os_region_create(memport_region_t *r, size_t size) {
     return MEMPORT_ENOMEM;
   }
   r->handle = entry;
-  r->os = stamp;
+  r->os.gen = stamp;
   memport__darwin_track(r, MEMPORT_HANDLE_REGION);
   return 0;
 }
@@ -47,9 +47,9 @@ void memport__os_region_close(memport_region_t *r) {
     return;
   memport__darwin_untrack(r);
   mach_port_name_t h = r->handle;
-  bool mine = memport__darwin_mine(r->os);
+  bool mine = memport__darwin_mine(r->os.gen);
   r->handle = MEMPORT_OS_HANDLE_INVALID;
-  r->os = 0;
+  r->os.gen = 0;
   if (mine)
     memport__darwin_release_send(h);
 }
@@ -74,7 +74,7 @@ static int sub_entry(mach_port_t parent, size_t size, vm_prot_t prot, mach_port_
 }
 
 int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_region_t *out) {
-  if (r == NULL || out == NULL || !MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os))
+  if (r == NULL || out == NULL || !MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os.gen))
     return MEMPORT_EBADF;
   if (readonly || r->readonly) {
     /* An entry for the same pages that the kernel lets nobody map with VM_PROT_WRITE
@@ -86,7 +86,7 @@ int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_reg
     if (err < 0)
       return err;
     out->handle = ro;
-    out->os = r->os;
+    out->os.gen = r->os.gen;
     memport__darwin_track(out, MEMPORT_HANDLE_REGION);
     return 0;
   }
@@ -95,13 +95,13 @@ int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_reg
   if (kr != KERN_SUCCESS)
     return memport__darwin_err(kr);
   out->handle = r->handle;
-  out->os = r->os;
+  out->os.gen = r->os.gen;
   memport__darwin_track(out, MEMPORT_HANDLE_REGION);
   return 0;
 }
 
 int memport__os_region_seal(memport_region_t *r) {
-  if (r == NULL || !MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os))
+  if (r == NULL || !MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os.gen))
     return MEMPORT_EBADF;
   if (r->readonly)
     return 0;
@@ -259,7 +259,7 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
   r->handle = keep;
   r->size = size;
   r->readonly = readonly || !entry_writable;
-  r->os = stamp;
+  r->os.gen = stamp;
   memport__darwin_track(r, MEMPORT_HANDLE_REGION);
   if (keep != h)
     memport__darwin_release_send(h); /* the reference adopt took over: the region holds ro instead */
@@ -283,7 +283,7 @@ int memport__os_reserve(size_t len, void **addr) {
 int memport__os_map(const memport_region_t *r, size_t off, size_t len, bool writable, void *fixed, void **addr) {
   if (r == NULL || addr == NULL)
     return MEMPORT_EINVAL;
-  if (!MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os))
+  if (!MACH_PORT_VALID(r->handle) || !memport__darwin_mine(r->os.gen))
     return MEMPORT_EBADF;
   if (len == 0 || !page_aligned(off) || !page_aligned(len) || off > r->size || len > r->size - off)
     return MEMPORT_EINVAL;

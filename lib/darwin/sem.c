@@ -24,7 +24,7 @@ int memport__os_sem_create(memport_sem_t *s, unsigned initial) {
   if (kr != KERN_SUCCESS)
     return memport__darwin_err(kr);
   s->handle = sem;
-  s->shared = (void *)stamp; /* Darwin keeps the fork generation here */
+  s->os.gen = stamp;
   memport__darwin_track(s, MEMPORT_HANDLE_SEM);
   return 0;
 }
@@ -36,16 +36,16 @@ void memport__os_sem_close(memport_sem_t *s) {
    * The kernel frees it when the last send right is gone. */
   memport__darwin_untrack(s);
   mach_port_name_t h = s->handle;
-  bool mine = memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s));
+  bool mine = memport__darwin_mine(s->os.gen);
   s->handle = MEMPORT_OS_HANDLE_INVALID;
-  s->shared = NULL;
+  s->os.gen = 0;
   if (mine)
     memport__darwin_release_send(h);
 }
 
 /* A semaphore of this process (not copied from a fork parent) with a right. */
 static bool usable(const memport_sem_t *s) {
-  return s != NULL && MACH_PORT_VALID(s->handle) && memport__darwin_mine(MEMPORT__DARWIN_SEM_STAMP(s));
+  return s != NULL && MACH_PORT_VALID(s->handle) && memport__darwin_mine(s->os.gen);
 }
 
 static int sem_result(kern_return_t kr) {
@@ -118,7 +118,7 @@ int memport__os_sem_dup(const memport_sem_t *s, memport_sem_t *out) {
   if (kr != KERN_SUCCESS)
     return sem_result(kr);
   out->handle = s->handle;
-  out->shared = s->shared;
+  out->os.gen = s->os.gen;
   memport__darwin_track(out, MEMPORT_HANDLE_SEM);
   return 0;
 }

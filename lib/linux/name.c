@@ -297,7 +297,7 @@ static int lookup_live(int dirfd, const char *name, struct lock_record *rec, boo
 /* ------------------------------------------------------------------------------------------ */
 /* Services.                                                                                   */
 
-struct linux_service {
+struct memport__linux_service {
   int dirfd;      /* the verified private directory */
   int lockfd;     /* N.lock, OFD-locked for our lifetime */
   int listenfd;   /* N.sock */
@@ -310,7 +310,7 @@ struct linux_service {
   ino_t sock_ino;
 };
 
-static struct linux_service *svc_state(const memport_service_t *s) { return (struct linux_service *)s->os[0]; }
+static struct memport__linux_service *svc_state(const memport_service_t *s) { return s->os.state; }
 
 static void close_if(int fd) {
   if (fd >= 0)
@@ -324,7 +324,7 @@ static void unlink_if_ours(int dirfd, const char *entry, dev_t dev, ino_t ino) {
     unlinkat(dirfd, entry, 0);
 }
 
-static void service_state_free(struct linux_service *ls, const char *name, bool remove_entries) {
+static void service_state_free(struct memport__linux_service *ls, const char *name, bool remove_entries) {
   if (remove_entries && getpid() == ls->owner) {
     char entry[ENTRY_MAX];
     if (ls->listenfd >= 0 && ls->sock_ino != 0) {
@@ -396,7 +396,7 @@ static int make_listener(void) {
 }
 
 int memport__os_service_create(memport_service_t *s) {
-  struct linux_service *ls = calloc(1, sizeof *ls);
+  struct memport__linux_service *ls = calloc(1, sizeof *ls);
   if (ls == NULL)
     return MEMPORT_ENOMEM;
   ls->dirfd = ls->lockfd = ls->listenfd = ls->exportfd = ls->epfd = -1;
@@ -479,7 +479,7 @@ int memport__os_service_create(memport_service_t *s) {
   }
 
   s->handle = ls->epfd >= 0 ? ls->epfd : ls->listenfd;
-  s->os[0] = (uintptr_t)ls;
+  s->os.state = ls;
   return 0;
 
 fail:
@@ -489,10 +489,10 @@ fail:
 }
 
 void memport__os_service_close(memport_service_t *s) {
-  struct linux_service *ls = svc_state(s);
+  struct memport__linux_service *ls = svc_state(s);
   if (ls == NULL)
     return;
-  s->os[0] = 0;
+  s->os.state = NULL;
   s->handle = MEMPORT_OS_HANDLE_INVALID;
   service_state_free(ls, s->name, true);
 }
@@ -508,7 +508,7 @@ static int poll_timeout_ms(uint64_t deadline) {
 }
 
 int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline) {
-  struct linux_service *ls = svc_state(s);
+  struct memport__linux_service *ls = svc_state(s);
   if (ls == NULL)
     return MEMPORT_EBADF;
   for (;;) {

@@ -55,7 +55,7 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct tim
 
 static size_t sem_map_len(void) { return memport__os_page_size(); }
 
-static struct memport__futex_sem *sem_page(const memport_sem_t *s) { return (struct memport__futex_sem *)s->shared; }
+static struct memport__futex_sem *sem_page(const memport_sem_t *s) { return s->os.page; }
 
 int memport__linux_sem_adopt(memport_sem_t *s, int fd) {
   /* A hostile sender could hand us a file it can later shrink (SIGBUS on access) or a file too
@@ -84,7 +84,7 @@ int memport__linux_sem_adopt(memport_sem_t *s, int fd) {
     return MEMPORT_EPROTO;
   }
   s->handle = fd;
-  s->shared = p;
+  s->os.page = p;
   return 0;
 }
 
@@ -115,7 +115,7 @@ int memport__os_sem_create(memport_sem_t *s, unsigned initial) {
   page->version = MEMPORT__SEM_VERSION;
   atomic_thread_fence(memory_order_seq_cst);
   s->handle = fd;
-  s->shared = p;
+  s->os.page = p;
   return 0;
 fail:
   memport__linux_close(fd);
@@ -123,11 +123,11 @@ fail:
 }
 
 void memport__os_sem_close(memport_sem_t *s) {
-  if (s->shared != NULL)
-    munmap(s->shared, sem_map_len());
+  if (s->os.page != NULL)
+    munmap(s->os.page, sem_map_len());
   if (s->handle >= 0)
     close(s->handle);
-  s->shared = NULL;
+  s->os.page = NULL;
   s->handle = -1;
 }
 
