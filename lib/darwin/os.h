@@ -85,26 +85,36 @@ static inline int memport__darwin_err(kern_return_t kr) {
   }
 }
 
-/* Fork generations. Mach rights are not inherited by fork(): a child starts with a fresh port name
- * space, where the names stored in objects copied from the parent mean nothing or, worse, name
- * the child's own unrelated rights. Every object records the generation it was made in; a
- * pthread_atfork child handler moves the child to a new generation, and every operation on an
- * object of an older one fails with MEMPORT_EBADF (closing it only frees the object). */
+/* Fork generations (fork.c). Mach rights are not inherited by fork(): a child starts with a fresh
+ * port name space, where the names stored in objects copied from the parent mean nothing or,
+ * worse, name the child's own unrelated rights. Every object records the generation it was made
+ * in; a pthread_atfork child handler moves the child to a new generation, and every operation on
+ * an object of an older one fails with MEMPORT_EBADF (closing it only frees the object), unless
+ * the child got rights of its own for it from its parent's fork broker (fork.c). */
 MEMPORT_HIDDEN extern _Atomic uintptr_t memport__darwin_gen;
-/* Install the fork handler (once) and return the current generation, for a new object. */
+/* Install the fork handlers (once) and return the current generation, for a new object. */
 MEMPORT_HIDDEN uintptr_t memport__darwin_stamp(void);
 /* Track an object that holds Mach rights (kind MEMPORT_HANDLE_*) so that a fork child's copy of it
- * gets rights of its own (see inherit.c); untrack it before its rights are released. */
+ * gets rights of its own; untrack it before its rights are released. */
 MEMPORT_HIDDEN void memport__darwin_track(void *obj, int kind);
 MEMPORT_HIDDEN void memport__darwin_untrack(void *obj);
-/* Parent side, closing port p: if a fork child may still claim p's receive right, keep it for
- * that child instead (true: do not destroy it). */
+/* Parent side, closing port p (its receive right still held): if a fork child may still want p's
+ * receive right, it is handed to that child, or kept for it (true: do not destroy it). */
 MEMPORT_HIDDEN bool memport__darwin_park_receive(const memport_port_t *p);
-/* Parent side: p's receive right is leaving this process (sent away): no child can claim it. */
+/* Parent side: p's receive right is leaving this process (sent away): no child can have it. */
 MEMPORT_HIDDEN void memport__darwin_forget_receive(const memport_port_t *p);
-/* Child side: get the receive right of an inherited port p from the parent (waits up to deadline
- * for the parent to close its copy). 0 and p->rx set, or MEMPORT_EBADF / ETIMEDOUT / EPEER. */
+/* Child side: get the receive right of an inherited port p (p->os.claim != 0) from the parent
+ * (waits up to deadline for the parent to close its copy). 0 and p->rx set, or MEMPORT_EBADF (the
+ * parent sent it away), MEMPORT_EPEER (it died with the parent) or MEMPORT_ETIMEDOUT. */
 MEMPORT_HIDDEN int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline);
+/* Child side, closing an inherited port p that never got its receive right (p->os.claim != 0):
+ * tell the parent, whose own close then destroys the right (the peer sees MEMPORT_EPEER). */
+MEMPORT_HIDDEN void memport__darwin_unclaim(memport_port_t *p);
+/* inherit.c's part of the fork handlers (ZERO ranges): prepare takes its lock, parent or child
+ * releases it; child maps the zero pages. */
+MEMPORT_HIDDEN void memport__darwin_zero_prepare(void);
+MEMPORT_HIDDEN void memport__darwin_zero_parent(void);
+MEMPORT_HIDDEN void memport__darwin_zero_child(void);
 /* Was an object stamped `stamp` made in this process (not inherited through fork)? */
 static inline bool memport__darwin_mine(uintptr_t stamp) {
   return stamp != 0 && stamp == atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);

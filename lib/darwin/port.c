@@ -170,6 +170,8 @@ void memport__os_port_close(memport_port_t *p) {
   bool mine = port_mine(p);
   /* a fork child that inherited this port may still claim the receive right: then it is kept */
   bool parked = mine && MACH_PORT_VALID(rx) && memport__darwin_park_receive(p);
+  if (mine && !MACH_PORT_VALID(rx) && p->os.claim != 0)
+    memport__darwin_unclaim(p); /* an inherited copy that never got its receive right */
   p->rx = MACH_PORT_NULL;
   p->tx = MACH_PORT_NULL;
   p->os.gen = 0;
