@@ -622,6 +622,48 @@ static void test_port_peer_close_gives_epeer_after_queued_messages(void **state)
   sigaction(SIGPIPE, &old, NULL);
 }
 
+/* memport_port_pair(3): the parent keeps a, the child keeps b, each closes the other. */
+struct two_ports {
+  memport_port_t *a, *b;
+};
+
+static int child_keeps_b_until_epeer(void *arg) {
+  struct two_ports *t = arg;
+  memport_port_close(t->a); /* the parent's end: the parent's own close must then end the pair */
+  if (recv_text(t->b, "ping") != 0)
+    return 1;
+  if (send_text(t->b, "pong") != 0)
+    return 2;
+  memport_msg_t *m;
+  if (memport_msg_create(&m) != 0)
+    return 3;
+  /* the parent closes a once it has "pong": both directions then give EPEER */
+  int rc = memport_port_recv(t->b, m, 10000 * MS);
+  int rs = memport_port_send(t->b, m, 1000 * MS);
+  memport_msg_close(m);
+  memport_port_close(t->b);
+  if (rc != MEMPORT_EPEER)
+    return 4;
+  return rs == MEMPORT_EPEER ? 0 : 5;
+}
+
+static void test_port_pair_each_side_closing_the_other_across_fork_ends_in_epeer(void **state) {
+  (void)state;
+  struct sigaction dfl, old;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL; /* SIGPIPE would kill the child */
+  sigaction(SIGPIPE, &dfl, &old);
+  struct two_ports t;
+  th_assert_ok(memport_port_pair(&t.a, &t.b));
+  pid_t pid = th_fork(child_keeps_b_until_epeer, &t, 30);
+  memport_port_close(t.b);
+  th_assert_ok(send_text(t.a, "ping"));
+  th_assert_ok(recv_text(t.a, "pong"));
+  memport_port_close(t.a);
+  assert_int_equal(th_wait(pid, 30), 0);
+  sigaction(SIGPIPE, &old, NULL);
+}
+
 static int child_dies_later(void *arg) {
   (void)arg;
   th_sleep_ms(100);
@@ -1125,6 +1167,7 @@ int main(void) {
       cmocka_unit_test(test_msg_holds_64_handles_and_closes_a_moved_65th),
       cmocka_unit_test(test_port_rejects_bad_arguments),
       cmocka_unit_test(test_port_pair_carries_bytes_both_ways_across_fork),
+      cmocka_unit_test(test_port_pair_each_side_closing_the_other_across_fork_ends_in_epeer),
       cmocka_unit_test(test_port_carries_the_largest_message_and_an_empty_one),
       cmocka_unit_test(test_port_moves_and_copies_64_handles_of_every_kind),
       cmocka_unit_test(test_port_send_skips_taken_slots),

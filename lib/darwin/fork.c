@@ -617,18 +617,20 @@ static void *broker_main(void *arg) {
       continue;
     }
     if (mr != MACH_MSG_SUCCESS) {
-      /* Never leave for good while broker_running says we serve: retry a passing error; if our
-       * receive right is gone, say so, and the next fork starts a new broker. */
+      /* Never leave for good while broker_running says we serve: retry a passing error; after
+       * that, or if our receive right is gone, say so, and the next fork starts a new broker (on
+       * the same right if we still hold it, else on a new check-in). */
       mach_port_type_t type = 0;
-      if (mach_port_type(mach_task_self(), rx, &type) == KERN_SUCCESS && (type & MACH_PORT_TYPE_RECEIVE) &&
-          ++errors < 1000) {
+      bool have = mach_port_type(mach_task_self(), rx, &type) == KERN_SUCCESS && (type & MACH_PORT_TYPE_RECEIVE);
+      if (have && ++errors < 100) {
         usleep(10000);
         continue;
       }
       pthread_mutex_lock(&fork_lock);
       if (broker_rx == rx) {
         broker_running = false;
-        broker_rx = MACH_PORT_NULL;
+        if (!have)
+          broker_rx = MACH_PORT_NULL;
       }
       pthread_mutex_unlock(&fork_lock);
       return NULL;
@@ -801,6 +803,7 @@ static struct fork_record *record_by_id(uint64_t id) {
 
 static void fork_parent(void) {
   int fork_errno = errno; /* 0 unless __fork() failed (Libc sys/fork.c _do_fork) */
+  int caller_errno = saved_errno; /* (another thread's fork may run while we wait) */
   pthread_mutex_unlock(&child_lock);
   memport__darwin_zero_parent();
   struct fork_record *r = current;
@@ -828,7 +831,7 @@ static void fork_parent(void) {
       (void)pthread_cond_timedwait_relative_np(&claim_cv, &fork_lock, &rel);
     }
   }
-  errno = fork_errno != 0 ? fork_errno : saved_errno;
+  errno = fork_errno != 0 ? fork_errno : caller_errno;
   pthread_mutex_unlock(&fork_lock);
 }
 
@@ -1162,10 +1165,10 @@ int memport__darwin_claim_receive(memport_port_t *p, uint64_t deadline) {
       return 0;
     }
     if (kid.st[i] != CS_WAIT) {
+      /* died with the parent, or sent away by it (p->os.claim stays: the same answer next time) */
       bool gone = kid.parent_gone;
       pthread_mutex_unlock(&child_lock);
-      p->os.claim = 0;
-      return gone ? MEMPORT_EPEER : MEMPORT_EBADF; /* died with the parent, or sent away by it */
+      return gone ? MEMPORT_EPEER : MEMPORT_EBADF;
     }
     if (final) {
       pthread_mutex_unlock(&child_lock);

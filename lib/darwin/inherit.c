@@ -27,7 +27,9 @@
  * page, by any process sharing the region, must push a physical page copy into; with wired pages
  * vm_object_copy_delayed gives up and vm_object_copy_slowly copies the whole range at fork. Either
  * way the region stops being a zero-copy shared object, and the child sees a snapshot that Linux
- * cannot give: MEMPORT_ENOTSUP.
+ * cannot give: MEMPORT_ENOTSUP. ZERO is refused there too, as on Linux (MADV_WIPEONFORK takes
+ * private memory only), although NONE plus fresh pages would work here: a portable program must
+ * not come to rely on it.
  */
 
 struct zero_range {
@@ -138,7 +140,7 @@ int memport__os_inherit(void *addr, size_t len, int mode) {
   bool trueshared = false;
   if (err == 0 && !range_mapped(start, end, &trueshared))
     err = MEMPORT_ENOMEM;
-  if (err == 0 && mode == MEMPORT_INHERIT_COPY && trueshared)
+  if (err == 0 && (mode == MEMPORT_INHERIT_COPY || mode == MEMPORT_INHERIT_ZERO) && trueshared)
     err = MEMPORT_ENOTSUP; /* a region mapping: see the top of this file */
   if (err == 0) {
     kern_return_t kr = mach_vm_inherit(mach_task_self(), (mach_vm_address_t)start, (mach_vm_size_t)len, inh);
