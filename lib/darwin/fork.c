@@ -74,6 +74,7 @@ _Atomic uintptr_t memport__darwin_gen = 1;
 #define MSG_HELD 0x6d700015     /* -> lifeline: index: the parent still uses it */
 #define MSG_UNCLAIM 0x6d700016  /* child -> broker: token, index: the child closed its copy */
 #define MSG_UNCLAIMED 0x6d700017 /* -> lifeline: index: noted */
+#define MSG_WAKE 0x6d700018      /* -> broker, from this process: look at the expiries again */
 #define CLAIM_WAIT_MS 2000u          /* how long a fork's two sides wait for each other */
 #define RECORD_TTL_NS 30000000000ull /* records nobody claimed are dropped after 30 s */
 #define BROKER_POLL_MS 5000u
@@ -812,6 +813,18 @@ static void fork_parent(void) {
     /* The fork failed: nobody will claim. The record is not freed on the spot, in case a later
      * handler, not __fork, left errno set: it expires once a child could have claimed. */
     r->expires = memport__now_ns() + (uint64_t)CLAIM_WAIT_MS * 1000000u;
+    if (MACH_PORT_VALID(broker_rx)) { /* so that the broker's next timeout is that one */
+      mach_msg_header_t h;
+      memset(&h, 0, sizeof h);
+      h.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_MAKE_SEND_ONCE, 0);
+      h.msgh_size = sizeof h;
+      h.msgh_remote_port = broker_rx;
+      h.msgh_id = MSG_WAKE;
+      mach_msg_return_t mr = mach_msg(&h, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof h, 0, MACH_PORT_NULL, 0,
+                                      MACH_PORT_NULL);
+      if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED)
+        pseudo_release_dest(&h); /* (before copy-in nothing was made) */
+    }
   } else if (r != NULL && !last_wait_missed) {
     /* Wait for the child's claim: then it holds its send rights before fork() returns here. The
      * lock is released while waiting (pthread_cond_timedwait), so the broker can serve. */
