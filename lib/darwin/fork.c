@@ -21,9 +21,14 @@
  *  - the prepare handler takes one extra send-right reference per tracked object (region and
  *    semaphore: the object's right; port: the send right to its peer) into a fork record with a
  *    random token, and makes sure the parent's broker runs: a thread serving a receive right
- *    checked in with the bootstrap server as "org.memport.fork.<parent pid>";
+ *    checked in with the bootstrap server as "org.memport.fork.<parent pid>"
+ *    (a name unknown to launchd is created for the caller on check-in: launchd src/core.c,
+ *    job_mig_check_in2; it goes away with our receive right);
  *  - the child handler moves the child to a new fork generation (so that nothing inherited is
  *    used by mistake), finds the broker with bootstrap_look_up of "org.memport.fork.<getppid()>"
+ *    (the child inherits the bootstrap port, ipc_task_init; Libsystem's child handlers, xpc's
+ *    among them, have run before ours, and launchd itself talks to its bootstrap port in a forked
+ *    child before exec: src/core.c, job_start_child)
  *    and claims the record with its token and a "lifeline" (a send right to a receive right the
  *    child keeps to its end). The broker checks the claimant by the audit token the kernel
  *    attaches (its parent must be this process, its effective uid ours) and the token, and
@@ -32,9 +37,10 @@
  *    pattern of Chromium's base/apple/mach_port_rendezvous_mac.cc (a rendezvous server keyed by
  *    pid in the bootstrap namespace, claimants checked by audit token), not the registered-port
  *    slot memport used before: the kernel copies registered ports into every task made from this
- *    one, posix_spawn'd programs included (bsd/kern/kern_fork.c fork_create_child ->
- *    task_create_internal -> ipc_task_init), so another thread's system() would hand the broker
- *    to an unrelated program;
+ *    one (ipc_task_init, "inherit registered ports"), posix_spawn'd programs included
+ *    (bsd/kern/kern_exec.c posix_spawn -> fork1 -> task_create_internal, and exec's
+ *    ipc_task_reset leaves them), so another thread's system() would hand the broker to an
+ *    unrelated program;
  *  - the parent handler waits (up to CLAIM_WAIT_MS, without holding the lock, so that the broker
  *    can serve) until the child has claimed: fork() returns in the parent only once the child
  *    holds its own send rights, so a parent that exits at once (daemonizing) takes nothing away
