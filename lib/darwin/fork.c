@@ -1065,11 +1065,12 @@ static void kid_take(mach_msg_header_t *h, size_t size) {
   if (h->msgh_id == MACH_NOTIFY_DEAD_NAME && !(h->msgh_bits & MACH_MSGH_BITS_COMPLEX)) {
     /* the parent's broker died, so did the parent: what it still held is gone with it */
     mach_dead_name_notification_t dn;
-    if (size >= sizeof dn - sizeof dn.trailer) {
-      memcpy(&dn, h, sizeof dn - sizeof dn.trailer);
-      if (dn.not_port == kid.broker && MACH_PORT_VALID(dn.not_port))
-        (void)mach_port_deallocate(mach_task_self(), dn.not_port); /* the notification's reference */
-    }
+    if (size < sizeof dn - sizeof dn.trailer)
+      return;
+    memcpy(&dn, h, sizeof dn - sizeof dn.trailer);
+    if (dn.not_port != kid.broker || !MACH_PORT_VALID(dn.not_port))
+      return; /* (no other dead-name request points here) */
+    (void)mach_port_deallocate(mach_task_self(), dn.not_port); /* the notification's reference */
     kid.parent_gone = true;
     for (size_t i = 0; i < kid.n; i++)
       if (kid.st[i] == CS_WAIT)
