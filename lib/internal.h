@@ -124,8 +124,9 @@ MEMPORT_HIDDEN void memport__reg_inherit(const void *addr, size_t len, int mode)
 /* Backend: memory. All return 0 or a negative MEMPORT_E* code.                                */
 
 MEMPORT_HIDDEN size_t memport__os_page_size(void);
-/* New zero-filled region of `size` (a page multiple) bytes. Sets handle; size/readonly are set
- * by the caller. */
+/* New zero-filled region of `size` (a page multiple) bytes. Sets handle; r->size is set to `size`
+ * by the caller and may be raised by the backend to what it made (Darwin: whole kernel pages);
+ * readonly is set by the caller. */
 MEMPORT_HIDDEN int memport__os_region_create(memport_region_t *r, size_t size);
 MEMPORT_HIDDEN void memport__os_region_close(memport_region_t *r);
 /* Another handle to the same memory; readonly: the new handle maps read-only only. */
