@@ -179,4 +179,37 @@ MEMPORT_HIDDEN int memport__os_service_accept(memport_service_t *s, memport_port
 MEMPORT_HIDDEN int memport__os_port_connect(memport_port_t *out, const char *name, int kind, uint64_t deadline);
 MEMPORT_HIDDEN int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
 
+/* ------------------------------------------------------------------------------------------ */
+/* The name registry (lib/registry.c): lock files in a backend's verified private directory      */
+/* `dirfd`; the record format, liveness, reclaiming and listing, the same on every platform.    */
+
+#define MEMPORT__RECORD_MAX 128 /* a record line is shorter than this */
+/* Format the record "memport-name 1 kind=K pid=P uid=U gid=G\n" into buf: its length, or
+ * MEMPORT_EINVAL (kind) / MEMPORT_EOVERFLOW (cap). */
+MEMPORT_HIDDEN int memport__registry_format(char *buf, size_t cap, int kind, const memport_cred_t *owner);
+/* Parse the `n` bytes read from a lock file (untrusted, not NUL-terminated): true with *kind and
+ * *owner when they are exactly one well-formed record, else false and nothing written. */
+MEMPORT_HIDDEN bool memport__registry_parse(const char *text, size_t n, int *kind, memport_cred_t *owner);
+/* Take the lock file of `name` (reclaiming a dead owner's): 0 with *fd locked for our lifetime,
+ * MEMPORT_EEXIST when a live owner holds it, MEMPORT_EACCES when the entry is not a regular file of
+ * ours. The record is written separately, once the backend is ready for clients. */
+MEMPORT_HIDDEN int memport__registry_claim(int dirfd, const char *name, int *fd);
+/* Write this process's record of `kind` into the claimed lock file. */
+MEMPORT_HIDDEN int memport__registry_write(int fd, int kind);
+/* Close a claimed lock file; with `remove`, first unlink it if the path still names it. */
+MEMPORT_HIDDEN void memport__registry_release(int dirfd, const char *name, int fd, bool remove);
+#define MEMPORT__REG_ABSENT 0   /* no lock file, or nobody holds its lock (a dead owner's) */
+#define MEMPORT__REG_STARTING 1 /* a live owner, whose record is not (yet) well formed */
+#define MEMPORT__REG_LIVE 2     /* a live owner, with *kind and *owner from its record */
+MEMPORT_HIDDEN int memport__registry_lookup(int dirfd, const char *name, int *kind, memport_cred_t *owner);
+/* Call fn for every live, well-formed name; stops at (and returns) fn's first nonzero result.
+ * Dead owners' files are skipped, never removed. */
+MEMPORT_HIDDEN int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg),
+                                             void *arg);
+/* Backend: the lock primitive, an open-file-description whole-file write lock. take: 0, or
+ * MEMPORT_EEXIST when another open file description holds it. held: 1 when another open file
+ * description holds it (tested without taking it), 0 when not, negative on error. */
+MEMPORT_HIDDEN int memport__os_lock_take(int fd);
+MEMPORT_HIDDEN int memport__os_lock_held(int fd);
+
 #endif /* MEMPORT_INTERNAL_H */
