@@ -477,16 +477,17 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
   }
 
   if (mr == MACH_MSG_SUCCESS) {
-    /* Queued, or (defect of the kernel's contract for us, xnu ipc_kmsg_send: "Can't deliver to a
-     * dead port. However, we can pretend it got sent and was then immediately destroyed", and
-     * the same when the port is destroyed while we wait for queue space) destroyed with every
-     * right in it because the peer's receive right died after copy-in. A message queued at the
-     * peer also dies with its receive right (ipc_port_destroy -> ipc_mqueue_destroy_locked).
-     * That death is seen by the next send (MACH_SEND_INVALID_DEST) and by recv, through the
-     * dead-name and no-senders notifications queued behind the peer's last messages; what was
-     * lost is documented in memport_port_send(3), as on Linux where unread records die with the
-     * peer's socket. Either way the rights now belong to the message: drop ours (the kernel made
-     * its copies). */
+    /* Success means queued, or destroyed: when the peer's receive right died after copy-in the
+     * kernel reports success and destroys the message with every right in it (osfmk/ipc/
+     * ipc_kmsg.c ipc_kmsg_send: an inactive destination "we can pretend it got sent and was then
+     * immediately destroyed"; the same when the port is destroyed while we wait for queue space,
+     * ipc_mqueue_send_locked THREAD_RESTART -> MACH_SEND_INVALID_DEST -> success). A message
+     * already queued dies with the receive right too (ipc_port_destroy ->
+     * ipc_mqueue_destroy_locked). The death is seen afterwards: the next send fails at copy-in
+     * (MACH_SEND_INVALID_DEST: MEMPORT_EPEER), recv gives MEMPORT_EPEER after the peer's last
+     * messages (no-senders and dead-name notifications). memport_port_send(3) says what was lost,
+     * as on Linux, where unread records die with the peer's socket. Either way the rights now
+     * belong to the message: drop ours (the kernel made its copies). */
     for (size_t i = 0; i < msg->nhandles; i++) {
       struct memport__handle *h = &msg->handles[i];
       /* (fields cleared before the release: a fork racing with us must not see a stale name) */
@@ -675,22 +676,24 @@ static int check_regions(const struct memport__raw_handle *hs, size_t nh) {
   return 0;
 }
 
-/* A dead-name notification (mach_dead_name_notification_t, sent by the kernel): the peer's receive
- * right is gone. Releases the reference the notification carries when it is the one requested by
- * dead_name_arm for this port. */
-static void dead_name_seen(memport_port_t *p, const mach_msg_header_t *hdr) {
-  mach_dead_name_notification_t n;
-  if (hdr->msgh_size < offsetof(mach_dead_name_notification_t, not_port) + sizeof n.not_port)
-    return;
-  memcpy(&n, hdr, offsetof(mach_dead_name_notification_t, not_port) + sizeof n.not_port);
-  /* A notification queued before this receive right was sent to us names a right in the sender's
-   * space, not ours; it still says the peer is dead (the send rights of both are to the same
-   * port). Only our own request added a reference to our name (ipc_right_check): released
-   * once, by whichever notification comes first; close releases it when none came. */
-  if (dead_name_armed(p) && !p->os.dn_seen && n.not_port == p->tx) {
+/* A dead-name notification came to rx (from the kernel: pid 0 in the audit trailer). True when our
+ * peer is gone: tx is a dead name now (mach_port_type converts a name whose port died and reports
+ * it: ipc_right_info -> ipc_right_check). Our own request then fired and added a reference to
+ * the name, released here once. The notification's not_port is not trusted: one queued before
+ * this receive right was sent to us names a right in the sender's space, and a hostile sender
+ * could have had the kernel send one about any port of its own, then sent us the receive right.
+ * False (not about our peer): the caller skips it. */
+static bool dead_name_seen(memport_port_t *p) {
+  mach_port_type_t type = 0;
+  bool dead = !MACH_PORT_VALID(p->tx) ||
+              (mach_port_type(mach_task_self(), p->tx, &type) == KERN_SUCCESS && (type & MACH_PORT_TYPE_DEAD_NAME));
+  if (!dead)
+    return false;
+  if (dead_name_armed(p) && !p->os.dn_seen && MACH_PORT_VALID(p->tx)) {
     p->os.dn_seen = true;
-    memport__darwin_release_send(p->tx);
+    memport__darwin_release_send(p->tx); /* the notification's reference (ipc_right_check) */
   }
+  return true;
 }
 
 int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, struct memport__raw_msg *raw, uint64_t deadline) {
@@ -757,13 +760,13 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, struct memport_
         p->os.peer_gone = true;
         return MEMPORT_EPEER;
       }
-      if (hdr->msgh_id == MACH_NOTIFY_DEAD_NAME) {
-        dead_name_seen(p, hdr);
+      if (hdr->msgh_id == MACH_NOTIFY_DEAD_NAME && dead_name_seen(p)) {
         p->os.peer_gone = true;
         return MEMPORT_EPEER;
       }
       /* another notification (a send-once right to this port released, as when a dead-name
-       * request is cancelled or replaced; a port-deleted one): not for the user */
+       * request is cancelled; a port-deleted one; a dead-name one not about our peer): not for
+       * the user. Simple messages: destroying them releases nothing but their header rights. */
       mach_msg_destroy(hdr);
       continue;
     }
