@@ -115,6 +115,9 @@ MEMPORT_HIDDEN memport_port_t *memport__port_alloc(void);
 MEMPORT_HIDDEN int memport__msg_push(memport_msg_t *msg, int kind, void *object);
 /* Close and forget every handle in a message. */
 MEMPORT_HIDDEN void memport__msg_drop_handles(memport_msg_t *msg);
+/* Receive the next message on p into a cleared msg (lib/msg.c): the backend receives raw handles
+ * (memport__os_port_recv), this builds the objects. All-or-nothing, as memport_port_recv(3). */
+MEMPORT_HIDDEN int memport__msg_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
 /* After memport__os_inherit set `mode` on [addr, addr+len): memport mappings there that a fork
  * child does not get (NONE, ZERO) are forgotten in the child, so that its memport_unmap never
  * unmaps what the child put at those addresses since (lib/region.c). */
@@ -168,9 +171,37 @@ MEMPORT_HIDDEN int memport__os_port_dup(const memport_port_t *p, memport_port_t 
 /* Send msg's bytes and handles. On success the backend has moved the handles (portable code
  * then forgets or closes them); on failure nothing was sent. */
 MEMPORT_HIDDEN int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
-/* Receive into a cleared msg, creating handle objects; all-or-nothing: on error every received
- * OS handle is released and msg stays empty. */
-MEMPORT_HIDDEN int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
+
+/* One handle of a received message as the backend got it from the OS, checked, before any object
+ * exists. The raw record owns its OS handles until an object takes them. */
+struct memport__raw_handle {
+  int kind;                   /* MEMPORT_HANDLE_* */
+  bool readonly;              /* region: announced read-only */
+  size_t size;                /* region: bytes, a page multiple (0: the backend asks the OS) */
+  memport_os_handle_t h[2];   /* region, sem: h[0]; port: h[0] the receive side, h[1] the send
+                                 side (Linux: the same socket in both, owned once) */
+};
+
+/* A received message before its objects exist: the bytes are already in msg->bytes. */
+struct memport__raw_msg {
+  size_t len;                 /* bytes received into msg->bytes */
+  size_t nhandles;
+  struct memport__raw_handle handles[MEMPORT_MSG_MAX_HANDLES];
+  memport_cred_t sender;      /* the sending process, as the kernel reported it */
+};
+
+/* Receive the next message: its bytes into msg->bytes, its handles and sender into *raw. The
+ * backend touches nothing else of msg but its os_buf scratch, and makes no object. On error every
+ * OS handle received with the message is released already and raw->nhandles is 0. */
+MEMPORT_HIDDEN int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, struct memport__raw_msg *raw,
+                                         uint64_t deadline);
+/* Finish an object lib/msg.c made from a received raw handle (calloc'ed, its portable fields set:
+ * region handle/size/readonly, sem handle, port rx/tx/peer = sender). The backend does what its OS
+ * needs (Linux: check and map; Darwin: fork generation, notifications, fork tracking). On failure
+ * the object holds nothing and the raw handle still owns its OS handles. */
+MEMPORT_HIDDEN int memport__os_recv_finish(int kind, void *object);
+/* Release the OS handles of a raw handle that no object took. */
+MEMPORT_HIDDEN void memport__os_recv_release(const struct memport__raw_handle *raw);
 MEMPORT_HIDDEN void memport__os_msg_free(memport_msg_t *msg);
 
 MEMPORT_HIDDEN int memport__os_service_create(memport_service_t *s);
