@@ -356,49 +356,79 @@ void memport__os_service_close(memport_service_t *s) {
 }
 
 /* Send the control message at hdr (its destination given with COPY_SEND: the caller keeps its
- * own reference) until it is queued or the deadline passes (an expired deadline: one try that
- * never waits), and leave no reference behind.
+ * own reference; at most one port descriptor) until it is queued or the deadline passes (an
+ * expired deadline: one try that never waits). A send that fails leaves every right as it was
+ * before the call, except that a send right made from one of our receive rights (MAKE_SEND) and
+ * handed back stays ours: the descriptor then says MOVE_SEND of it.
  *
  * When a send fails after the kernel has copied the message in (MACH_SEND_TIMED_OUT: the queue
- * stayed full; also MACH_SEND_INTERRUPTED, MACH_SEND_NO_BUFFER), xnu hands the message back to
- * the sender: xnu-11417 osfmk/ipc/mach_msg.c mach_msg_trap_send -> mach_msg_receive_pseudo ->
+ * stayed full, also with a zero timeout; MACH_SEND_INTERRUPTED), xnu hands the message back to the
+ * sender: xnu-11417 osfmk/ipc/mach_msg.c mach_msg_trap_send -> mach_msg_receive_pseudo ->
  * ipc_kmsg_copyout_pseudo (osfmk/ipc/ipc_kmsg.c; xnu-7195: mach_msg_send and
- * mach_msg_overwrite_trap call ipc_kmsg_copyout_pseudo directly). The header's ports are copied
- * out "as if in the body", not reversed: the destination, which copy-in turned into a send right
- * of its own (ipc_object_copyin_type: COPY_SEND -> MACH_MSG_TYPE_PORT_SEND), comes back as one
- * more user reference on its name, with MACH_MSGH_BITS_REMOTE = MACH_MSG_TYPE_MOVE_SEND; each
- * port descriptor comes back as a right with disposition MOVE_SEND. A failure before copy-in
- * leaves the buffer as it was (COPY_SEND). So a retry sends the message as it came back (as
- * Chromium's mojo/core/channel_mac.cc resends its send buffer): its MOVE_SEND gives the extra
- * reference back to the kernel. Once we give up, the reference a returned message holds is
- * released, exactly once. Rebuilding the header with COPY_SEND for each try, as before, leaked
- * one reference per timed-out try, and the peer never got its no-senders notification. */
+ * mach_msg_overwrite_trap call it directly). The header is not reversed: the destination, which
+ * copy-in made a send right of its own (ipc_object_copyin_type: COPY_SEND -> PORT_SEND), comes
+ * back as one more user reference on its name with MACH_MSGH_BITS_REMOTE = PORT_SEND; so does a
+ * COPY_SEND or MAKE_SEND descriptor, while a moved right comes back as the right we gave. A
+ * failure before or during copy-in writes nothing back (a right copied in before the failing
+ * one is destroyed again: ipc_kmsg_copyin_header_cleanup, ipc_kmsg_clean_descriptors).
+ * So, as lib/darwin/port.c's take_back does for data messages: release each extra reference
+ * exactly once, put back what we built (a moved right under the name it came back as; a made one
+ * as moved), and send that again. (Resending the returned message as it is, as mojo/core/channel_mac.cc does, is
+ * balanced only while every resend is copied in whole; one refused after the header destroys
+ * the MOVE_SEND the buffer then holds, and the buffer can no longer tell what is ours.) The
+ * previous code rebuilt the header with COPY_SEND and released nothing: one leaked reference on
+ * the peer per timed-out try, so the peer never got its no-senders notification.
+ * MACH_SEND_INTERRUPT: an interrupted send comes back here rather than being resent by mach_msg()
+ * itself from the buffer the kernel rewrote. */
 static mach_msg_return_t ctl_send(mach_msg_header_t *hdr, mach_msg_size_t size, uint64_t deadline) {
-  mach_msg_return_t mr;
+  const mach_msg_bits_t bits = hdr->msgh_bits;
+  const mach_port_name_t dest = hdr->msgh_remote_port;
+  mach_msg_port_descriptor_t *desc = NULL;
+  mach_msg_port_descriptor_t built;
+  memset(&built, 0, sizeof built);
+  if (bits & MACH_MSGH_BITS_COMPLEX) {
+    desc = (mach_msg_port_descriptor_t *)(void *)((unsigned char *)hdr + sizeof *hdr + sizeof(mach_msg_body_t));
+    built = *desc;
+  }
   for (;;) {
     bool forever;
     mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
     hdr->msgh_size = size;
-    mr = mach_msg(hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), size, 0, MACH_PORT_NULL, ms,
-                  MACH_PORT_NULL);
-    /* Only a clean return is resent: with MACH_MSG_IPC_SPACE & co. or'ed in, some right could not
-     * be copied back out and the message is not whole any more. */
-    if (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline))
-      continue;
-    break;
+    mach_msg_return_t mr = mach_msg(hdr, MACH_SEND_MSG | MACH_SEND_INTERRUPT | (forever ? 0 : MACH_SEND_TIMEOUT),
+                                    size, 0, MACH_PORT_NULL, ms, MACH_PORT_NULL);
+    if (mr == MACH_MSG_SUCCESS || MACH_MSGH_BITS_REMOTE(hdr->msgh_bits) != MACH_MSG_TYPE_PORT_SEND)
+      return mr; /* queued, or refused before or during copy-in: nothing came back */
+    memport__darwin_release_send(hdr->msgh_remote_port); /* the extra reference on the destination */
+    if (desc != NULL) {
+      mach_port_name_t got = desc->name;
+      if (built.disposition == MACH_MSG_TYPE_COPY_SEND) {
+        memport__darwin_release_send(got); /* a reference of its own, made for the message */
+      } else {
+        /* A moved right is ours again; so is a send right made from our receive right, kept and
+         * moved by the next try: releasing it could be the last send right and fire the receive
+         * right's no-senders notification before anyone used it. NULL: lost on the way back. */
+        built.name = MACH_PORT_VALID(got) ? got : MACH_PORT_NULL;
+        if (built.disposition == MACH_MSG_TYPE_MAKE_SEND)
+          built.disposition = MACH_MSG_TYPE_MOVE_SEND;
+      }
+      *desc = built;
+    }
+    hdr->msgh_bits = bits;
+    hdr->msgh_remote_port = dest;
+    hdr->msgh_local_port = MACH_PORT_NULL;
+    hdr->msgh_voucher_port = MACH_PORT_NULL;
+    mach_msg_return_t lost = mr & MACH_MSG_MASK; /* a right that could not be copied back out */
+    mr &= ~(mach_msg_return_t)MACH_MSG_MASK;
+    if (lost == 0 && (mr == MACH_SEND_INTERRUPTED || (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline))))
+      continue; /* a capped wait ended early, or a signal: the same message again */
+    return mr;
   }
-  if (mr != MACH_MSG_SUCCESS && MACH_MSGH_BITS_REMOTE(hdr->msgh_bits) == MACH_MSG_TYPE_MOVE_SEND) {
-    memport__darwin_release_send(hdr->msgh_remote_port); /* the returned destination reference */
-    hdr->msgh_remote_port = MACH_PORT_NULL;
-  }
-  return mr;
 }
 
 /* Send a WELCOME to `to` (a send right, copied: the caller still owns it): status 0 with a send
- * right made from `conn`, or a refusal. Never waits for queue space. If the send fails after the
- * kernel copied the message in, the made send right comes back under `conn` (the caller destroys
- * conn with memport__darwin_drop_all, which takes it too); ctl_send releases the returned
- * reference on `to`. */
+ * right made from `conn`, or a refusal. Never waits for queue space. A failed send leaves `to` as
+ * it was and may leave a send right under `conn` (ctl_send): the caller destroys conn with
+ * memport__darwin_drop_all, which takes it too. */
 static mach_msg_return_t send_welcome(mach_port_name_t to, int32_t status, mach_port_name_t conn) {
   uint64_t now = memport__now_ns(); /* an expired deadline: one try, MACH_SEND_TIMEOUT 0 */
   struct ctl_msg m;
@@ -555,8 +585,8 @@ static int send_hello(mach_port_name_t svc, mach_port_name_t rx, int kind, uint6
     *have_send = false;
     return 0;
   }
-  /* Before copy-in nothing moved (a moved right is still ours); after it, the right came back
-   * under rx with disposition MOVE_SEND (ipc_kmsg_copyout_pseudo, see ctl_send). */
+  /* After a failed send (ctl_send) a send right made or moved from rx that came back is ours
+   * under rx, marked MOVE_SEND for the next try; NULL if the kernel could not give it back. */
   *have_send = hello.port.disposition == MACH_MSG_TYPE_MOVE_SEND && hello.port.name == rx;
   switch (mr) {
   case MACH_SEND_INVALID_DEST:
