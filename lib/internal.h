@@ -115,6 +115,9 @@ MEMPORT_HIDDEN memport_port_t *memport__port_alloc(void);
 MEMPORT_HIDDEN int memport__msg_push(memport_msg_t *msg, int kind, void *object);
 /* Close and forget every handle in a message. */
 MEMPORT_HIDDEN void memport__msg_drop_handles(memport_msg_t *msg);
+/* Receive the next message on p into a cleared msg (lib/msg.c): the backend receives raw handles
+ * (memport__os_port_recv), this builds the objects. All-or-nothing, as memport_port_recv(3). */
+MEMPORT_HIDDEN int memport__msg_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
 /* After memport__os_inherit set `mode` on [addr, addr+len): memport mappings there that a fork
  * child does not get (NONE, ZERO) are forgotten in the child, so that its memport_unmap never
  * unmaps what the child put at those addresses since (lib/region.c). */
@@ -124,8 +127,9 @@ MEMPORT_HIDDEN void memport__reg_inherit(const void *addr, size_t len, int mode)
 /* Backend: memory. All return 0 or a negative MEMPORT_E* code.                                */
 
 MEMPORT_HIDDEN size_t memport__os_page_size(void);
-/* New zero-filled region of `size` (a page multiple) bytes. Sets handle; size/readonly are set
- * by the caller. */
+/* New zero-filled region of `size` (a page multiple) bytes. Sets handle; r->size is set to `size`
+ * by the caller and may be raised by the backend to what it made (Darwin: whole kernel pages);
+ * readonly is set by the caller. */
 MEMPORT_HIDDEN int memport__os_region_create(memport_region_t *r, size_t size);
 MEMPORT_HIDDEN void memport__os_region_close(memport_region_t *r);
 /* Another handle to the same memory; readonly: the new handle maps read-only only. */
@@ -167,9 +171,37 @@ MEMPORT_HIDDEN int memport__os_port_dup(const memport_port_t *p, memport_port_t 
 /* Send msg's bytes and handles. On success the backend has moved the handles (portable code
  * then forgets or closes them); on failure nothing was sent. */
 MEMPORT_HIDDEN int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
-/* Receive into a cleared msg, creating handle objects; all-or-nothing: on error every received
- * OS handle is released and msg stays empty. */
-MEMPORT_HIDDEN int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
+
+/* One handle of a received message as the backend got it from the OS, checked, before any object
+ * exists. The raw record owns its OS handles until an object takes them. */
+struct memport__raw_handle {
+  int kind;                   /* MEMPORT_HANDLE_* */
+  bool readonly;              /* region: announced read-only */
+  size_t size;                /* region: bytes, a page multiple (0: the backend asks the OS) */
+  memport_os_handle_t h[2];   /* region, sem: h[0]; port: h[0] the receive side, h[1] the send
+                                 side (Linux: the same socket in both, owned once) */
+};
+
+/* A received message before its objects exist: the bytes are already in msg->bytes. */
+struct memport__raw_msg {
+  size_t len;                 /* bytes received into msg->bytes */
+  size_t nhandles;
+  struct memport__raw_handle handles[MEMPORT_MSG_MAX_HANDLES];
+  memport_cred_t sender;      /* the sending process, as the kernel reported it */
+};
+
+/* Receive the next message: its bytes into msg->bytes, its handles and sender into *raw. The
+ * backend touches nothing else of msg but its os_buf scratch, and makes no object. On error every
+ * OS handle received with the message is released already and raw->nhandles is 0. */
+MEMPORT_HIDDEN int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, struct memport__raw_msg *raw,
+                                         uint64_t deadline);
+/* Finish an object lib/msg.c made from a received raw handle (calloc'ed, its portable fields set:
+ * region handle/size/readonly, sem handle, port rx/tx/peer = sender). The backend does what its OS
+ * needs (Linux: check and map; Darwin: fork generation, notifications, fork tracking). On failure
+ * the object holds nothing and the raw handle still owns its OS handles. */
+MEMPORT_HIDDEN int memport__os_recv_finish(int kind, void *object);
+/* Release the OS handles of a raw handle that no object took. */
+MEMPORT_HIDDEN void memport__os_recv_release(const struct memport__raw_handle *raw);
 MEMPORT_HIDDEN void memport__os_msg_free(memport_msg_t *msg);
 
 MEMPORT_HIDDEN int memport__os_service_create(memport_service_t *s);
@@ -177,5 +209,38 @@ MEMPORT_HIDDEN void memport__os_service_close(memport_service_t *s);
 MEMPORT_HIDDEN int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline);
 MEMPORT_HIDDEN int memport__os_port_connect(memport_port_t *out, const char *name, int kind, uint64_t deadline);
 MEMPORT_HIDDEN int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
+
+/* ------------------------------------------------------------------------------------------ */
+/* The name registry (lib/registry.c): lock files in a backend's verified private directory      */
+/* `dirfd`; the record format, liveness, reclaiming and listing, the same on every platform.    */
+
+#define MEMPORT__RECORD_MAX 128 /* a record line is shorter than this */
+/* Format the record "memport-name 1 kind=K pid=P uid=U gid=G\n" into buf: its length, or
+ * MEMPORT_EINVAL (kind) / MEMPORT_EOVERFLOW (cap). */
+MEMPORT_HIDDEN int memport__registry_format(char *buf, size_t cap, int kind, const memport_cred_t *owner);
+/* Parse the `n` bytes read from a lock file (untrusted, not NUL-terminated): true with *kind and
+ * *owner when they are exactly one well-formed record, else false and nothing written. */
+MEMPORT_HIDDEN bool memport__registry_parse(const char *text, size_t n, int *kind, memport_cred_t *owner);
+/* Take the lock file of `name` (reclaiming a dead owner's): 0 with *fd locked for our lifetime,
+ * MEMPORT_EEXIST when a live owner holds it, MEMPORT_EACCES when the entry is not a regular file of
+ * ours. The record is written separately, once the backend is ready for clients. */
+MEMPORT_HIDDEN int memport__registry_claim(int dirfd, const char *name, int *fd);
+/* Write this process's record of `kind` into the claimed lock file. */
+MEMPORT_HIDDEN int memport__registry_write(int fd, int kind);
+/* Close a claimed lock file; with `remove`, first unlink it if the path still names it. */
+MEMPORT_HIDDEN void memport__registry_release(int dirfd, const char *name, int fd, bool remove);
+#define MEMPORT__REG_ABSENT 0   /* no lock file, or nobody holds its lock (a dead owner's) */
+#define MEMPORT__REG_STARTING 1 /* a live owner, whose record is not (yet) well formed */
+#define MEMPORT__REG_LIVE 2     /* a live owner, with *kind and *owner from its record */
+MEMPORT_HIDDEN int memport__registry_lookup(int dirfd, const char *name, int *kind, memport_cred_t *owner);
+/* Call fn for every live, well-formed name; stops at (and returns) fn's first nonzero result.
+ * Dead owners' files are skipped, never removed. */
+MEMPORT_HIDDEN int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg),
+                                             void *arg);
+/* Backend: the lock primitive, an open-file-description whole-file write lock. take: 0, or
+ * MEMPORT_EEXIST when another open file description holds it. held: 1 when another open file
+ * description holds it (tested without taking it), 0 when not, negative on error. */
+MEMPORT_HIDDEN int memport__os_lock_take(int fd);
+MEMPORT_HIDDEN int memport__os_lock_held(int fd);
 
 #endif /* MEMPORT_INTERNAL_H */

@@ -68,6 +68,92 @@ void memport__msg_drop_handles(memport_msg_t *msg) {
   msg->nhandles = 0;
 }
 
+/* Make the object of one raw received handle: portable fields from the record, the rest by the
+ * backend. NULL with *err set on failure; the raw handle then still owns its OS handles. */
+static void *object_from_raw(const struct memport__raw_handle *rh, const memport_cred_t *sender, int *err) {
+  void *obj;
+  switch (rh->kind) {
+  case MEMPORT_HANDLE_REGION: {
+    memport_region_t *r = calloc(1, sizeof *r);
+    if (r != NULL) {
+      r->handle = rh->h[0];
+      r->size = rh->size;
+      r->readonly = rh->readonly;
+    }
+    obj = r;
+    break;
+  }
+  case MEMPORT_HANDLE_SEM: {
+    memport_sem_t *s = calloc(1, sizeof *s);
+    if (s != NULL)
+      s->handle = rh->h[0];
+    obj = s;
+    break;
+  }
+  case MEMPORT_HANDLE_PORT: {
+    memport_port_t *p = memport__port_alloc();
+    if (p != NULL) {
+      p->rx = rh->h[0];
+      p->tx = rh->h[1];
+      p->peer = *sender; /* the process that handed the port over (a backend may know better) */
+    }
+    obj = p;
+    break;
+  }
+  default:
+    *err = MEMPORT_EPROTO; /* backends deliver only the three kinds */
+    return NULL;
+  }
+  if (obj == NULL) {
+    *err = MEMPORT_ENOMEM;
+    return NULL;
+  }
+  int rc = memport__os_recv_finish(rh->kind, obj);
+  if (rc != 0) {
+    free(obj);
+    *err = rc;
+    return NULL;
+  }
+  return obj;
+}
+
+int memport__msg_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
+  /* On the stack: no allocation per message beyond the objects themselves. */
+  struct memport__raw_msg raw;
+  raw.len = 0;
+  raw.nhandles = 0;
+  int rc = memport__os_port_recv(p, msg, &raw, deadline);
+  if (rc != 0)
+    return rc; /* the backend released whatever came */
+  if (raw.len > MEMPORT_MSG_MAX_BYTES || raw.nhandles > MEMPORT_MSG_MAX_HANDLES) {
+    rc = MEMPORT_EPROTO; /* cannot happen with a correct backend; never trust it blindly */
+    raw.nhandles = raw.nhandles > MEMPORT_MSG_MAX_HANDLES ? MEMPORT_MSG_MAX_HANDLES : raw.nhandles;
+    for (size_t i = 0; i < raw.nhandles; i++)
+      memport__os_recv_release(&raw.handles[i]);
+    return rc;
+  }
+  /* All or nothing: once one object cannot be made, the objects made so far are closed and the
+   * raw handles not yet taken are released. */
+  for (size_t i = 0; i < raw.nhandles; i++) {
+    void *obj = object_from_raw(&raw.handles[i], &raw.sender, &rc);
+    size_t next = i; /* the first raw handle no object owns */
+    if (obj != NULL) {
+      next = i + 1;
+      rc = memport__msg_push(msg, raw.handles[i].kind, obj); /* closes obj when msg is full */
+    }
+    if (rc != 0) {
+      for (size_t k = next; k < raw.nhandles; k++)
+        memport__os_recv_release(&raw.handles[k]);
+      memport__msg_drop_handles(msg);
+      return rc;
+    }
+  }
+  msg->len = raw.len;
+  msg->sender = raw.sender;
+  msg->has_sender = true;
+  return 0;
+}
+
 int memport_msg_create(memport_msg_t **out) {
   if (out == NULL)
     return MEMPORT_EINVAL;

@@ -68,7 +68,7 @@ int memport_port_recv(memport_port_t *port, memport_msg_t *msg, int64_t timeout_
   if (port == NULL || msg == NULL)
     return MEMPORT_EINVAL;
   memport_msg_clear(msg);
-  int rc = memport__os_port_recv(port, msg, memport__deadline(timeout_ns));
+  int rc = memport__msg_recv(port, msg, memport__deadline(timeout_ns));
   if (rc != 0) {
     /* All-or-nothing: the backend released everything; make sure no stale bytes show. */
     msg->len = 0;

@@ -157,12 +157,12 @@ int memport_region_create(memport_region_t **out, size_t size, unsigned flags) {
   memport_region_t *r = calloc(1, sizeof *r);
   if (r == NULL)
     return MEMPORT_ENOMEM;
+  r->size = rounded; /* the backend may make it larger (Darwin: whole kernel pages) */
   int rc = memport__os_region_create(r, rounded);
   if (rc < 0) {
     free(r);
     return rc;
   }
-  r->size = rounded;
   r->readonly = false;
   *out = r;
   return 0;

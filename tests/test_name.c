@@ -1248,6 +1248,137 @@ static void test_memport_ls_prints_live_names(void **state) {
 
 /* ------------------------------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------------------------------ */
+/* The portable registry (lib/registry.c), the same on Linux and Darwin.                      */
+
+static void read_file(const char *path, char *buf, size_t cap) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  assert_true(fd >= 0);
+  ssize_t n = read(fd, buf, cap - 1);
+  assert_true(n >= 0);
+  buf[n] = '\0';
+  close(fd);
+}
+
+/* The on-disk record is one exact line, for a service and for a publication. */
+static void test_lock_file_holds_the_portable_record(void **state) {
+  (void)state;
+  char *n = name_dup("record");
+  char *r = name_dup("record-reg");
+  memport_service_t *s = NULL;
+  th_assert_ok(memport_service_create(&s, n, 0));
+  memport_region_t *region = NULL;
+  th_assert_ok(memport_region_create(&region, memport_page_size(), 0));
+  memport_publication_t *pub = NULL;
+  th_assert_ok(memport_region_publish(&pub, region, r, NULL, NULL));
+  char path[PATH_MAX], got[256], want[256];
+  xsnprintf(path, sizeof path, "%s/%s.lock", g_dir, n);
+  read_file(path, got, sizeof got);
+  xsnprintf(want, sizeof want, "memport-name 1 kind=1 pid=%ld uid=%lu gid=%lu\n", (long)getpid(),
+            (unsigned long)geteuid(), (unsigned long)getegid());
+  assert_string_equal(got, want);
+  xsnprintf(path, sizeof path, "%s/%s.lock", g_dir, r);
+  read_file(path, got, sizeof got);
+  xsnprintf(want, sizeof want, "memport-name 1 kind=2 pid=%ld uid=%lu gid=%lu\n", (long)getpid(),
+            (unsigned long)geteuid(), (unsigned long)getegid());
+  assert_string_equal(got, want);
+  memport_publication_close(pub);
+  memport_region_close(region);
+  memport_service_close(s);
+  assert_false(entry_exists(n, ".lock"));
+  assert_false(entry_exists(r, ".lock"));
+  free(n);
+  free(r);
+}
+
+struct lookers_arg {
+  const char *name;
+  int stop_fd;
+  int started_fd;
+};
+
+/* Look at the name as hard as possible (listing, connecting without waiting) until told to stop. */
+static int child_look_until_stopped(void *arg) {
+  struct lookers_arg *a = arg;
+  int count = 0;
+  write_byte(a->started_fd, 1);
+  for (;;) {
+    struct pollfd p = {.fd = a->stop_fd, .events = POLLIN};
+    if (poll(&p, 1, 0) != 0)
+      return 0;
+    if (memport_name_foreach(count_cb, &count) != 0)
+      return 1;
+    memport_port_t *port = NULL;
+    int rc = memport_port_connect(&port, a->name, MEMPORT_NOWAIT);
+    if (rc == 0)
+      memport_port_close(port);
+    else if (rc != MEMPORT_ENOENT && rc != MEMPORT_ETIMEDOUT)
+      return 2;
+  }
+}
+
+/* Liveness is tested without taking the lock: processes that list and look up a name never make
+ * its creation fail (a probe that took the lock, even shared, would give MEMPORT_EEXIST). */
+static void test_lookups_never_make_a_create_fail(void **state) {
+  (void)state;
+  int fds = th_count_fds();
+  char *n = name_dup("probe");
+  struct sync sy;
+  sync_init(&sy);
+  struct lookers_arg a = {n, sy.down[0], sy.up[1]};
+  pid_t lookers[2];
+  for (int i = 0; i < 2; i++)
+    lookers[i] = th_fork(child_look_until_stopped, &a, 60);
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(parent_await(&sy, 10000), 1);
+  int eexist = 0;
+  for (int i = 0; i < 2000; i++) {
+    memport_service_t *s = NULL;
+    int rc = memport_service_create(&s, n, 0);
+    if (rc == MEMPORT_EEXIST)
+      eexist++;
+    else
+      th_assert_ok(rc);
+    memport_service_close(s);
+  }
+  parent_tell(&sy, 1);
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(th_wait(lookers[i], 30), 0);
+  assert_int_equal(eexist, 0);
+  sync_close(&sy);
+  assert_false(entry_exists(n, ".lock"));
+  assert_int_equal(th_count_fds(), fds);
+  free(n);
+}
+
+static int child_fifo_lookups(void *arg) {
+  const char *n = arg;
+  alarm(10); /* an open that blocked on the FIFO would hang here: SIGALRM fails the child */
+  int count = 0;
+  if (memport_name_foreach(count_cb, &count) != 0 || count != 0)
+    return 1;
+  memport_port_t *p = NULL;
+  if (memport_port_connect(&p, n, MEMPORT_NOWAIT) != MEMPORT_ENOENT)
+    return 2;
+  memport_service_t *s = NULL;
+  if (memport_service_create(&s, n, 0) != MEMPORT_EACCES)
+    return 3;
+  return 0;
+}
+
+/* Something other than a regular file where a lock file should be (here a FIFO, which a blocking
+ * open would wait on forever) is not a name: never listed, never served, never waited on. */
+static void test_a_fifo_in_place_of_a_lock_file_blocks_nothing(void **state) {
+  (void)state;
+  char *n = name_dup("fifo");
+  char path[PATH_MAX];
+  xsnprintf(path, sizeof path, "%s/%s.lock", g_dir, n);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  assert_int_equal(th_run_child(child_fifo_lookups, n, 20), 0);
+  assert_int_equal(unlink(path), 0);
+  free(n);
+}
+
 static void test_no_descriptor_leaks_across_everything(void **state) {
   (void)state;
   /* Each test above checks its own count; this one repeats a mixed cycle many times. */
@@ -1307,6 +1438,9 @@ int main(void) {
       cmocka_unit_test(test_forked_child_closing_a_publication_leaves_the_parents_name),
       cmocka_unit_test(test_foreach_lists_live_names_with_owner_and_kind),
       cmocka_unit_test(test_memport_ls_prints_live_names),
+      cmocka_unit_test(test_lock_file_holds_the_portable_record),
+      cmocka_unit_test(test_lookups_never_make_a_create_fail),
+      cmocka_unit_test(test_a_fifo_in_place_of_a_lock_file_blocks_nothing),
       cmocka_unit_test(test_no_descriptor_leaks_across_everything),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -945,6 +945,43 @@ static int memfd_page(bool sealed) {
   return fd;
 }
 
+/* The descriptor of a real memport semaphore, as a peer would pass it: sent through a port pair
+ * and taken off the socket raw. */
+static int sem_fd(void) {
+  memport_port_t *c, *d;
+  th_assert_ok(memport_port_pair(&c, &d));
+  memport_sem_t *s;
+  th_assert_ok(memport_sem_create(&s, 0, 0));
+  memport_msg_t *m;
+  th_assert_ok(memport_msg_create(&m));
+  th_assert_ok(memport_msg_attach_sem(m, s, 0));
+  th_assert_ok(memport_port_send(c, m, 1000 * MS));
+  memport_msg_close(m);
+  memport_os_handle_t sock;
+  th_assert_ok(memport_port_pollable(d, &sock));
+  unsigned char buf[256];
+  struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
+  union {
+    char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
+    struct cmsghdr align;
+  } ctl;
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = ctl.buf;
+  mh.msg_controllen = sizeof ctl.buf;
+  assert_true(recvmsg(sock, &mh, MSG_CMSG_CLOEXEC) > 0);
+  int fd = -1;
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm))
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+      memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+  assert_true(fd >= 0);
+  memport_port_close(c);
+  memport_port_close(d);
+  return fd;
+}
+
 /* Send a raw record carrying fds (closed here afterwards), expect `expected` from recv with no
  * descriptor or mapping left behind, then check that the port still delivers a good message. */
 static void expect_rejected(memport_port_t *rx, memport_port_t *tx, const void *rec, size_t len, int *fds,
@@ -1088,6 +1125,25 @@ static void test_port_rejects_hostile_records_and_leaks_nothing(void **state) {
   fds[0] = memfd_page(true);
   fds[1] = memfd_page(true);
   expect_rejected(a, b, &rec, sizeof rec.h, fds, 2, MEMPORT_EPROTO, "good region, bad semaphore");
+  /* Objects are made one by one after the checks (lib/msg.c): one failing in the middle closes
+   * those made before it (a mapped semaphore page, a region) and releases the descriptors after
+   * it (a socket) all the same. */
+  {
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp), 0);
+    wire_init(&rec, 4, 0);
+    rec.h.handle[0] = MEMPORT_HANDLE_SEM;
+    rec.h.handle[1] = MEMPORT_HANDLE_REGION;
+    rec.h.handle[2] = MEMPORT_HANDLE_SEM;
+    rec.h.handle[3] = MEMPORT_HANDLE_PORT;
+    fds[0] = sem_fd();
+    fds[1] = memfd_page(true);
+    fds[2] = memfd_page(true); /* sealed, but no semaphore page */
+    fds[3] = sp[0];
+    expect_rejected(a, b, &rec, sizeof rec.h, fds, 4, MEMPORT_EPROTO,
+                    "good semaphore and region, bad semaphore, good socket");
+    close(sp[1]);
+  }
 
   /* Legitimate: handles and no bytes, sent raw (a read-only region from a sealed memfd). */
   wire_init(&rec, 1, 0);

@@ -23,6 +23,9 @@ struct memport__os_port {
   uintptr_t gen;
   bool peer_gone; /* the no-senders notification of rx has been received: recv gives EPEER */
   size_t claim;   /* inherited through fork: index + 1 of its receive right in the fork record */
+  uintptr_t dn_gen; /* the generation in which a dead-name notification on tx, sent to rx, was
+                       requested (port.c); 0 or an older generation: none of this process */
+  bool dn_seen;   /* that notification was received and the reference it carries released */
 };
 
 struct memport__os_service {

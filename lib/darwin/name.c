@@ -2,7 +2,6 @@
 /* name.c: Darwin named services through the bootstrap server, with a per-user registry of live owners. */
 #include "darwin/os.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -10,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,12 +18,20 @@
  *  - the bootstrap server, as "org.memport.<name>": checked in by the owner (bootstrap_check_in,
  *    which launchd accepts for names no job declares), or, where launchd refuses that, registered
  *    with the deprecated bootstrap_register. Clients find the service port with bootstrap_look_up.
- *  - a registry directory of this user (confstr(_CS_DARWIN_USER_TEMP_DIR)/memport, or
- *    /tmp/memport-UID; created 0700, checked for owner, mode and symlinks): a file "<name>.lock"
- *    holding the owner's pid, uid, gid and kind, flock()ed exclusively by the owner while it lives.
- *    The bootstrap server has no public enumeration, and a crashed owner's flock disappears with it:
- *    the registry decides "live owner: MEMPORT_EEXIST" versus "reclaim", and feeds
- *    memport_name_foreach, as on Linux.
+ *  - the portable registry (lib/registry.c) in a directory of this user
+ *    (confstr(_CS_DARWIN_USER_TEMP_DIR)/memport, or /tmp/memport-UID; created 0700, checked for
+ *    owner, mode and symlinks): "<name>.lock", holding the same record as on Linux, locked by the
+ *    owner while it lives. The bootstrap server has no public enumeration and keeps a dead owner's
+ *    entry until launchd has processed its exit, so the registry decides "live owner:
+ *    MEMPORT_EEXIST" versus "reclaim", and feeds memport_name_foreach, as on Linux.
+ *
+ * The bootstrap namespace is not the registry's: it belongs to a launchd domain (a login session
+ * or the per-user background domain; the system domain for daemons), not to a uid. A process of
+ * this user in another session can see a live owner in the registry and still find no bootstrap
+ * entry; memport__os_port_connect reports that as MEMPORT_EPERM after a short grace period rather
+ * than waiting out its timeout. A peer of another uid (memport_service_allow_uid) has a registry of
+ * its own, which knows nothing of this name: it finds the service only when it shares the
+ * service's bootstrap namespace (the same session, or a root daemon's name in the system domain).
  *
  * Connection handshake: the client makes a receive right and sends HELLO {magic, kind} to the
  * service port with a send right to it; accept receives it with the audit trailer, checks the
@@ -35,11 +41,10 @@
  */
 
 #define BOOTSTRAP_PREFIX "org.memport."
-#define LOCK_SUFFIX ".lock"
 #define HELLO_MAGIC 0x6c68706du   /* "mphl" */
 #define WELCOME_MAGIC 0x6c77706du /* "mpwl" */
-#define REGISTRY_TAG "memport-name-v1"
 #define STALE_RETRY_NS 1000000000ull /* how long a dead owner's bootstrap entry may linger */
+#define UNSEEN_GRACE_NS 250000000ull /* how long a live registry owner may stay unseen by look-up */
 
 struct ctl_payload {
   uint32_t magic;
@@ -145,207 +150,153 @@ static int registry_open(bool create, int *dirfd) {
   return 0;
 }
 
-static int lock_file_name(char *out, size_t cap, const char *name) {
-  int n = snprintf(out, cap, "%s%s", name, LOCK_SUFFIX);
-  return n < 0 || (size_t)n >= cap ? MEMPORT_ENAMETOOLONG : 0;
+/* The registry's lock primitive: open-file-description locks, as on Linux (lib/registry.c relies on
+ * their semantics: owned by the open file, shared with a fork child, tested without being taken
+ * by F_OFD_GETLK, which reports locks of other open files of this process too). xnu has them since
+ * before macOS 11: bsd/kern/kern_descrip.c fcntl_nocancel, cases F_OFD_SETLK / F_OFD_GETLK (lock
+ * owner = the fileglob; FG_HAS_OFDLOCK makes the last close of the fileglob unlock), and
+ * bsd/kern/kern_lockf.c lf_advlock / lf_getblock (a conflict is any lock of another lf_id). The
+ * macOS 11 SDK keeps the constants under PRIVATE in sys/fcntl.h; the macOS 15 SDK publishes them
+ * with these values. flock(), used before, cannot be tested without taking it: a listing or a
+ * connect could then make a concurrent creator fail with MEMPORT_EEXIST. */
+#ifndef F_OFD_SETLK
+#define F_OFD_SETLK 90
+#endif
+#ifndef F_OFD_GETLK
+#define F_OFD_GETLK 92
+#endif
+
+static struct flock whole_file_lock(short type) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  return fl;
 }
 
-/* Is the open file `fd` still the one linked as `file` in the directory? */
-static bool still_linked(int dirfd, const char *file, int fd) {
-  struct stat a, b;
-  if (fstat(fd, &a) != 0 || fstatat(dirfd, file, &b, AT_SYMLINK_NOFOLLOW) != 0)
-    return false;
-  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+int memport__os_lock_take(int fd) {
+  struct flock fl = whole_file_lock(F_WRLCK);
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+    return 0;
+  if (errno == EAGAIN || errno == EACCES)
+    return MEMPORT_EEXIST;
+  return errno_err(errno);
 }
 
-/* Take the exclusive lock of `file`: 0 and *out, MEMPORT_EEXIST if a live owner holds it. */
-static int registry_lock(int dirfd, const char *file, int *out) {
-  for (int attempt = 0; attempt < 16; attempt++) {
-    int fd = openat(dirfd, file, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-      return errno == ELOOP ? MEMPORT_EACCES : errno_err(errno);
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
-      close(fd);
-      return MEMPORT_EACCES;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      int e = errno;
-      close(fd);
-      if (e == EWOULDBLOCK)
-        return MEMPORT_EEXIST;
-      if (e == EINTR)
-        continue;
-      return errno_err(e);
-    }
-    /* Someone cleaning a stale entry may have unlinked the file between our open and our lock. */
-    if (still_linked(dirfd, file, fd)) {
-      *out = fd;
-      return 0;
-    }
-    close(fd);
-  }
-  return MEMPORT_EBUSY;
-}
-
-static int registry_write(int fd, int kind) {
-  char line[128];
-  int n = snprintf(line, sizeof line, "%s %ld %u %u %d\n", REGISTRY_TAG, (long)getpid(), (unsigned)geteuid(),
-                   (unsigned)getegid(), kind);
-  if (n < 0 || (size_t)n >= sizeof line)
-    return MEMPORT_EPROTO;
-  if (ftruncate(fd, 0) != 0)
+int memport__os_lock_held(int fd) {
+  struct flock fl = whole_file_lock(F_WRLCK);
+  if (fcntl(fd, F_OFD_GETLK, &fl) != 0)
     return errno_err(errno);
-  ssize_t w = pwrite(fd, line, (size_t)n, 0);
-  if (w != (ssize_t)n)
-    return w < 0 ? errno_err(errno) : MEMPORT_ENOSPC;
-  return 0;
+  return fl.l_type != F_UNLCK;
 }
 
-/* Parse a registry file's contents (written by another process of this user: checked anyway). */
-static bool registry_parse(const char *text, memport_name_info_t *info) {
-  char tag[32];
-  long pid;
-  unsigned uid, gid;
-  int kind;
-  char extra;
-  if (sscanf(text, "%31s %ld %u %u %d %c", tag, &pid, &uid, &gid, &kind, &extra) != 5)
-    return false;
-  if (strcmp(tag, REGISTRY_TAG) != 0 || pid <= 0 || pid > INT_MAX ||
-      (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION))
-    return false;
-  info->owner.pid = (pid_t)pid;
-  info->owner.uid = (uid_t)uid;
-  info->owner.gid = (gid_t)gid;
-  info->kind = kind;
-  return true;
-}
-
-/* What this user's registry says of `name`: 1 a live owner holds it, 0 a file without a live owner
- * (a crashed owner's leftover: its bootstrap entry, if any, is stale), -1 no record (never
- * published by this uid, closed, or another uid's service): only the bootstrap server can tell. */
-static int registry_state(const char *name) {
+/* What this user's registry says of `name` (MEMPORT__REG_*), with the kind of a live owner. */
+static int registry_state(const char *name, int *kind) {
   int dirfd = -1;
   if (registry_open(false, &dirfd) < 0)
-    return -1;
-  char file[MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX];
-  int state = -1;
-  if (lock_file_name(file, sizeof file, name) == 0) {
-    int fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0) {
-      if (flock(fd, LOCK_SH | LOCK_NB) == 0)
-        state = 0;
-      else
-        state = errno == EWOULDBLOCK ? 1 : -1;
-      close(fd);
-    }
-  }
+    return MEMPORT__REG_ABSENT;
+  memport_cred_t owner;
+  int state = memport__registry_lookup(dirfd, name, kind, &owner);
   close(dirfd);
   return state;
-}
-
-/* The kind a live owner recorded for `name` in this user's registry: MEMPORT_NAME_SERVICE,
- * MEMPORT_NAME_REGION, or 0 when there is no readable record (yet). */
-static int registry_kind(const char *name) {
-  int dirfd = -1;
-  if (registry_open(false, &dirfd) < 0)
-    return 0;
-  char file[MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX];
-  int kind = 0;
-  if (lock_file_name(file, sizeof file, name) == 0) {
-    int fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0) {
-      char text[128];
-      ssize_t got = pread(fd, text, sizeof text - 1, 0);
-      memport_name_info_t info;
-      if (got > 0) {
-        text[got] = '\0';
-        if (registry_parse(text, &info))
-          kind = info.kind;
-      }
-      close(fd);
-    }
-  }
-  close(dirfd);
-  return kind;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Services.                                                                                    */
 
-static void service_unregister(memport_service_t *s) {
+/* Give the registry entry back: removed (while still locked) by its owner, only closed by a fork
+ * child's copy of the service. */
+static void service_unregister(memport_service_t *s, bool remove) {
   int fd = s->os.lock_fd_plus1 - 1;
   if (fd < 0)
     return;
-  int dirfd = -1;
-  char file[MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX];
-  if (registry_open(false, &dirfd) == 0) {
-    if (lock_file_name(file, sizeof file, s->name) == 0 && still_linked(dirfd, file, fd))
-      (void)unlinkat(dirfd, file, 0); /* unlinked while still locked: nobody takes a dying entry */
-    close(dirfd);
-  }
-  close(fd); /* releases the lock */
   s->os.lock_fd_plus1 = 0;
+  int dirfd = -1;
+  if (!remove || registry_open(false, &dirfd) < 0)
+    dirfd = -1;
+  memport__registry_release(dirfd, s->name, fd, remove && dirfd >= 0);
+  if (dirfd >= 0)
+    close(dirfd);
 }
 
-/* Put the receive right `rx` in the bootstrap server under bname, or take the one launchd keeps
- * for it. Returns 0 with *rx set, or an error. */
+/* Is this refusal of check-in/register one that a dead owner's entry explains?
+ *
+ * launchd keeps a service in the job that created it until it has processed that job's end, and
+ * refuses the name to every other job meanwhile. In the open-source launchd (launchd-842,
+ * src/core.c): job_mig_check_in2 finds the name with jobmgr_lookup_service and, when
+ * machservice_job(ms) != j (the dead process's anonymous job), returns BOOTSTRAP_NOT_PRIVILEGED
+ * ("tried to hijack the service"), SERVICE_ACTIVE only to the same job; job_mig_register2 does
+ * the same. The dead process's anonymous job and its services go only when launchd handles the
+ * process's NOTE_EXIT kevent (job_callback_proc: job_reap, then job_remove for anonymous jobs), or
+ * the port's dead-name notification (jobmgr_delete_anything_with_port -> machservice_delete):
+ * asynchronously, after the registry lock, which the kernel drops at once, has let us in.
+ * Our caller holds the registry lock, so no live memport owner of this user has the name. */
+static bool stale_refusal(kern_return_t kr) {
+  return kr == BOOTSTRAP_NOT_PRIVILEGED || kr == BOOTSTRAP_SERVICE_ACTIVE || kr == BOOTSTRAP_NAME_IN_USE;
+}
+
+/* Put a receive right in the bootstrap server under bname: check in (launchd creates the service
+ * and hands us its receive right), or, where launchd refuses to create a name on check-in, register
+ * one of ours. A refusal that a dead owner's lingering entry explains is retried for
+ * STALE_RETRY_NS; after that NOT_PRIVILEGED gives MEMPORT_EPERM (a sandbox, or the name held in
+ * this bootstrap namespace by a live process of another user), the others MEMPORT_EEXIST.
+ * Returns 0 with *rx set, or an error. */
 static int bootstrap_publish(const char *bname, mach_port_name_t *rx) {
   mach_port_t task = mach_task_self();
   uint64_t until = memport__now_ns() + STALE_RETRY_NS;
+  mach_port_name_t own = MACH_PORT_NULL; /* ours to register, made on first need */
+  int err = 0;
   for (;;) {
     mach_port_t got = MACH_PORT_NULL;
     kern_return_t kr = bootstrap_check_in(bootstrap_port, bname, &got);
     if (kr == BOOTSTRAP_SUCCESS) {
-      if (!MACH_PORT_VALID(got))
-        return MEMPORT_EPROTO;
+      if (!MACH_PORT_VALID(got)) {
+        err = MEMPORT_EPROTO;
+        break;
+      }
       mach_port_limits_t limits = {.mpl_qlimit = MACH_PORT_QLIMIT_LARGE};
       (void)mach_port_set_attributes(task, got, MACH_PORT_LIMITS_INFO, (mach_port_info_t)&limits,
                                      MACH_PORT_LIMITS_INFO_COUNT);
+      memport__darwin_drop_all(own);
       *rx = got;
       return 0;
     }
-    if (kr == BOOTSTRAP_SERVICE_ACTIVE || kr == BOOTSTRAP_NAME_IN_USE) {
-      /* We hold the registry lock, so the previous owner is dead: launchd has not noticed yet. */
-      if (memport__now_ns() >= until)
-        return MEMPORT_EEXIST;
-      sleep_ns(10000000u);
-      continue;
-    }
-    if (kr != BOOTSTRAP_UNKNOWN_SERVICE && kr != BOOTSTRAP_NOT_PRIVILEGED)
-      return bootstrap_err(kr);
-    break; /* this launchd does not create services on check-in: register one ourselves */
-  }
-  mach_port_name_t own = MACH_PORT_NULL;
-  int err = memport__darwin_new_receive(&own, false);
-  if (err < 0)
-    return err;
-  kern_return_t kr = mach_port_insert_right(task, own, own, MACH_MSG_TYPE_MAKE_SEND);
-  if (kr != KERN_SUCCESS) {
-    memport__darwin_release_receive(own);
-    return memport__darwin_err(kr);
-  }
-  char nm[BOOTSTRAP_MAX_NAME_LEN];
-  snprintf(nm, sizeof nm, "%s", bname);
-  for (;;) {
+    if (kr == BOOTSTRAP_UNKNOWN_SERVICE || kr == BOOTSTRAP_NOT_PRIVILEGED) {
+      /* This launchd may not create services on check-in: register one ourselves. */
+      if (own == MACH_PORT_NULL) {
+        if ((err = memport__darwin_new_receive(&own, false)) < 0)
+          return err;
+        kern_return_t ir = mach_port_insert_right(task, own, own, MACH_MSG_TYPE_MAKE_SEND);
+        if (ir != KERN_SUCCESS) {
+          memport__darwin_release_receive(own);
+          return memport__darwin_err(ir);
+        }
+      }
+      char nm[BOOTSTRAP_MAX_NAME_LEN];
+      snprintf(nm, sizeof nm, "%s", bname);
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Wdeprecated-declarations"
-    kr = bootstrap_register(bootstrap_port, nm, own); /* copies the send right */
+      kr = bootstrap_register(bootstrap_port, nm, own); /* copies the send right */
 #pragma clang diagnostic pop
-    if ((kr == BOOTSTRAP_NAME_IN_USE || kr == BOOTSTRAP_SERVICE_ACTIVE) && memport__now_ns() < until) {
-      sleep_ns(10000000u);
-      continue;
+      if (kr == BOOTSTRAP_SUCCESS) {
+        /* Keep only the receive right: launchd holds the send right it needs. */
+        memport__darwin_release_send(own);
+        *rx = own;
+        return 0;
+      }
     }
-    break;
+    if (!stale_refusal(kr)) {
+      err = bootstrap_err(kr);
+      break;
+    }
+    if (memport__now_ns() >= until) {
+      err = kr == BOOTSTRAP_NOT_PRIVILEGED ? MEMPORT_EPERM : MEMPORT_EEXIST;
+      break;
+    }
+    sleep_ns(10000000u);
   }
-  /* Keep only the receive right: launchd holds the send right it needs. */
-  memport__darwin_release_send(own);
-  if (kr != BOOTSTRAP_SUCCESS) {
-    memport__darwin_release_receive(own);
-    return bootstrap_err(kr);
-  }
-  *rx = own;
-  return 0;
+  memport__darwin_drop_all(own);
+  return err;
 }
 
 int memport__os_service_create(memport_service_t *s) {
@@ -360,25 +311,26 @@ int memport__os_service_create(memport_service_t *s) {
   if (stamp == 0)
     return MEMPORT_ENOMEM;
   char bname[BOOTSTRAP_MAX_NAME_LEN];
-  char file[MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX];
-  if ((err = bootstrap_name(bname, s->name)) < 0 || (err = lock_file_name(file, sizeof file, s->name)) < 0)
+  if ((err = bootstrap_name(bname, s->name)) < 0)
     return err;
   int dirfd = -1, fd = -1;
   if ((err = registry_open(true, &dirfd)) < 0)
     return err;
-  err = registry_lock(dirfd, file, &fd);
+  err = memport__registry_claim(dirfd, s->name, &fd);
   close(dirfd);
   if (err < 0)
     return err;
   s->os.lock_fd_plus1 = fd + 1;
   mach_port_name_t rx = MACH_PORT_NULL;
   if ((err = bootstrap_publish(bname, &rx)) < 0) {
-    service_unregister(s);
+    service_unregister(s, true);
     return err;
   }
-  if ((err = registry_write(fd, s->kind)) < 0) {
+  /* The record last: a client that reads it knows the bootstrap entry exists (connect relies on
+   * this to tell "not yet published" from "published where this process cannot look"). */
+  if ((err = memport__registry_write(fd, s->kind)) < 0) {
     memport__darwin_release_receive(rx);
-    service_unregister(s);
+    service_unregister(s, true);
     return err;
   }
   s->handle = rx;
@@ -391,10 +343,7 @@ void memport__os_service_close(memport_service_t *s) {
     return;
   if (!memport__darwin_mine(s->os.gen)) {
     /* a fork child's copy: the name and the lock stay the parent's; close our lock descriptor */
-    int fd = s->os.lock_fd_plus1 - 1;
-    if (fd >= 0)
-      close(fd);
-    s->os.lock_fd_plus1 = 0;
+    service_unregister(s, false);
     s->handle = MACH_PORT_NULL;
     return;
   }
@@ -402,15 +351,86 @@ void memport__os_service_close(memport_service_t *s) {
    * gone), then the registry entry. */
   memport__darwin_release_receive(s->handle);
   s->handle = MACH_PORT_NULL;
-  service_unregister(s);
+  service_unregister(s, true);
   s->os.gen = 0;
 }
 
+/* Send the control message at hdr (its destination given with COPY_SEND: the caller keeps its
+ * own reference; at most one port descriptor) until it is queued or the deadline passes (an
+ * expired deadline: one try that never waits). A send that fails leaves every right as it was
+ * before the call, except that a send right made from one of our receive rights (MAKE_SEND) and
+ * handed back stays ours: the descriptor then says MOVE_SEND of it.
+ *
+ * When a send fails after the kernel has copied the message in (MACH_SEND_TIMED_OUT: the queue
+ * stayed full, also with a zero timeout; MACH_SEND_INTERRUPTED), xnu hands the message back to the
+ * sender: xnu-11417 osfmk/ipc/mach_msg.c mach_msg_trap_send -> mach_msg_receive_pseudo ->
+ * ipc_kmsg_copyout_pseudo (osfmk/ipc/ipc_kmsg.c; xnu-7195: mach_msg_send and
+ * mach_msg_overwrite_trap call it directly). The header is not reversed: the destination, which
+ * copy-in made a send right of its own (ipc_object_copyin_type: COPY_SEND -> PORT_SEND), comes
+ * back as one more user reference on its name with MACH_MSGH_BITS_REMOTE = PORT_SEND; so does a
+ * COPY_SEND or MAKE_SEND descriptor, while a moved right comes back as the right we gave. A
+ * failure before or during copy-in writes nothing back (a right copied in before the failing
+ * one is destroyed again: ipc_kmsg_copyin_header_cleanup, ipc_kmsg_clean_descriptors).
+ * So, as lib/darwin/port.c's take_back does for data messages: release each extra reference
+ * exactly once, put back what we built (a moved right under the name it came back as; a made one
+ * as moved), and send that again. (Resending the returned message as it is, as mojo/core/channel_mac.cc does, is
+ * balanced only while every resend is copied in whole; one refused after the header destroys
+ * the MOVE_SEND the buffer then holds, and the buffer can no longer tell what is ours.) The
+ * previous code rebuilt the header with COPY_SEND and released nothing: one leaked reference on
+ * the peer per timed-out try, so the peer never got its no-senders notification.
+ * MACH_SEND_INTERRUPT: an interrupted send comes back here rather than being resent by mach_msg()
+ * itself from the buffer the kernel rewrote. */
+static mach_msg_return_t ctl_send(mach_msg_header_t *hdr, mach_msg_size_t size, uint64_t deadline) {
+  const mach_msg_bits_t bits = hdr->msgh_bits;
+  const mach_port_name_t dest = hdr->msgh_remote_port;
+  mach_msg_port_descriptor_t *desc = NULL;
+  mach_msg_port_descriptor_t built;
+  memset(&built, 0, sizeof built);
+  if (bits & MACH_MSGH_BITS_COMPLEX) {
+    desc = (mach_msg_port_descriptor_t *)(void *)((unsigned char *)hdr + sizeof *hdr + sizeof(mach_msg_body_t));
+    built = *desc;
+  }
+  for (;;) {
+    bool forever;
+    mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
+    hdr->msgh_size = size;
+    mach_msg_return_t mr = mach_msg(hdr, MACH_SEND_MSG | MACH_SEND_INTERRUPT | (forever ? 0 : MACH_SEND_TIMEOUT),
+                                    size, 0, MACH_PORT_NULL, ms, MACH_PORT_NULL);
+    if (mr == MACH_MSG_SUCCESS || MACH_MSGH_BITS_REMOTE(hdr->msgh_bits) != MACH_MSG_TYPE_PORT_SEND)
+      return mr; /* queued, or refused before or during copy-in: nothing came back */
+    memport__darwin_release_send(hdr->msgh_remote_port); /* the extra reference on the destination */
+    if (desc != NULL) {
+      mach_port_name_t got = desc->name;
+      if (built.disposition == MACH_MSG_TYPE_COPY_SEND) {
+        memport__darwin_release_send(got); /* a reference of its own, made for the message */
+      } else {
+        /* A moved right is ours again; so is a send right made from our receive right, kept and
+         * moved by the next try: releasing it could be the last send right and fire the receive
+         * right's no-senders notification before anyone used it. NULL: lost on the way back. */
+        built.name = MACH_PORT_VALID(got) ? got : MACH_PORT_NULL;
+        if (built.disposition == MACH_MSG_TYPE_MAKE_SEND)
+          built.disposition = MACH_MSG_TYPE_MOVE_SEND;
+      }
+      *desc = built;
+    }
+    hdr->msgh_bits = bits;
+    hdr->msgh_remote_port = dest;
+    hdr->msgh_local_port = MACH_PORT_NULL;
+    hdr->msgh_voucher_port = MACH_PORT_NULL;
+    mach_msg_return_t lost = mr & MACH_MSG_MASK; /* a right that could not be copied back out */
+    mr &= ~(mach_msg_return_t)MACH_MSG_MASK;
+    if (lost == 0 && (mr == MACH_SEND_INTERRUPTED || (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline))))
+      continue; /* a capped wait ended early, or a signal: the same message again */
+    return mr;
+  }
+}
+
 /* Send a WELCOME to `to` (a send right, copied: the caller still owns it): status 0 with a send
- * right made from `conn`, or a refusal. Never waits for queue space. If the send fails after the
- * kernel copied the message in, the made send right comes back under `conn`; the caller destroys
- * conn with memport__darwin_drop_all, which takes it too. */
+ * right made from `conn`, or a refusal. Never waits for queue space. A failed send leaves `to` as
+ * it was and may leave a send right under `conn` (ctl_send): the caller destroys conn with
+ * memport__darwin_drop_all, which takes it too. */
 static mach_msg_return_t send_welcome(mach_port_name_t to, int32_t status, mach_port_name_t conn) {
+  uint64_t now = memport__now_ns(); /* an expired deadline: one try, MACH_SEND_TIMEOUT 0 */
   struct ctl_msg m;
   memset(&m, 0, sizeof m);
   m.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0);
@@ -425,8 +445,7 @@ static mach_msg_return_t send_welcome(mach_port_name_t to, int32_t status, mach_
     m.port.name = conn;
     m.port.disposition = MACH_MSG_TYPE_MAKE_SEND;
     m.port.type = MACH_MSG_PORT_DESCRIPTOR;
-    m.hdr.msgh_size = sizeof m;
-    return mach_msg(&m.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof m, 0, MACH_PORT_NULL, 0, MACH_PORT_NULL);
+    return ctl_send(&m.hdr, sizeof m, now);
   }
   /* a refusal carries no port: header and payload only */
   struct {
@@ -435,9 +454,8 @@ static mach_msg_return_t send_welcome(mach_port_name_t to, int32_t status, mach_
   } r;
   memset(&r, 0, sizeof r);
   r.hdr = m.hdr;
-  r.hdr.msgh_size = sizeof r;
   r.payload = m.payload;
-  return mach_msg(&r.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof r, 0, MACH_PORT_NULL, 0, MACH_PORT_NULL);
+  return ctl_send(&r.hdr, sizeof r, now);
 }
 
 /* Receive one message of at most MEMPORT__DARWIN_CTL_BUF bytes on rx, with the audit trailer.
@@ -544,13 +562,17 @@ int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64
 }
 
 /* Send HELLO {kind} with a send right to rx to the service right svc (copied: the caller still
- * owns svc). The send right is made from rx, or moved when *have_send says an earlier try handed
- * one back. Such a right is kept for the next try, never released: dropping the last send right
- * to rx would fire its no-senders notification before the connection exists. Returns 0,
- * MEMPORT_ENOENT when svc is dead, or another error. */
+ * owns svc, and ctl_send leaves no extra reference on it). The send right is made from rx, or
+ * moved when *have_send says an earlier try handed one back. Such a right is kept for the next
+ * try, never released: dropping the last send right to rx would fire its no-senders notification
+ * before the connection exists. Returns 0, MEMPORT_ENOENT when svc is dead, or another error. */
 static int send_hello(mach_port_name_t svc, mach_port_name_t rx, int kind, uint64_t deadline, bool *have_send) {
   struct ctl_msg hello;
   memset(&hello, 0, sizeof hello);
+  hello.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
+  hello.hdr.msgh_remote_port = svc;
+  hello.hdr.msgh_local_port = MACH_PORT_NULL;
+  hello.hdr.msgh_voucher_port = MACH_PORT_NULL;
   hello.hdr.msgh_id = MEMPORT__DARWIN_MSG_HELLO;
   hello.body.msgh_descriptor_count = 1;
   hello.port.name = rx;
@@ -558,30 +580,14 @@ static int send_hello(mach_port_name_t svc, mach_port_name_t rx, int kind, uint6
   hello.port.type = MACH_MSG_PORT_DESCRIPTOR;
   hello.payload.magic = HELLO_MAGIC;
   hello.payload.value = kind;
-  mach_msg_return_t mr;
-  for (;;) {
-    /* (Re)build the header: after a timed-out send the kernel hands the message back swapped. The
-     * service right is copied, so it stays ours whatever happens; the send right to rx comes back
-     * under rx with disposition MOVE_SEND, which the next try moves on. */
-    hello.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
-    hello.hdr.msgh_size = sizeof hello;
-    hello.hdr.msgh_remote_port = svc;
-    hello.hdr.msgh_local_port = MACH_PORT_NULL;
-    hello.hdr.msgh_voucher_port = MACH_PORT_NULL;
-    bool forever;
-    mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
-    mr = mach_msg(&hello.hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), sizeof hello, 0, MACH_PORT_NULL,
-                  ms, MACH_PORT_NULL);
-    if (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline))
-      continue;
-    break;
-  }
+  mach_msg_return_t mr = ctl_send(&hello.hdr, sizeof hello, deadline);
   if (mr == MACH_MSG_SUCCESS) {
     *have_send = false;
     return 0;
   }
-  /* Before copy-in nothing moved (a moved right is still ours); after it, the right came back. */
-  *have_send = hello.port.disposition == MACH_MSG_TYPE_MOVE_SEND;
+  /* After a failed send (ctl_send) a send right made or moved from rx that came back is ours
+   * under rx, marked MOVE_SEND for the next try; NULL if the kernel could not give it back. */
+  *have_send = hello.port.disposition == MACH_MSG_TYPE_MOVE_SEND && hello.port.name == rx;
   switch (mr) {
   case MACH_SEND_INVALID_DEST:
     return MEMPORT_ENOENT;
@@ -669,37 +675,54 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
   /* As on Linux: MEMPORT_ENOENT only for MEMPORT_NOWAIT and a name nobody serves; a positive
    * timeout that expires gives MEMPORT_ETIMEDOUT. */
   bool nowait = deadline != MEMPORT__NO_DEADLINE && memport__now_ns() >= deadline;
+  /* Since when this user's registry has shown a live owner with its record written (so its
+   * bootstrap entry exists: the record is written after the check-in) that bootstrap_look_up does
+   * not know: 0 while that is not the case. */
+  uint64_t unseen_since = 0;
   for (;;) {
-    bool exists = false;
-    int state = registry_state(name);
-    if (state == 1) {
-      exists = true;
-      int rkind = registry_kind(name);
-      if (rkind != 0 && rkind != kind) {
-        memport__darwin_drop_all(rx);
-        return MEMPORT_EPROTO; /* a region where a service was asked for, or the reverse */
-      }
+    int rkind = 0;
+    int state = registry_state(name, &rkind);
+    if (state == MEMPORT__REG_LIVE && rkind != kind) {
+      memport__darwin_drop_all(rx);
+      return MEMPORT_EPROTO; /* a region where a service was asked for, or the reverse */
     }
-    if (state != 0) {
-      mach_port_t svc = MACH_PORT_NULL;
-      kern_return_t kr = bootstrap_look_up(bootstrap_port, bname, &svc);
-      if (kr == BOOTSTRAP_SUCCESS && MACH_PORT_VALID(svc)) {
-        exists = true;
-        err = send_hello(svc, rx, kind, deadline, &have_send);
-        memport__darwin_release_send(svc);
-        if (err == 0)
-          break;
-        if (err != MEMPORT_ENOENT) {
-          memport__darwin_drop_all(rx);
-          return err;
-        }
-        exists = state == 1; /* a dead service port counts as absent */
-      } else if (kr == BOOTSTRAP_SUCCESS) {
-        memport__darwin_release_send(svc); /* a dead name */
-      } else if (kr != BOOTSTRAP_UNKNOWN_SERVICE) {
+    bool exists = state != MEMPORT__REG_ABSENT;
+    bool unknown = false;
+    mach_port_t svc = MACH_PORT_NULL;
+    kern_return_t kr = bootstrap_look_up(bootstrap_port, bname, &svc);
+    if (kr == BOOTSTRAP_SUCCESS && MACH_PORT_VALID(svc)) {
+      exists = true;
+      err = send_hello(svc, rx, kind, deadline, &have_send);
+      memport__darwin_release_send(svc);
+      if (err == 0)
+        break;
+      if (err != MEMPORT_ENOENT) {
         memport__darwin_drop_all(rx);
-        return bootstrap_err(kr);
+        return err;
       }
+      exists = state != MEMPORT__REG_ABSENT; /* a dead service port counts as absent */
+    } else if (kr == BOOTSTRAP_SUCCESS) {
+      memport__darwin_release_send(svc); /* a dead name */
+    } else if (kr == BOOTSTRAP_UNKNOWN_SERVICE) {
+      unknown = true;
+    } else {
+      memport__darwin_drop_all(rx);
+      return bootstrap_err(kr);
+    }
+    /* Names are per user in the registry but per launchd domain (session) in the bootstrap
+     * server: a live owner that our look-up cannot find serves in another session's namespace
+     * (or is closing: it withdraws its port just before its registry entry). After a short grace,
+     * or at the deadline, say so instead of waiting out the timeout for nothing. */
+    if (state == MEMPORT__REG_LIVE && unknown) {
+      uint64_t now = memport__now_ns();
+      if (unseen_since == 0)
+        unseen_since = now;
+      if (now - unseen_since >= UNSEEN_GRACE_NS || memport__expired(deadline)) {
+        memport__darwin_drop_all(rx);
+        return MEMPORT_EPERM;
+      }
+    } else {
+      unseen_since = 0;
     }
     if (!nap(deadline)) {
       memport__darwin_drop_all(rx);
@@ -733,55 +756,7 @@ int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *ar
     return 0; /* nothing was ever published by this user */
   if (err < 0)
     return err;
-  int listfd = dup(dirfd);
-  DIR *dir = listfd < 0 ? NULL : fdopendir(listfd);
-  if (dir == NULL) {
-    err = errno_err(errno);
-    if (listfd >= 0)
-      close(listfd);
-    close(dirfd);
-    return err;
-  }
-  int ret = 0;
-  struct dirent *de;
-  while ((de = readdir(dir)) != NULL) {
-    size_t n = strlen(de->d_name);
-    const size_t sl = sizeof LOCK_SUFFIX - 1;
-    if (n <= sl || n - sl > MEMPORT_NAME_MAX || strcmp(de->d_name + n - sl, LOCK_SUFFIX) != 0)
-      continue;
-    memport_name_info_t info;
-    memset(&info, 0, sizeof info);
-    memcpy(info.name, de->d_name, n - sl);
-    info.name[n - sl] = '\0';
-    if (memport__name_check(info.name) != 0)
-      continue;
-    int fd = openat(dirfd, de->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-      continue;
-    if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
-      /* No live owner: a crashed one's leftover. Remove it if still nobody's. */
-      if (flock(fd, LOCK_EX | LOCK_NB) == 0 && still_linked(dirfd, de->d_name, fd))
-        (void)unlinkat(dirfd, de->d_name, 0);
-      close(fd);
-      continue;
-    }
-    if (errno != EWOULDBLOCK) {
-      close(fd);
-      continue;
-    }
-    char text[128];
-    ssize_t got = pread(fd, text, sizeof text - 1, 0);
-    close(fd);
-    if (got <= 0)
-      continue; /* an owner that has not written its record yet */
-    text[got] = '\0';
-    if (!registry_parse(text, &info))
-      continue;
-    ret = fn(&info, arg);
-    if (ret != 0)
-      break;
-  }
-  closedir(dir);
+  err = memport__registry_foreach(dirfd, fn, arg);
   close(dirfd);
-  return ret;
+  return err;
 }

@@ -13,7 +13,10 @@
  * Every receive right memport makes carries a no-senders notification addressed to itself: once
  * the peer's send right is gone (closed, or its process died) the kernel queues the notification
  * behind every message the peer sent before, so recv returns those first and MEMPORT_EPEER after.
- * Sending to a peer whose receive right is gone fails with MACH_SEND_INVALID_DEST: MEMPORT_EPEER.
+ * Sending to a peer whose receive right is gone fails with MACH_SEND_INVALID_DEST (MEMPORT_EPEER)
+ * once the kernel sees the death at copy-in; a death after copy-in is reported to the sender as
+ * success, the message destroyed (see memport__os_port_send). A dead-name notification on tx,
+ * also sent to rx, tells recv of the peer's receive right dying (dead_name_arm).
  *
  * A message on the wire:
  *   mach_msg_header_t   (always complex; no reply port)
@@ -23,7 +26,11 @@
  *   struct wire_handle[]  kind, flags (read-only), region size
  *   bytes, padded to 4
  * Send rights are sent with COPY_SEND and released only once the send succeeded, so that a failed
- * send leaves every handle as it was; a port's receive right can only be moved (MOVE_RECEIVE).
+ * send leaves every handle as it was (take_back balances what a returned message holds); a port's
+ * receive right can only be moved (MOVE_RECEIVE).
+ *
+ * Received messages are checked here and their rights handed to lib/msg.c raw
+ * (memport__os_port_recv); it makes the objects and calls memport__os_recv_finish on each.
  */
 
 #define MAX_DESC (2u * MEMPORT_MSG_MAX_HANDLES)
@@ -97,6 +104,61 @@ static void rearm_no_senders(mach_port_name_t rx) {
     (void)mach_port_deallocate(task, prev);
 }
 
+/*
+ * Dead-name notification on tx, delivered to rx. The kernel keeps it as a request on our name of
+ * the peer's port; when that port dies (its receive right destroyed: the peer closed it or died)
+ * the kernel sends MACH_NOTIFY_DEAD_NAME to rx, behind every message the peer sent before, and
+ * adds to our name the user reference the notification carries (osfmk/ipc/ipc_right.c,
+ * ipc_right_check: "Add the reference that the notification carries"). recv then gives
+ * MEMPORT_EPEER and releases that reference; a port closed or sent away before the notification
+ * was read cancels the request or, if it fired already, releases the reference itself.
+ * Requested on first use of the port in this process (send or recv), so that every port gets one
+ * however it was made (pair, received, connected, accepted, inherited through fork).
+ */
+static bool dead_name_armed(const memport_port_t *p) {
+  return p->os.dn_gen != 0 && p->os.dn_gen == atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
+}
+
+static void dead_name_arm(memport_port_t *p) {
+  if (dead_name_armed(p) || !MACH_PORT_VALID(p->tx) || !MACH_PORT_VALID(p->rx))
+    return;
+  mach_port_t task = mach_task_self();
+  mach_port_t prev = MACH_PORT_NULL;
+  /* sync 0: on a name that is dead already this fails (KERN_INVALID_ARGUMENT) and adds nothing;
+   * sends then fail with MACH_SEND_INVALID_DEST by themselves. (xnu-11417 ignores sync for
+   * dead-name requests, osfmk/ipc/mach_port.c mach_port_request_notification.) */
+  kern_return_t kr =
+      mach_port_request_notification(task, p->tx, MACH_NOTIFY_DEAD_NAME, 0, p->rx, MACH_MSG_TYPE_MAKE_SEND_ONCE, &prev);
+  if (kr == KERN_SUCCESS && MACH_PORT_VALID(prev))
+    (void)mach_port_deallocate(task, prev); /* not expected: one request per port and process */
+  if (kr == KERN_SUCCESS || kr == KERN_INVALID_ARGUMENT) {
+    p->os.dn_gen = atomic_load_explicit(&memport__darwin_gen, memory_order_relaxed);
+    p->os.dn_seen = kr != KERN_SUCCESS; /* nothing pending, no reference to release */
+  }
+}
+
+/* Before tx is released (close, or the port was sent away): leave no request and no reference
+ * of the notification behind. */
+static void dead_name_disarm(memport_port_t *p) {
+  bool armed = dead_name_armed(p);
+  p->os.dn_gen = 0;
+  if (!armed || p->os.dn_seen || !MACH_PORT_VALID(p->tx))
+    return;
+  mach_port_t task = mach_task_self();
+  mach_port_t prev = MACH_PORT_NULL;
+  /* notify NULL cancels: a pending request gives back its send-once right (releasing it queues a
+   * send-once notification on rx, which recv skips). A request that fired already is gone from
+   * the name (ipc_right_request_alloc: KERN_SUCCESS with nothing, or KERN_INVALID_ARGUMENT on the
+   * dead name it just became), and the notification's reference is on the name: release it. */
+  kern_return_t kr = mach_port_request_notification(task, p->tx, MACH_NOTIFY_DEAD_NAME, 0, MACH_PORT_NULL,
+                                                    MACH_MSG_TYPE_MAKE_SEND_ONCE, &prev);
+  if (kr == KERN_SUCCESS && MACH_PORT_VALID(prev))
+    (void)mach_port_deallocate(task, prev);
+  else if (kr == KERN_SUCCESS || kr == KERN_INVALID_ARGUMENT)
+    memport__darwin_release_send(p->tx);
+  p->os.dn_seen = true;
+}
+
 int memport__darwin_trailer_cred(const mach_msg_header_t *hdr, size_t buf_size, memport_cred_t *cred,
                                  bool *from_kernel) {
   size_t off = round_msg(hdr->msgh_size);
@@ -168,6 +230,8 @@ void memport__os_port_close(memport_port_t *p) {
   memport__darwin_untrack(p);
   mach_port_name_t rx = p->rx, tx = p->tx;
   bool mine = port_mine(p);
+  if (mine)
+    dead_name_disarm(p); /* before tx goes (rx still here to take a send-once notification) */
   /* a fork child that inherited this port may still claim the receive right: then it is kept */
   bool parked = mine && MACH_PORT_VALID(rx) && memport__darwin_park_receive(p);
   if (mine && !MACH_PORT_VALID(rx) && p->os.claim != 0)
@@ -218,6 +282,72 @@ static void put_desc(mach_msg_port_descriptor_t *d, mach_port_name_t name, mach_
   d->name = name;
   d->disposition = disposition;
   d->type = MACH_MSG_PORT_DESCRIPTOR;
+}
+
+/*
+ * A send that fails after the message was copied in (MACH_SEND_TIMED_OUT, also with a zero
+ * timeout; MACH_SEND_INTERRUPTED; MACH_SEND_NO_BUFFER) hands the message back to the sender
+ * (osfmk/ipc/mach_msg.c mach_msg_trap_send -> mach_msg_receive_pseudo -> ipc_kmsg_copyout_pseudo
+ * in ipc_kmsg.c). The header is not reversed: the destination stays in msgh_remote_port. Every
+ * right in the message is copied out to us again with the type it was copied in as
+ * (ipc_object_copyin_type): each COPY_SEND, in the header and in each descriptor, comes back as
+ * one more user reference under the same name with disposition PORT_SEND (== MOVE_SEND); a moved
+ * receive right comes back as a receive right (PORT_RECEIVE == MOVE_RECEIVE), under the name it
+ * had or, if none of our rights was left under it, a new one; a right to a port that died
+ * meanwhile comes back as MACH_PORT_DEAD and is gone (ipc_kmsg_copyout_port); one that could not
+ * be copied out (no space) as MACH_PORT_NULL, gone, with MACH_MSG_IPC_* bits in the result.
+ *
+ * take_back releases each extra reference here, exactly once, and rewrites the buffer as it was
+ * built (COPY_SEND everywhere, receive rights under their current names), so that whatever the
+ * next try or the failure path does, every reference is balanced. (Resending the returned message
+ * as it is, as Chromium's mojo/core/channel_mac.cc does, is also balanced as long as the resend is
+ * copied in whole; a resend refused during copy-in after the header destroys the MOVE_SEND the
+ * buffer then holds, ipc_kmsg_copyin_from_user -> ipc_kmsg_clean_header, and the buffer could no
+ * longer tell what is ours.) Returns false when a receive right did not come back.
+ */
+static bool take_back(memport_port_t *p, memport_msg_t *msg, mach_msg_header_t *hdr,
+                      mach_msg_port_descriptor_t *desc, mach_msg_size_t size) {
+  bool whole = true;
+  if (MACH_PORT_VALID(hdr->msgh_remote_port))
+    memport__darwin_release_send(hdr->msgh_remote_port); /* the extra reference to the peer */
+  hdr->msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
+  hdr->msgh_size = size;
+  hdr->msgh_remote_port = p->tx;
+  hdr->msgh_local_port = MACH_PORT_NULL;
+  hdr->msgh_voucher_port = MACH_PORT_NULL;
+  hdr->msgh_id = MEMPORT__DARWIN_MSG_DATA;
+  size_t d = 0;
+  for (size_t i = 0; i < msg->nhandles; i++) {
+    struct memport__handle *h = &msg->handles[i];
+    mach_msg_port_descriptor_t got;
+    mach_port_name_t own;
+    if (h->kind == MEMPORT_HANDLE_PORT) {
+      memcpy(&got, &desc[d], sizeof got);
+      h->u.port->rx = MACH_PORT_VALID(got.name) ? got.name : MACH_PORT_NULL;
+      if (!MACH_PORT_VALID(got.name))
+        whole = false;
+      put_desc(&desc[d++], h->u.port->rx, MACH_MSG_TYPE_MOVE_RECEIVE);
+      own = h->u.port->tx;
+    } else if (h->kind == MEMPORT_HANDLE_REGION) {
+      own = h->u.region->handle;
+    } else {
+      own = h->u.sem->handle;
+    }
+    memcpy(&got, &desc[d], sizeof got);
+    if (got.disposition == MACH_MSG_TYPE_PORT_SEND && MACH_PORT_VALID(got.name))
+      memport__darwin_release_send(got.name);
+    put_desc(&desc[d++], own, MACH_MSG_TYPE_COPY_SEND);
+  }
+  return whole;
+}
+
+/* After a send refused during copy-in: a port whose receive right is no longer ours has none. */
+static void forget_lost_receives(memport_msg_t *msg) {
+  for (size_t i = 0; i < msg->nhandles; i++) {
+    struct memport__handle *h = &msg->handles[i];
+    if (h->kind == MEMPORT_HANDLE_PORT && !has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
+      h->u.port->rx = MACH_PORT_NULL;
+  }
 }
 
 int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
@@ -307,6 +437,7 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
   size_t padded = (size + 3u) & ~(size_t)3u;
   memset(w, 0, padded - size);
 
+  dead_name_arm(p);
   hdr->msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
   hdr->msgh_size = (mach_msg_size_t)padded;
   hdr->msgh_remote_port = p->tx;
@@ -316,30 +447,49 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
   body->msgh_descriptor_count = (mach_msg_size_t)ndesc;
 
   mach_msg_return_t mr;
+  bool whole = true;       /* every right came back from a returned message */
+  mach_msg_return_t lost = 0; /* MACH_MSG_IPC_* / VM_* bits of rights that could not come back */
   for (;;) {
     bool forever;
     mach_msg_timeout_t ms = memport__darwin_timeout_ms(deadline, &forever);
-    /* Without MACH_SEND_INTERRUPT, mach_msg() itself resends after a signal. */
-    mr = mach_msg(hdr, MACH_SEND_MSG | (forever ? 0 : MACH_SEND_TIMEOUT), hdr->msgh_size, 0, MACH_PORT_NULL, ms,
-                  MACH_PORT_NULL);
-    if (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline)) {
-      /* A capped wait ended early. The kernel returned the message to our buffer ("pseudo-
-       * received"): each copied send right came back as one more reference (disposition now
-       * MOVE_SEND, which consumes it on the next try), a moved receive right as a receive right
-       * (disposition unchanged). The header came back swapped: rebuild it. */
-      hdr->msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
-      hdr->msgh_size = (mach_msg_size_t)padded;
-      hdr->msgh_remote_port = p->tx;
-      hdr->msgh_local_port = MACH_PORT_NULL;
-      hdr->msgh_voucher_port = MACH_PORT_NULL;
-      hdr->msgh_id = MEMPORT__DARWIN_MSG_DATA;
-      continue;
+    /* MACH_SEND_INTERRUPT: an interrupted send comes back to us rather than being resent by
+     * mach_msg() itself, which (xnu-11417 libsyscall/mach/mach_msg.c, mach_msg2_internal) would
+     * resend the header it was first given, not the one the kernel handed back (see take_back). */
+    mr = mach_msg(hdr, MACH_SEND_MSG | MACH_SEND_INTERRUPT | (forever ? 0 : MACH_SEND_TIMEOUT),
+                  (mach_msg_size_t)padded, 0, MACH_PORT_NULL, ms, MACH_PORT_NULL);
+    if (mr == MACH_MSG_SUCCESS)
+      break;
+    /* The kernel writes to our buffer only when it hands a copied-in message back, and the remote
+     * disposition it then leaves (PORT_SEND) is never the COPY_SEND we wrote. */
+    if (MACH_MSGH_BITS_REMOTE(hdr->msgh_bits) == MACH_MSG_TYPE_PORT_SEND) {
+      lost = mr & MACH_MSG_MASK;
+      mr &= ~(mach_msg_return_t)MACH_MSG_MASK;
+      whole = take_back(p, msg, hdr, desc, (mach_msg_size_t)padded) && lost == 0;
+      if (whole && (mr == MACH_SEND_INTERRUPTED || (mr == MACH_SEND_TIMED_OUT && !memport__expired(deadline))))
+        continue; /* a capped wait ended early, or a signal: the same message again */
+    } else {
+      /* Refused before or during copy-in: nothing came back, and every send right is as it was
+       * (a COPY_SEND copied in before a later descriptor failed is destroyed again: net zero).
+       * A receive right moved in before the failure is destroyed with the partial message
+       * (ipc_kmsg_copyin_body -> ipc_kmsg_clean_descriptors); the checks above make that
+       * unlikely, but never leave a port naming a right it lost. */
+      forget_lost_receives(msg);
     }
     break;
   }
 
   if (mr == MACH_MSG_SUCCESS) {
-    /* The peer now holds its own rights: drop ours (the copies were made by the kernel). */
+    /* Success means queued, or destroyed: when the peer's receive right died after copy-in the
+     * kernel reports success and destroys the message with every right in it (osfmk/ipc/
+     * ipc_kmsg.c ipc_kmsg_send: an inactive destination "we can pretend it got sent and was then
+     * immediately destroyed"; the same when the port is destroyed while we wait for queue space,
+     * ipc_mqueue_send_locked THREAD_RESTART -> MACH_SEND_INVALID_DEST -> success). A message
+     * already queued dies with the receive right too (ipc_port_destroy ->
+     * ipc_mqueue_destroy_locked). The death is seen afterwards: the next send fails at copy-in
+     * (MACH_SEND_INVALID_DEST: MEMPORT_EPEER), recv gives MEMPORT_EPEER after the peer's last
+     * messages (no-senders and dead-name notifications). memport_port_send(3) says what was lost,
+     * as on Linux, where unread records die with the peer's socket. Either way the rights now
+     * belong to the message: drop ours (the kernel made its copies). */
     for (size_t i = 0; i < msg->nhandles; i++) {
       struct memport__handle *h = &msg->handles[i];
       /* (fields cleared before the release: a fork racing with us must not see a stale name) */
@@ -352,7 +502,8 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
         h->u.sem->handle = MEMPORT_OS_HANDLE_INVALID;
       } else {
         memport__darwin_forget_receive(h->u.port); /* no fork child can claim it any more */
-        h->u.port->rx = MACH_PORT_NULL; /* moved */
+        dead_name_disarm(h->u.port);                /* before its send right goes */
+        h->u.port->rx = MACH_PORT_NULL;             /* moved */
         name = h->u.port->tx;
         h->u.port->tx = MACH_PORT_NULL;
       }
@@ -361,24 +512,10 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     return 0;
   }
 
-  /* Failure. If the message had been copied in (timeout, or the peer died while we waited for
-   * queue space) the kernel handed the rights back in our buffer: a copied send right as an extra
-   * reference under the same name (disposition now MOVE_SEND), a moved receive right under the
-   * name it got back. Before copy-in nothing changed and the buffer still holds our own values. */
-  d = 0;
-  for (size_t i = 0; i < msg->nhandles; i++) {
-    struct memport__handle *h = &msg->handles[i];
-    size_t n = h->kind == MEMPORT_HANDLE_PORT ? 2 : 1;
-    for (size_t k = 0; k < n; k++, d++) {
-      mach_msg_port_descriptor_t got;
-      memcpy(&got, &desc[d], sizeof got);
-      if (h->kind == MEMPORT_HANDLE_PORT && k == 0) {
-        h->u.port->rx = got.name;
-      } else if (got.disposition == MACH_MSG_TYPE_MOVE_SEND) {
-        memport__darwin_release_send(got.name);
-      }
-    }
-  }
+  /* Failure: take_back (or the kernel refusing before copy-in) left every reference as it was
+   * before the call; a port whose receive right could not be given back has rx NULL. */
+  if (!whole)
+    return (lost & MACH_MSG_IPC_SPACE) ? MEMPORT_EMFILE : MEMPORT_ENOMEM; /* a right was lost on the way back */
   switch (mr) {
   case MACH_SEND_INVALID_DEST:
     return MEMPORT_EPEER;
@@ -391,14 +528,44 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
   }
 }
 
-/* One handle being taken out of a received message. */
-struct rx_handle {
-  int kind;
-  bool readonly;
-  size_t size;
-  mach_port_name_t a, b; /* region/sem: a; port: a = receive right, b = send right */
-  void *obj;
-};
+/* ------------------------------------------------------------------------------------------ */
+/* Receive: the backend half. It checks a message and hands its rights over raw (lib/msg.c makes
+ * the objects and calls memport__os_recv_finish on each).                                     */
+
+void memport__os_recv_release(const struct memport__raw_handle *raw) {
+  if (raw->kind == MEMPORT_HANDLE_PORT) {
+    memport__darwin_release_receive(raw->h[0]);
+    memport__darwin_release_send(raw->h[1]); /* NULL and DEAD: nothing held */
+  } else {
+    memport__darwin_release_send(raw->h[0]);
+  }
+}
+
+int memport__os_recv_finish(int kind, void *object) {
+  uintptr_t stamp = memport__darwin_stamp();
+  if (stamp == 0)
+    return MEMPORT_ENOMEM;
+  switch (kind) {
+  case MEMPORT_HANDLE_REGION:
+    ((memport_region_t *)object)->os.gen = stamp;
+    break;
+  case MEMPORT_HANDLE_SEM:
+    ((memport_sem_t *)object)->os.gen = stamp;
+    break;
+  case MEMPORT_HANDLE_PORT: {
+    memport_port_t *q = object;
+    memset(&q->os, 0, sizeof q->os);
+    q->os.gen = stamp;
+    /* (its dead-name notification is requested on first use, dead_name_arm) */
+    rearm_no_senders(q->rx);
+    break;
+  }
+  default:
+    return MEMPORT_EPROTO;
+  }
+  memport__darwin_track(object, kind);
+  return 0;
+}
 
 static bool desc_ok(const mach_msg_port_descriptor_t *d, mach_msg_type_name_t disposition, bool allow_dead) {
   if (d->type != MACH_MSG_PORT_DESCRIPTOR || d->disposition != disposition)
@@ -406,8 +573,9 @@ static bool desc_ok(const mach_msg_port_descriptor_t *d, mach_msg_type_name_t di
   return MACH_PORT_VALID(d->name) || (allow_dead && (d->name == MACH_PORT_DEAD || d->name == MACH_PORT_NULL));
 }
 
-/* Parse and check a received data message; fills hs[] without creating anything. */
-static int parse(const unsigned char *buf, mach_msg_size_t size, struct rx_handle *hs, size_t *nh,
+/* Parse and check a received data message; describes its rights in hs[] (which the message still
+ * owns: on failure the caller destroys the message). */
+static int parse(const unsigned char *buf, mach_msg_size_t size, struct memport__raw_handle *hs, size_t *nh,
                  const unsigned char **bytes, size_t *nbytes) {
   const mach_msg_header_t *hdr = (const mach_msg_header_t *)(const void *)buf;
   if (hdr->msgh_id != MEMPORT__DARWIN_MSG_DATA || !(hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX) ||
@@ -443,8 +611,10 @@ static int parse(const unsigned char *buf, mach_msg_size_t size, struct rx_handl
   for (size_t i = 0; i < wh.nhandles; i++) {
     struct wire_handle wt;
     memcpy(&wt, buf + off + i * sizeof wt, sizeof wt);
-    struct rx_handle *h = &hs[i];
+    struct memport__raw_handle *h = &hs[i];
     memset(h, 0, sizeof *h);
+    h->h[0] = MACH_PORT_NULL;
+    h->h[1] = MACH_PORT_NULL;
     h->kind = (int)wt.kind;
     mach_msg_port_descriptor_t d0, d1;
     switch (wt.kind) {
@@ -454,7 +624,7 @@ static int parse(const unsigned char *buf, mach_msg_size_t size, struct rx_handl
       memcpy(&d0, dp + d * sizeof d0, sizeof d0);
       if (!desc_ok(&d0, MACH_MSG_TYPE_PORT_SEND, false))
         return MEMPORT_EPROTO;
-      h->a = d0.name;
+      h->h[0] = d0.name;
       h->readonly = (wt.flags & WIRE_READONLY) != 0;
       /* a peer with smaller pages (x86_64 under Rosetta) may announce 4 KiB multiples */
       h->size = (size_t)((wt.size + page - 1) & ~(uint64_t)(page - 1));
@@ -466,7 +636,7 @@ static int parse(const unsigned char *buf, mach_msg_size_t size, struct rx_handl
       memcpy(&d0, dp + d * sizeof d0, sizeof d0);
       if (!desc_ok(&d0, MACH_MSG_TYPE_PORT_SEND, false))
         return MEMPORT_EPROTO;
-      h->a = d0.name;
+      h->h[0] = d0.name;
       d += 1;
       break;
     case MEMPORT_HANDLE_PORT:
@@ -476,8 +646,8 @@ static int parse(const unsigned char *buf, mach_msg_size_t size, struct rx_handl
       memcpy(&d1, dp + (d + 1) * sizeof d1, sizeof d1);
       if (!desc_ok(&d0, MACH_MSG_TYPE_PORT_RECEIVE, false) || !desc_ok(&d1, MACH_MSG_TYPE_PORT_SEND, true))
         return MEMPORT_EPROTO;
-      h->a = d0.name;
-      h->b = d1.name;
+      h->h[0] = d0.name;
+      h->h[1] = d1.name;
       d += 2;
       break;
     default:
@@ -492,104 +662,47 @@ static int parse(const unsigned char *buf, mach_msg_size_t size, struct rx_handl
   return 0;
 }
 
-static void rx_free_objects(struct rx_handle *hs, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    free(hs[i].obj);
-    hs[i].obj = NULL;
-  }
-}
 
-/* Close the OS side of a handle object made here and free it. */
-static void rx_close_object(struct rx_handle *h) {
-  if (h->obj == NULL)
-    return;
-  if (h->kind == MEMPORT_HANDLE_REGION)
-    memport__os_region_close(h->obj);
-  else if (h->kind == MEMPORT_HANDLE_SEM)
-    memport__os_sem_close(h->obj);
-  else
-    memport__os_port_close(h->obj);
-  free(h->obj);
-  h->obj = NULL;
-}
-
-/* Deliver a checked message into msg: one object per handle, all or nothing. */
-static int deliver(memport_msg_t *msg, mach_msg_header_t *hdr, struct rx_handle *hs, size_t nh,
-                   const unsigned char *bytes, size_t nbytes, const memport_cred_t *sender) {
-  if (nbytes > 0 && msg->bytes == NULL) {
-    mach_msg_destroy(hdr);
-    return MEMPORT_ENOMEM;
-  }
-  /* Regions: a kernel memory entry of at least the announced size, writable unless announced
-   * read-only. Anything else (a send right to some user port) is refused before we use it. */
+/* Regions: a kernel memory entry of at least the announced size, writable unless announced
+ * read-only. Anything else (a send right to some user port) is refused before anyone uses it. */
+static int check_regions(const struct memport__raw_handle *hs, size_t nh) {
   for (size_t i = 0; i < nh; i++) {
     if (hs[i].kind != MEMPORT_HANDLE_REGION)
       continue;
-    if (memport__darwin_entry_check(hs[i].a, hs[i].size, !hs[i].readonly) < 0 ||
+    if (memport__darwin_entry_check(hs[i].h[0], hs[i].size, !hs[i].readonly) < 0 ||
         /* announced read-only, the entry must be: a read-only region sent on from here must never
          * hand out a writable right (a memport sender always derives a VM_PROT_READ entry) */
-        (hs[i].readonly && memport__darwin_entry_check(hs[i].a, vm_page_size, true) == 0)) {
-      mach_msg_destroy(hdr);
+        (hs[i].readonly && memport__darwin_entry_check(hs[i].h[0], vm_page_size, true) == 0))
       return MEMPORT_EPROTO;
-    }
   }
-  for (size_t i = 0; i < nh; i++) {
-    size_t sz = hs[i].kind == MEMPORT_HANDLE_REGION ? sizeof(memport_region_t)
-                : hs[i].kind == MEMPORT_HANDLE_SEM  ? sizeof(memport_sem_t)
-                                                    : sizeof(memport_port_t);
-    hs[i].obj = calloc(1, sz);
-    if (hs[i].obj == NULL) {
-      rx_free_objects(hs, i);
-      mach_msg_destroy(hdr);
-      return MEMPORT_ENOMEM;
-    }
-  }
-  /* From here on every right belongs to an object. */
-  uintptr_t stamp = memport__darwin_stamp();
-  for (size_t i = 0; i < nh; i++) {
-    if (hs[i].kind == MEMPORT_HANDLE_REGION) {
-      memport_region_t *r = hs[i].obj;
-      r->handle = hs[i].a;
-      r->size = hs[i].size;
-      r->readonly = hs[i].readonly;
-      r->os.gen = stamp;
-    } else if (hs[i].kind == MEMPORT_HANDLE_SEM) {
-      memport_sem_t *s = hs[i].obj;
-      s->handle = hs[i].a;
-      s->os.gen = stamp;
-    } else {
-      memport_port_t *q = hs[i].obj;
-      q->rx = hs[i].a;
-      q->tx = hs[i].b;
-      q->peer = *sender; /* the process that handed the port over */
-      q->os.gen = stamp;
-      rearm_no_senders(q->rx);
-    }
-  }
-  for (size_t i = 0; i < nh; i++)
-    memport__darwin_track(hs[i].obj, hs[i].kind);
-  for (size_t i = 0; i < nh; i++) {
-    void *obj = hs[i].obj;
-    hs[i].obj = NULL;
-    int err = memport__msg_push(msg, hs[i].kind, obj); /* closes obj on failure */
-    if (err < 0) {
-      for (size_t k = i + 1; k < nh; k++)
-        rx_close_object(&hs[k]);
-      memport__msg_drop_handles(msg);
-      return err;
-    }
-  }
-  if (nbytes > 0)
-    memcpy(msg->bytes, bytes, nbytes);
-  msg->len = nbytes;
-  msg->sender = *sender;
-  msg->has_sender = true;
   return 0;
 }
 
-int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
-  if (p == NULL || msg == NULL)
+/* A dead-name notification came to rx (from the kernel: pid 0 in the audit trailer). True when our
+ * peer is gone: tx is a dead name now (mach_port_type converts a name whose port died and reports
+ * it: ipc_right_info -> ipc_right_check). Our own request then fired and added a reference to
+ * the name, released here once. The notification's not_port is not trusted: one queued before
+ * this receive right was sent to us names a right in the sender's space, and a hostile sender
+ * could have had the kernel send one about any port of its own, then sent us the receive right.
+ * False (not about our peer): the caller skips it. */
+static bool dead_name_seen(memport_port_t *p) {
+  mach_port_type_t type = 0;
+  bool dead = !MACH_PORT_VALID(p->tx) ||
+              (mach_port_type(mach_task_self(), p->tx, &type) == KERN_SUCCESS && (type & MACH_PORT_TYPE_DEAD_NAME));
+  if (!dead)
+    return false;
+  if (dead_name_armed(p) && !p->os.dn_seen && MACH_PORT_VALID(p->tx)) {
+    p->os.dn_seen = true;
+    memport__darwin_release_send(p->tx); /* the notification's reference (ipc_right_check) */
+  }
+  return true;
+}
+
+int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, struct memport__raw_msg *raw, uint64_t deadline) {
+  if (p == NULL || msg == NULL || raw == NULL)
     return MEMPORT_EINVAL;
+  raw->nhandles = 0;
+  raw->len = 0;
   if (!port_mine(p))
     return MEMPORT_EBADF;
   if (!MACH_PORT_VALID(p->rx) && p->os.claim != 0) {
@@ -602,9 +715,12 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
     return MEMPORT_EBADF;
   if (p->os.peer_gone)
     return MEMPORT_EPEER;
+  dead_name_arm(p);
   int err = ensure_buf(msg);
   if (err < 0)
     return err;
+  if (msg->bytes == NULL)
+    return MEMPORT_ENOMEM;
   mach_msg_header_t *hdr = msg->os_buf;
   for (;;) {
     bool forever;
@@ -639,22 +755,36 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
       mach_msg_destroy(hdr);
       return MEMPORT_EPROTO;
     }
+    /* Notifications come from the kernel (pid 0 in the audit trailer: no process can send that),
+     * as simple messages on a send-once right (nothing to destroy but the header). */
     if (from_kernel && !(hdr->msgh_bits & MACH_MSGH_BITS_COMPLEX)) {
       if (hdr->msgh_id == MACH_NOTIFY_NO_SENDERS) {
         p->os.peer_gone = true;
         return MEMPORT_EPEER;
       }
-      /* another notification (a send-once right to this port released): not for the user */
+      if (hdr->msgh_id == MACH_NOTIFY_DEAD_NAME && dead_name_seen(p)) {
+        p->os.peer_gone = true;
+        return MEMPORT_EPEER;
+      }
+      /* another notification (a send-once right to this port released, as when a dead-name
+       * request is cancelled; a port-deleted one; a dead-name one not about our peer): not for
+       * the user. Simple messages: destroying them releases nothing but their header rights. */
       mach_msg_destroy(hdr);
       continue;
     }
-    struct rx_handle hs[MEMPORT_MSG_MAX_HANDLES];
     size_t nh = 0, nbytes = 0;
     const unsigned char *bytes = NULL;
-    if (parse(msg->os_buf, hdr->msgh_size, hs, &nh, &bytes, &nbytes) < 0) {
+    if (parse(msg->os_buf, hdr->msgh_size, raw->handles, &nh, &bytes, &nbytes) < 0 ||
+        check_regions(raw->handles, nh) < 0) {
       mach_msg_destroy(hdr);
       return MEMPORT_EPROTO;
     }
-    return deliver(msg, hdr, hs, nh, bytes, nbytes, &sender);
+    /* From here on the rights belong to raw (lib/msg.c makes the objects or releases them). */
+    if (nbytes > 0)
+      memcpy(msg->bytes, bytes, nbytes);
+    raw->nhandles = nh;
+    raw->len = nbytes;
+    raw->sender = sender;
+    return 0;
   }
 }

@@ -5,38 +5,69 @@
 #include <mach/memory_object_types.h>
 #include <mach/vm_map.h>
 
-/* The largest anonymous VM object the kernel creates for MAP_MEM_NAMED_CREATE (ANON_MAX_SIZE in
- * xnu: 4 GiB less one 4 KiB page); larger requests fail there with KERN_FAILURE. */
-#define MEMPORT__DARWIN_REGION_MAX ((uint64_t)0xFFFFF000u)
-
 size_t memport__os_page_size(void) { return (size_t)vm_page_size; }
 
 static bool page_aligned(uint64_t v) { return (v & (uint64_t)(vm_page_size - 1)) == 0; }
 
+/* The kernel's page size, never smaller than this task's. The two differ for an x86_64 task under
+ * Rosetta on Apple silicon: its map has 4 KiB pages (vm_page_size, the comm page's user page shift)
+ * while the kernel and every native peer use 16 KiB pages (vm_kernel_page_size, its kernel page
+ * shift; libsyscall mach_init.c). */
+static uint64_t kernel_page(void) {
+  uint64_t k = (uint64_t)vm_kernel_page_size, p = (uint64_t)vm_page_size;
+  return k > p ? k : p;
+}
+
+/* Regions are made in whole kernel pages. A named entry created here is sized in this task's pages
+ * (MAP_MEM_NAMED_CREATE rounds with the target map's page mask: mach_make_memory_entry_named_create
+ * in xnu-11417 osfmk/vm/vm_memory_entry.c, mach_make_memory_entry_internal in xnu-7195
+ * osfmk/vm/vm_user.c), while every request for a sub-entry rounds its end with the kernel's
+ * PAGE_MASK and fails with KERN_INVALID_ARGUMENT past the parent's size
+ * (mach_make_memory_entry_from_parent_entry_sanitize; the parent_entry path in xnu-7195). Under
+ * Rosetta a 20 KiB entry could then not even be named whole again, and a native peer, which rounds
+ * the announced size to its own 16 KiB pages, could not map it (mach_vm_map: the entry is smaller
+ * than asked). In whole kernel pages both problems are gone, at the cost of at most 12 KiB more
+ * address space (never memory: pages are allocated when touched); memport_region_size() reports
+ * the size made.
+ *
+ * There is no size limit here: the kernel's is ANON_MAX_SIZE (osfmk/mach/vm_param.h), checked by
+ * MAP_MEM_NAMED_CREATE, which answers KERN_FAILURE above it. It was 4 GiB less one kernel page up to
+ * xnu-8020 (macOS 12) and is 0xFFFFFFFF kernel pages since xnu-8792 (macOS 13): about 16 TiB with
+ * 4 KiB pages, 64 TiB with 16 KiB pages. Asking is the cheapest way to learn the running kernel's
+ * limit, and the only one that stays right. */
 int memport__os_region_create(memport_region_t *r, size_t size) {
   if (r == NULL || size == 0 || !page_aligned(size))
     return MEMPORT_EINVAL;
-  if ((uint64_t)size > MEMPORT__DARWIN_REGION_MAX)
-    return MEMPORT_ENOMEM;
+  const uint64_t kpage = kernel_page();
+  if ((uint64_t)size > (uint64_t)SIZE_MAX - (kpage - 1))
+    return MEMPORT_EOVERFLOW;
+  const size_t full = (size_t)(((uint64_t)size + kpage - 1) & ~(kpage - 1));
   uintptr_t stamp = memport__darwin_stamp();
   if (stamp == 0)
     return MEMPORT_ENOMEM;
-  memory_object_size_t got = size;
+  memory_object_size_t got = full;
   mach_port_t entry = MACH_PORT_NULL;
   /* A new anonymous, zero-filled VM object that belongs to no address space, named by a send
    * right to its memory entry. */
   kern_return_t kr = mach_make_memory_entry_64(mach_task_self(), &got, 0,
                                                MAP_MEM_NAMED_CREATE | VM_PROT_READ | VM_PROT_WRITE, &entry,
                                                MACH_PORT_NULL);
-  if (kr != KERN_SUCCESS)
-    return kr == KERN_FAILURE ? MEMPORT_ENOMEM : memport__darwin_err(kr);
-  if (!MACH_PORT_VALID(entry)) /* the kernel answers a zero size with no entry */
+  if (kr != KERN_SUCCESS) {
+    /* KERN_FAILURE: larger than ANON_MAX_SIZE (or no entry could be allocated). Every argument but
+     * the size is fixed here, so KERN_INVALID_ARGUMENT (xnu-11417's vm_sanitize_addr_size on a
+     * size that overflows once rounded) also means "too large". */
+    if (kr == KERN_FAILURE || kr == KERN_INVALID_ARGUMENT)
+      return MEMPORT_ENOMEM;
+    return memport__darwin_err(kr);
+  }
+  if (!MACH_PORT_VALID(entry)) /* xnu-7195 answers a size that wraps to 0 with no entry */
     return MEMPORT_ENOMEM;
-  if (got < size) {
+  if (got < full) {
     memport__darwin_release_send(entry);
     return MEMPORT_ENOMEM;
   }
   r->handle = entry;
+  r->size = full;
   r->os.gen = stamp;
   memport__darwin_track(r, MEMPORT_HANDLE_REGION);
   return 0;
@@ -54,22 +85,50 @@ void memport__os_region_close(memport_region_t *r) {
     memport__darwin_release_send(h);
 }
 
-/* A new memory entry for [0, size) of the entry `parent` with exactly `prot`. The parent must be
- * a checked memory entry (see memport__darwin_entry_check): for any other port the kernel would
- * take the request as one about this task's own address space. */
-static int sub_entry(mach_port_t parent, size_t size, vm_prot_t prot, mach_port_t *out) {
+/* A new VM_PROT_READ memory entry for [0, size) of the checked entry `entry`, made the way
+ * Chromium converts a region to read-only (base/memory/platform_shared_memory_region_mac.cc,
+ * ConvertToReadOnly): map the entry read-only, then make an entry of that address range.
+ *
+ * Why not a sub-entry of `entry` (mach_make_memory_entry_64 with it as parent)? That path rounds
+ * the end to the kernel page and refuses anything past the parent (see memport__os_region_create),
+ * so a 4 KiB-page task gets KERN_INVALID_ARGUMENT for any entry that is not a whole number of
+ * kernel pages (made by another Rosetta process, or adopted with a smaller size), and it refuses
+ * every parent made with MAP_MEM_VM_SHARE (is_copy). The address path rounds with the task's own
+ * page mask (mach_make_memory_entry_share, xnu-11417; the parent_entry == NULL branch of
+ * xnu-7195), copies nothing (vm_map_copy_extract with copy FALSE shares the VM object, and with
+ * vmkf_copy_single_object stops where the object changes) and gives an entry whose protection is
+ * exactly VM_PROT_READ, so vm_map_enter_mem_object refuses VM_PROT_WRITE through it for good.
+ * It also never names a parent: for a port that is no memory entry, the kernel would have taken
+ * the sub-entry request as one about this task's own address space.
+ *
+ * The temporary mapping costs address space only (nothing is touched) and is not inherited by a
+ * concurrent fork. A thread that unmaps memory it does not own could swap it before the entry is
+ * made; that thread corrupts this process in any case. */
+static int readonly_entry(mach_port_t entry, size_t size, mach_port_t *out) {
+  mach_port_t task = mach_task_self();
+  mach_vm_address_t addr = 0;
+  kern_return_t kr = mach_vm_map(task, &addr, (mach_vm_size_t)size, 0, VM_FLAGS_ANYWHERE, entry, 0, FALSE,
+                                 VM_PROT_READ, VM_PROT_READ, VM_INHERIT_NONE);
+  if (kr != KERN_SUCCESS) {
+    if (kr == KERN_INVALID_RIGHT || kr == KERN_INVALID_OBJECT)
+      return MEMPORT_EBADF; /* not a memory entry, or one without read access */
+    return memport__darwin_err(kr);
+  }
   memory_object_size_t got = size;
-  mach_port_t entry = MACH_PORT_NULL;
-  kern_return_t kr = mach_make_memory_entry_64(mach_task_self(), &got, 0, prot, &entry, parent);
+  mach_port_t ro = MACH_PORT_NULL;
+  kr = mach_make_memory_entry_64(task, &got, (memory_object_offset_t)addr, VM_PROT_READ, &ro, MACH_PORT_NULL);
+  (void)mach_vm_deallocate(task, addr, (mach_vm_size_t)size);
   if (kr != KERN_SUCCESS)
     return kr == KERN_FAILURE ? MEMPORT_ENOMEM : memport__darwin_err(kr);
-  if (!MACH_PORT_VALID(entry))
-    return MEMPORT_EINVAL;
+  if (!MACH_PORT_VALID(ro))
+    return MEMPORT_EPROTO;
   if (got < size) {
-    memport__darwin_release_send(entry);
-    return MEMPORT_EINVAL;
+    /* The entry spans several VM objects (one made with MAP_MEM_VM_SHARE elsewhere): a single
+     * read-only entry cannot name it whole. */
+    memport__darwin_release_send(ro);
+    return MEMPORT_ENOTSUP;
   }
-  *out = entry;
+  *out = ro;
   return 0;
 }
 
@@ -82,7 +141,7 @@ int memport__os_region_dup(const memport_region_t *r, bool readonly, memport_reg
      * for every read-only duplicate, also of a handle already read-only: the new handle must never
      * name a writable entry, whatever the parent handle names. */
     mach_port_t ro = MACH_PORT_NULL;
-    int err = sub_entry(r->handle, r->size, VM_PROT_READ, &ro);
+    int err = readonly_entry(r->handle, r->size, &ro);
     if (err < 0)
       return err;
     out->handle = ro;
@@ -106,7 +165,7 @@ int memport__os_region_seal(memport_region_t *r) {
   if (r->readonly)
     return 0;
   mach_port_t ro = MACH_PORT_NULL;
-  int err = sub_entry(r->handle, r->size, VM_PROT_READ, &ro);
+  int err = readonly_entry(r->handle, r->size, &ro);
   if (err < 0)
     return err;
   /* Drop this handle's read-write right: from now on it names only the read-only entry. Other
@@ -156,25 +215,24 @@ int memport__darwin_entry_check(mach_port_name_t name, size_t size, bool writabl
   }
 }
 
-/* Does the checked entry cover [0, size)? A sub-entry request answers without mapping anything. */
+/* Does the checked entry cover [0, size)? Asked by mapping it read-only (address space only) and
+ * unmapping it at once: vm_map_enter_mem_object compares the entry's size with the offset plus the
+ * size asked, unrounded, and answers KERN_INVALID_ARGUMENT when the entry is smaller, before it
+ * looks for address space (xnu-11417 osfmk/vm/vm_map.c; vm_map_enter_mem_object_helper in
+ * xnu-7195). A sub-entry request would round the size to the kernel page first (see
+ * memport__os_region_create), so a 4 KiB-page task would get a wrong answer for an entry that is
+ * not a whole number of kernel pages, and it fails for every entry made with MAP_MEM_VM_SHARE. */
 static int entry_covers(mach_port_t entry, uint64_t size, bool *covers) {
-  mach_port_t probe = MACH_PORT_NULL;
-  memory_object_size_t got = size;
-  kern_return_t kr = mach_make_memory_entry_64(mach_task_self(), &got, 0, VM_PROT_NONE, &probe, entry);
-  if (kr == KERN_SUCCESS) {
-    memport__darwin_release_send(probe);
-    *covers = got >= size;
+  int err = memport__darwin_entry_check(entry, (size_t)size, false);
+  if (err == 0 || err == MEMPORT_EINVAL) {
+    *covers = err == 0;
     return 0;
   }
-  if (kr == KERN_INVALID_ARGUMENT) {
-    *covers = false;
-    return 0;
-  }
-  return memport__darwin_err(kr);
+  return err;
 }
 
-/* The length of a checked memory entry, found by asking for sub-entries (there is no public
- * query): doubling, then bisecting in pages; at most about 2 x 48 kernel calls. */
+/* The length of a checked memory entry, found by probing (there is no public query): doubling,
+ * then bisecting in this task's pages; at most about 2 x 48 probes. */
 static int entry_size(mach_port_t entry, size_t *out) {
   const uint64_t page = vm_page_size;
   const uint64_t max_pages = ((uint64_t)1 << 47) / page; /* no user address space is larger */
@@ -217,13 +275,10 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
   uintptr_t stamp = memport__darwin_stamp();
   if (stamp == 0)
     return MEMPORT_ENOMEM;
-  /* First page, read access: proves that h is a memory entry before any request that names it as a
-   * parent entry. */
+  /* First page, read access: proves that h is a memory entry before anything else names it. */
   int err = memport__darwin_entry_check(h, vm_page_size, false);
-  if (err == MEMPORT_EINVAL)
-    return MEMPORT_EINVAL; /* an entry shorter than a page */
   if (err < 0)
-    return err;
+    return err; /* MEMPORT_EINVAL: an entry shorter than a page */
   if (size == 0) {
     if ((err = entry_size(h, &size)) < 0)
       return err;
@@ -234,17 +289,16 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
     if (!covers)
       return MEMPORT_EINVAL;
   }
-  /* Is the entry itself writable? Only a writable entry yields a read-write sub-entry. A read-only
-   * entry adopted without MEMPORT_ADOPT_READONLY is still read-only: say so. */
+  /* Is the entry itself writable? Asked by mapping its first page read-write (the kernel compares
+   * the maximum protection with the entry's: KERN_INVALID_RIGHT, MEMPORT_EACCES, when it is
+   * read-only). A read-only entry adopted without MEMPORT_ADOPT_READONLY is still read-only: say
+   * so. */
   bool entry_writable = true;
-  mach_port_t probe = MACH_PORT_NULL;
-  err = sub_entry(h, vm_page_size, VM_PROT_READ | VM_PROT_WRITE, &probe);
+  err = memport__darwin_entry_check(h, vm_page_size, true);
   if (err == MEMPORT_EACCES)
     entry_writable = false;
   else if (err < 0)
     return err;
-  else
-    memport__darwin_release_send(probe);
   mach_port_name_t keep = h;
   if (readonly && entry_writable) {
     /* A read-only region must name a read-only entry, so that a duplicate or a copy sent on can
@@ -252,7 +306,7 @@ int memport__os_region_adopt(memport_region_t *r, memport_os_handle_t h, size_t 
      * derive one, as memport__os_region_seal does, and give up the writable right. Nothing is
      * released before this can fail, so on failure the caller still owns h. */
     mach_port_t ro = MACH_PORT_NULL;
-    if ((err = sub_entry(h, size, VM_PROT_READ, &ro)) < 0)
+    if ((err = readonly_entry(h, size, &ro)) < 0)
       return err;
     keep = ro;
   }

@@ -6,7 +6,6 @@
 #include "internal.h"
 #include "linux/os.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -30,12 +29,10 @@
  * for a symlink after the check cannot redirect us.
  *
  * A name N is two entries: "N.lock" and "N.sock". (Names cannot contain '/', so no two names map
- * to the same entry.) The owner holds an open-file-description write lock (F_OFD_SETLK) on the
- * whole of N.lock for its lifetime; the kernel drops it when the owner dies, which is what makes a
- * name "live". OFD locks, unlike flock(), can be tested without taking them (F_OFD_GETLK), so a
- * listing never makes a concurrent create fail. The lock file holds one line naming the kind and
- * the owner's pid/uid/gid; readers treat it as untrusted text. N.sock is the listening
- * SOCK_SEQPACKET socket; only the lock holder creates or removes it.
+ * to the same entry.) N.lock belongs to the portable registry (lib/registry.c: its record,
+ * liveness by an open-file-description lock, reclaiming, listing); this file only supplies the
+ * lock primitive (F_OFD_SETLK / F_OFD_GETLK). N.sock is the listening SOCK_SEQPACKET socket; only
+ * the lock holder creates or removes it.
  *
  * Processes running as root are also reachable by processes of other users: a root-owned name is
  * in addition bound in the abstract socket namespace as "\0memport/svc/N" or "\0memport/reg/N".
@@ -44,10 +41,8 @@
  * can pass this check). Who may actually connect is decided at accept from SO_PEERCRED.
  */
 
-#define LOCK_SUFFIX ".lock"
 #define SOCK_SUFFIX ".sock"
 #define ENTRY_MAX (MEMPORT_NAME_MAX + 6)
-#define RECORD_MAX 128
 #define LISTEN_BACKLOG 128
 #define CONNECT_RETRY_NS 5000000u /* 5 ms between attempts while waiting for a name */
 
@@ -169,85 +164,7 @@ static void abstract_addr(const char *name, int kind, struct sockaddr_un *sa, so
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Lock files.                                                                                 */
-
-struct lock_record {
-  int kind;
-  memport_cred_t owner;
-};
-
-static int lock_write_record(int fd, int kind) {
-  char buf[RECORD_MAX];
-  int n = snprintf(buf, sizeof buf, "memport-name 1 kind=%d pid=%ld uid=%lu gid=%lu\n", kind, (long)getpid(),
-                   (unsigned long)geteuid(), (unsigned long)getegid());
-  if (n <= 0 || (size_t)n >= sizeof buf)
-    return MEMPORT_EOVERFLOW;
-  ssize_t w = pwrite(fd, buf, (size_t)n, 0);
-  if (w != n)
-    return w < 0 ? neg_errno(errno, MEMPORT_ENOSPC) : MEMPORT_ENOSPC;
-  if (ftruncate(fd, n) != 0)
-    return neg_errno(errno, MEMPORT_ENOSPC);
-  return 0;
-}
-
-/* Parse an unsigned decimal field "key=digits" at *p; advances *p. */
-static bool parse_field(const char **p, const char *key, unsigned long long max, unsigned long long *out) {
-  size_t kl = strlen(key);
-  if (strncmp(*p, key, kl) != 0)
-    return false;
-  const char *s = *p + kl;
-  unsigned long long v = 0;
-  size_t digits = 0;
-  while (*s >= '0' && *s <= '9') {
-    unsigned d = (unsigned)(*s - '0');
-    if (v > (max - d) / 10)
-      return false;
-    v = v * 10 + d;
-    s++;
-    digits++;
-  }
-  if (digits == 0 || digits > 20)
-    return false;
-  *out = v;
-  *p = s;
-  return true;
-}
-
-/* Read and validate the record of an open lock file; false if it is anything but well formed. */
-static bool lock_read_record(int fd, struct lock_record *rec) {
-  char buf[RECORD_MAX];
-  ssize_t n = pread(fd, buf, RECORD_MAX, 0);
-  if (n <= 0)
-    return false;
-  return memport__linux_lock_record_parse(buf, (size_t)n, &rec->kind, &rec->owner);
-}
-
-bool memport__linux_lock_record_parse(const char *text, size_t n, int *kind_out, memport_cred_t *owner) {
-  char buf[RECORD_MAX + 1];
-  if (n == 0 || n >= RECORD_MAX || text[n - 1] != '\n')
-    return false;
-  memcpy(buf, text, n);
-  buf[n] = '\0';
-  if (strlen(buf) != n)
-    return false; /* embedded NUL */
-  const char *p = buf;
-  static const char magic[] = "memport-name 1 ";
-  if (strncmp(p, magic, sizeof magic - 1) != 0)
-    return false;
-  p += sizeof magic - 1;
-  unsigned long long kind, pid, uid, gid;
-  if (!parse_field(&p, "kind=", 2, &kind) || *p++ != ' ' || !parse_field(&p, "pid=", INT_MAX, &pid) ||
-      *p++ != ' ' || !parse_field(&p, "uid=", UINT32_MAX, &uid) || *p++ != ' ' ||
-      !parse_field(&p, "gid=", UINT32_MAX, &gid) || *p++ != '\n' || *p != '\0')
-    return false;
-  if ((kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION) || pid == 0)
-    return false;
-  *kind_out = (int)kind;
-  owner->pid = (pid_t)pid;
-  owner->uid = (uid_t)uid;
-  owner->gid = (gid_t)gid;
-  return true;
-}
+/* The registry's lock primitive.                                                              */
 
 static struct flock whole_file_lock(short type) {
   struct flock fl;
@@ -260,38 +177,23 @@ static struct flock whole_file_lock(short type) {
   return fl;
 }
 
-/* 1 if somebody holds the lock of this open lock file, 0 if not, negative on error. */
-static int lock_is_held(int fd) {
+/* Open-file-description locks: owned by the open file, not the process, so they are shared with a
+ * fork child that inherits the descriptor, dropped only when the last descriptor of the open file
+ * closes, and reported by F_OFD_GETLK to every other open file, in this process too. */
+int memport__os_lock_take(int fd) {
+  struct flock fl = whole_file_lock(F_WRLCK);
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+    return 0;
+  if (errno == EAGAIN || errno == EACCES)
+    return MEMPORT_EEXIST;
+  return neg_errno(errno, MEMPORT_EPROTO);
+}
+
+int memport__os_lock_held(int fd) {
   struct flock fl = whole_file_lock(F_WRLCK);
   if (fcntl(fd, F_OFD_GETLK, &fl) != 0)
     return neg_errno(errno, MEMPORT_EPROTO);
   return fl.l_type != F_UNLCK;
-}
-
-/* Open the lock file of `name` for reading, without following symlinks; -1 if absent or odd. */
-static int lock_open_ro(int dirfd, const char *name) {
-  char entry[ENTRY_MAX];
-  entry_name(entry, name, LOCK_SUFFIX);
-  int fd = openat(dirfd, entry, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0)
-    return -1;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-/* The live owner of `name` in the directory: 1 and *rec when live, 0 when absent or stale. */
-static int lookup_live(int dirfd, const char *name, struct lock_record *rec, bool *record_ok) {
-  int fd = lock_open_ro(dirfd, name);
-  if (fd < 0)
-    return 0;
-  int held = lock_is_held(fd);
-  *record_ok = held > 0 && lock_read_record(fd, rec);
-  close(fd);
-  return held > 0 ? 1 : 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -299,14 +201,12 @@ static int lookup_live(int dirfd, const char *name, struct lock_record *rec, boo
 
 struct memport__linux_service {
   int dirfd;      /* the verified private directory */
-  int lockfd;     /* N.lock, OFD-locked for our lifetime */
+  int lockfd;     /* N.lock, claimed from the registry for our lifetime */
   int listenfd;   /* N.sock */
   int exportfd;   /* abstract-namespace listener (root only), or -1 */
   int epfd;       /* epoll over both listeners when there are two, or -1 */
   pid_t owner;    /* the process that created the name; only it removes the entries */
-  dev_t lock_dev; /* identity of our lock file and socket, checked before unlinking */
-  ino_t lock_ino;
-  dev_t sock_dev;
+  dev_t sock_dev; /* identity of our socket, checked before unlinking */
   ino_t sock_ino;
 };
 
@@ -325,60 +225,18 @@ static void unlink_if_ours(int dirfd, const char *entry, dev_t dev, ino_t ino) {
 }
 
 static void service_state_free(struct memport__linux_service *ls, const char *name, bool remove_entries) {
-  if (remove_entries && getpid() == ls->owner) {
+  bool remove = remove_entries && getpid() == ls->owner;
+  if (remove && ls->listenfd >= 0 && ls->sock_ino != 0) {
     char entry[ENTRY_MAX];
-    if (ls->listenfd >= 0 && ls->sock_ino != 0) {
-      entry_name(entry, name, SOCK_SUFFIX);
-      unlink_if_ours(ls->dirfd, entry, ls->sock_dev, ls->sock_ino);
-    }
-    if (ls->lockfd >= 0) {
-      /* Unlinked while still locked: a creator that opened this inode before the unlink finds,
-       * once it gets the lock, that the path no longer names it, and starts over. */
-      entry_name(entry, name, LOCK_SUFFIX);
-      unlink_if_ours(ls->dirfd, entry, ls->lock_dev, ls->lock_ino);
-    }
+    entry_name(entry, name, SOCK_SUFFIX);
+    unlink_if_ours(ls->dirfd, entry, ls->sock_dev, ls->sock_ino);
   }
   close_if(ls->epfd);
   close_if(ls->exportfd);
   close_if(ls->listenfd);
-  close_if(ls->lockfd);
+  memport__registry_release(ls->dirfd, name, ls->lockfd, remove);
   close_if(ls->dirfd);
   free(ls);
-}
-
-/* Take the lock of `name`: 0 with *out the locked descriptor, MEMPORT_EEXIST if a live owner has it. */
-static int take_lock(int dirfd, const char *name, int *out, struct stat *id) {
-  char entry[ENTRY_MAX];
-  entry_name(entry, name, LOCK_SUFFIX);
-  for (int attempt = 0; attempt < 64; attempt++) {
-    int fd = openat(dirfd, entry, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0600);
-    if (fd < 0)
-      return errno == ELOOP ? MEMPORT_EACCES : neg_errno(errno, MEMPORT_EACCES);
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
-      close(fd);
-      return MEMPORT_EACCES;
-    }
-    struct flock fl = whole_file_lock(F_WRLCK);
-    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
-      int e = errno;
-      close(fd);
-      if (e == EAGAIN || e == EACCES)
-        return MEMPORT_EEXIST;
-      return neg_errno(e, MEMPORT_EPROTO);
-    }
-    /* We hold a lock, but on the file the path names now? The previous owner unlinks its lock
-     * file at close; if we opened that inode just before, start over on a fresh file. */
-    struct stat now;
-    if (fstatat(dirfd, entry, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == st.st_dev &&
-        now.st_ino == st.st_ino) {
-      *out = fd;
-      *id = st;
-      return 0;
-    }
-    close(fd);
-  }
-  return MEMPORT_EEXIST;
 }
 
 static int make_listener(void) {
@@ -408,14 +266,11 @@ int memport__os_service_create(memport_service_t *s) {
     goto fail;
   ls->dirfd = d.fd;
 
-  struct stat lock_id;
-  rc = take_lock(ls->dirfd, s->name, &ls->lockfd, &lock_id);
+  rc = memport__registry_claim(ls->dirfd, s->name, &ls->lockfd);
   if (rc != 0)
     goto fail;
-  ls->lock_dev = lock_id.st_dev;
-  ls->lock_ino = lock_id.st_ino;
   /* The record first, so that a connecting client never reads a previous owner's kind. */
-  rc = lock_write_record(ls->lockfd, s->kind);
+  rc = memport__registry_write(ls->lockfd, s->kind);
   if (rc != 0)
     goto fail;
 
@@ -644,15 +499,16 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
     struct name_dir d;
     int drc = dir_open(&d, false);
     if (drc == 0) {
-      struct lock_record rec;
-      bool record_ok = false;
-      if (lookup_live(d.fd, name, &rec, &record_ok) == 1) {
+      int rkind = 0;
+      memport_cred_t rowner;
+      int state = memport__registry_lookup(d.fd, name, &rkind, &rowner);
+      if (state != MEMPORT__REG_ABSENT) {
         exists = true;
-        if (record_ok && rec.kind != kind) {
+        if (state == MEMPORT__REG_LIVE && rkind != kind) {
           close(d.fd);
           return MEMPORT_EPROTO; /* a region where a service was asked for, or the reverse */
         }
-        if (record_ok)
+        if (state == MEMPORT__REG_LIVE)
           rc = try_connect(&d, entry, NULL, 0, &fd);
         else
           rc = MEMPORT_EAGAIN; /* the owner is still writing its record */
@@ -708,35 +564,7 @@ int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *ar
     return 0;
   if (rc != 0)
     return rc;
-  DIR *dir = fdopendir(d.fd);
-  if (dir == NULL) {
-    rc = neg_errno(errno, MEMPORT_ENOMEM);
-    close(d.fd);
-    return rc;
-  }
-  rc = 0;
-  struct dirent *e;
-  while ((e = readdir(dir)) != NULL) {
-    size_t len = strlen(e->d_name);
-    size_t sl = sizeof LOCK_SUFFIX - 1;
-    if (len <= sl || strcmp(e->d_name + len - sl, LOCK_SUFFIX) != 0 || len - sl > MEMPORT_NAME_MAX)
-      continue;
-    memport_name_info_t info;
-    memset(&info, 0, sizeof info);
-    memcpy(info.name, e->d_name, len - sl);
-    info.name[len - sl] = '\0';
-    if (memport__name_check(info.name) != 0)
-      continue;
-    struct lock_record rec;
-    bool record_ok = false;
-    if (lookup_live(dirfd(dir), info.name, &rec, &record_ok) != 1 || !record_ok)
-      continue;
-    info.kind = rec.kind;
-    info.owner = rec.owner;
-    rc = fn(&info, arg);
-    if (rc != 0)
-      break;
-  }
-  closedir(dir);
+  rc = memport__registry_foreach(d.fd, fn, arg);
+  close(d.fd);
   return rc;
 }

@@ -141,8 +141,5 @@ MEMPORT_HIDDEN int memport__linux_sem_adopt(memport_sem_t *s, int fd);
 #ifndef MEMPORT_LINUX_OS_NAME_H
 #define MEMPORT_LINUX_OS_NAME_H
 #include "internal.h"
-/* Parse the `n` bytes read from a name's lock file (untrusted text, not NUL-terminated), the
- * line "memport-name 1 kind=K pid=P uid=U gid=G\n": true with *kind and *owner when it is
- * exactly that, false for anything else. Separate from the read so it can be fuzzed. */
-MEMPORT_HIDDEN bool memport__linux_lock_record_parse(const char *text, size_t n, int *kind, memport_cred_t *owner);
+/* (The lock-file record and its parser are portable now: memport__registry_* in internal.h.) */
 #endif /* MEMPORT_LINUX_OS_NAME_H */

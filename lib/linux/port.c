@@ -290,55 +290,46 @@ static int check_region_fd(int fd) {
   return 0;
 }
 
-/* Turn validated descriptors into handle objects in msg. Each fd that an object took is set to -1;
- * on failure the caller drops the handles made so far and closes the remaining fds. */
-static int make_handles(memport_msg_t *msg, const struct wire_hdr *hdr, int *fds, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    unsigned kind = hdr->handle[i] & WIRE_KIND_MASK;
-    int rc;
-    void *obj;
-    switch (kind) {
-    case MEMPORT_HANDLE_REGION: {
-      memport_region_t *r = calloc(1, sizeof *r);
-      if (r == NULL)
-        return MEMPORT_ENOMEM;
-      rc = memport__os_region_adopt(r, fds[i], 0, (hdr->handle[i] & WIRE_READONLY) != 0);
-      obj = r;
-      break;
-    }
-    case MEMPORT_HANDLE_SEM: {
-      memport_sem_t *s = calloc(1, sizeof *s);
-      if (s == NULL)
-        return MEMPORT_ENOMEM;
-      rc = memport__linux_sem_adopt(s, fds[i]);
-      obj = s;
-      break;
-    }
-    default: {
-      memport_port_t *pt = calloc(1, sizeof *pt);
-      if (pt == NULL)
-        return MEMPORT_ENOMEM;
-      rc = memport__linux_port_from_socket(pt, fds[i]);
-      obj = pt;
-      break;
-    }
-    }
-    if (rc != 0) {
-      free(obj);
-      /* Checked already, so a failure here is resources (EMFILE/ENOMEM), no /proc to reopen a
-       * writable descriptor read-only (ENOTSUP), or a file that changed under us (another holder
-       * added seals): report the first two, call the rest a protocol error. */
-      return (rc == MEMPORT_ENOMEM || rc == MEMPORT_EMFILE || rc == MEMPORT_ENOTSUP) ? rc : MEMPORT_EPROTO;
-    }
-    fds[i] = -1;
-    memport__msg_push(msg, (int)kind, obj); /* cannot fail: n <= MEMPORT_MSG_MAX_HANDLES */
+/* Finish an object lib/msg.c made from a received descriptor: check it fully and take it (a region
+ * is sized by the kernel and made read-only at the OS level if announced so, a semaphore's futex
+ * page is mapped, a port's socket gets its options). */
+int memport__os_recv_finish(int kind, void *object) {
+  int rc;
+  switch (kind) {
+  case MEMPORT_HANDLE_REGION: {
+    memport_region_t *r = object;
+    rc = memport__os_region_adopt(r, r->handle, 0, r->readonly);
+    break;
   }
-  return 0;
+  case MEMPORT_HANDLE_SEM: {
+    memport_sem_t *s = object;
+    rc = memport__linux_sem_adopt(s, s->handle);
+    break;
+  }
+  case MEMPORT_HANDLE_PORT: {
+    memport_port_t *pt = object;
+    rc = memport__linux_port_from_socket(pt, pt->rx);
+    break;
+  }
+  default:
+    return MEMPORT_EPROTO;
+  }
+  /* Checked already, so a failure here is resources (EMFILE/ENOMEM), no /proc to reopen a
+   * writable descriptor read-only (ENOTSUP), or a file that changed under us (another holder
+   * added seals): report the first two, call the rest a protocol error. */
+  if (rc != 0 && rc != MEMPORT_ENOMEM && rc != MEMPORT_EMFILE && rc != MEMPORT_ENOTSUP)
+    rc = MEMPORT_EPROTO;
+  return rc;
 }
 
-/* Check one received record; fill msg on success. Never takes descriptors it does not keep. */
-static int accept_record(memport_msg_t *msg, const struct wire_hdr *hdr, size_t len, int msg_flags, int *fds,
-                         size_t nfds, bool fds_overflow) {
+void memport__os_recv_release(const struct memport__raw_handle *raw) {
+  memport__linux_close(raw->h[0]); /* a port's h[1] is the same socket */
+}
+
+/* Check one received record; on success describe its descriptors in raw (which then owns them).
+ * On failure the caller still owns every descriptor. */
+static int accept_record(struct memport__raw_msg *raw, const struct wire_hdr *hdr, size_t len, int msg_flags,
+                         const int *fds, size_t nfds, bool fds_overflow) {
   if (msg_flags & MSG_TRUNC)
     return MEMPORT_EMSGSIZE; /* the kernel discarded the rest of the record */
   bool hdr_whole = len >= sizeof *hdr && hdr->magic == WIRE_MAGIC && hdr->version == WIRE_VERSION;
@@ -385,14 +376,22 @@ static int accept_record(memport_msg_t *msg, const struct wire_hdr *hdr, size_t 
     if (rc != 0)
       return rc;
   }
-  int rc = make_handles(msg, hdr, fds, nfds);
-  if (rc != 0)
-    return rc;
-  msg->len = nbytes;
+  for (size_t i = 0; i < nfds; i++) {
+    struct memport__raw_handle *rh = &raw->handles[i];
+    rh->kind = (int)(hdr->handle[i] & WIRE_KIND_MASK);
+    rh->readonly = (hdr->handle[i] & WIRE_READONLY) != 0;
+    rh->size = 0; /* the kernel's size of the file, when finished */
+    rh->h[0] = fds[i];
+    rh->h[1] = fds[i];
+  }
+  raw->nhandles = nfds;
+  raw->len = nbytes;
   return 0;
 }
 
-int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline) {
+int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, struct memport__raw_msg *raw, uint64_t deadline) {
+  raw->nhandles = 0;
+  raw->len = 0;
   for (;;) {
     struct wire_hdr hdr;
     union wire_ctl ctl;
@@ -459,22 +458,21 @@ int memport__os_port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
         return MEMPORT_EPEER;
       rc = MEMPORT_EPROTO;
     } else {
-      rc = accept_record(msg, &hdr, (size_t)n, mh.msg_flags, fds, nfds, fds_overflow);
+      rc = accept_record(raw, &hdr, (size_t)n, mh.msg_flags, fds, nfds, fds_overflow);
     }
     if (rc != 0) {
-      memport__msg_drop_handles(msg);
       for (size_t i = 0; i < nfds; i++)
         memport__linux_close(fds[i]);
-      msg->len = 0;
+      raw->nhandles = 0;
+      raw->len = 0;
       return rc;
     }
-    msg->has_sender = true;
     if (have_cred) {
-      msg->sender.pid = cred.pid;
-      msg->sender.uid = cred.uid;
-      msg->sender.gid = cred.gid;
+      raw->sender.pid = cred.pid;
+      raw->sender.uid = cred.uid;
+      raw->sender.gid = cred.gid;
     } else {
-      msg->sender = p->peer; /* see memport__linux_port_from_socket */
+      raw->sender = p->peer; /* see memport__linux_port_from_socket */
     }
     return 0;
   }

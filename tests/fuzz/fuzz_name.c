@@ -1,8 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* fuzz_name.c: libFuzzer harness: name syntax (memport__name_check) and the Linux lock-file record parser, directly against reference parsers and through a private name directory full of hostile entries. */
+/* fuzz_name.c: libFuzzer harness: name syntax (memport__name_check) and the portable registry's record parser and formatter (lib/registry.c, used by both backends), against reference implementations and through a private name directory full of hostile entries. */
 #include "fuzz.h"
-
-#include "linux/os.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -10,11 +8,14 @@
 #include <unistd.h>
 
 /*
- * The first input byte picks one of three modes:
+ * The first input byte picks one of four modes:
  *   - a string for memport__name_check, compared with a reference implementation of the rule
  *     (1..MEMPORT_NAME_MAX bytes of [A-Za-z0-9._-], not starting with '.' or '-');
- *   - bytes for memport__linux_lock_record_parse (the lock-file line of lib/linux/name.c),
- *     compared with a reference parser of "memport-name 1 kind=K pid=P uid=U gid=G\n";
+ *   - bytes for memport__registry_parse (the lock-file record of lib/registry.c, the same on
+ *     Linux and Darwin), compared with a reference parser of
+ *     "memport-name 1 kind=K pid=P uid=U gid=G\n";
+ *   - a kind and credentials for memport__registry_format: what it writes must parse back to the
+ *     same values (and be refused for a kind that is neither), in buffers of every size;
  *   - a private name directory (XDG_RUNTIME_DIR points into a temporary directory made at start
  *     and removed at exit) holding up to three lock files with names and contents from the input,
  *     some locked by this process as a live owner would: memport_name_foreach must list exactly
@@ -234,11 +235,58 @@ static void run_dir(struct fz *f) {
   }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The formatter.                                                                              */
+
+static void run_format(struct fz *f) {
+  int kind = (int)(int8_t)fz_u8(f);
+  memport_cred_t who;
+  who.pid = (pid_t)(int32_t)fz_num(f, (uint64_t)getpid());
+  who.uid = (uid_t)fz_u32(f);
+  who.gid = (gid_t)fz_u32(f);
+  size_t cap = fz_u8(f) % (MEMPORT__RECORD_MAX + 8u);
+  /* Exactly cap bytes of its own (ASan sees any overrun). */
+  char *buf = malloc(cap != 0 ? cap : 1);
+  if (buf == NULL)
+    abort();
+  int n = memport__registry_format(buf, cap, kind, &who);
+  if (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION) {
+    if (n != MEMPORT_EINVAL)
+      abort();
+  } else if (n < 0) {
+    if (n != MEMPORT_EOVERFLOW)
+      abort();
+    /* refused only when the line does not fit */
+    char big[MEMPORT__RECORD_MAX];
+    int need = memport__registry_format(big, sizeof big, kind, &who);
+    if (need > 0 && (size_t)need < cap)
+      abort();
+  } else {
+    if ((size_t)n >= cap || buf[n] != '\0')
+      abort();
+    int k2 = -1;
+    memport_cred_t o2;
+    memset(&o2, 0, sizeof o2);
+    bool got = memport__registry_parse(buf, (size_t)n, &k2, &o2);
+    int k3 = -1;
+    memport_cred_t o3;
+    int want = ref_record(buf, (size_t)n, &k3, &o3);
+    if (got != (want != 0))
+      abort(); /* the parser and the reference agree on what the formatter wrote */
+    /* A positive pid always gives a record that reads back as written; pid <= 0 never parses. */
+    if ((who.pid > 0) != got)
+      abort();
+    if (got && (k2 != kind || o2.pid != who.pid || o2.uid != who.uid || o2.gid != who.gid))
+      abort();
+  }
+  free(buf);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   struct fz f = {data, size};
   fz_leaks_begin(&leaks);
   uint8_t mode = fz_u8(&f);
-  switch (mode % 3u) {
+  switch (mode % 4u) {
   case 0: {
     char s[160];
     size_t n = f.n < sizeof s - 1 ? f.n : sizeof s - 1;
@@ -259,7 +307,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memport_cred_t o1, o2;
     memset(&o1, 0, sizeof o1);
     memset(&o2, 0, sizeof o2);
-    bool got = memport__linux_lock_record_parse(t, n, &k1, &o1);
+    bool got = memport__registry_parse(t, n, &k1, &o1);
     int want = ref_record(t, n, &k2, &o2);
     if (got != (want != 0) ||
         (got && (k1 != k2 || o1.pid != o2.pid || o1.uid != o2.uid || o1.gid != o2.gid)))
@@ -267,6 +315,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(t);
     break;
   }
+  case 2:
+    run_format(&f);
+    break;
   default:
     run_dir(&f);
     break;

@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: MIT */
+/* lib/registry.c: the portable name registry: lock-file records, liveness, reclaiming and listing, in a backend's private directory. */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/*
+ * Both backends keep the names of a user in a private directory that they find and verify
+ * themselves (Linux: $XDG_RUNTIME_DIR/memport or /tmp/memport-UID; Darwin: the user's temporary
+ * directory). What is in it, and what it means, is decided here, once:
+ *
+ *  - A name N has the lock file "N.lock". Its owner holds an open-file-description write lock
+ *    on the whole file for its lifetime (memport__os_lock_take). The kernel drops the lock when
+ *    the last descriptor of that open file description is closed, so when the owner dies in any
+ *    way the name has no live owner and the next creator reclaims the file. A fork child that
+ *    inherited the descriptor shares the lock: the name stays live while either holds it. The
+ *    lock can be tested without being taken (memport__os_lock_held), so a listing or a lookup
+ *    never makes a concurrent creator fail.
+ *  - The file holds one record line, written by the owner once it holds the lock:
+ *        "memport-name 1 kind=K pid=P uid=U gid=G\n"
+ *    (K is MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION, P > 0, every number plain decimal of
+ *    at most 20 digits within its type, nothing before, between or after). Readers treat it as
+ *    untrusted text: anything else, including a record still being written, is "no record".
+ *  - Only the owner removes the file, at close, while still holding the lock; a creator that
+ *    opened the file just before finds, once it has the lock, that the path no longer names
+ *    its file, and starts over.
+ *
+ * The backend adds its own transport (Linux: the N.sock socket; Darwin: the bootstrap name).
+ */
+
+#define LOCK_SUFFIX ".lock"
+#define ENTRY_MAX (MEMPORT_NAME_MAX + sizeof LOCK_SUFFIX)
+#define CLAIM_TRIES 64
+
+static int neg_errno(int e, int fallback) { return e > 0 ? -e : fallback; }
+
+static int entry_of(char out[ENTRY_MAX], const char *name) {
+  int n = snprintf(out, ENTRY_MAX, "%s%s", name, LOCK_SUFFIX);
+  return n < 0 || (size_t)n >= ENTRY_MAX ? MEMPORT_ENAMETOOLONG : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The record.                                                                                 */
+
+int memport__registry_format(char *buf, size_t cap, int kind, const memport_cred_t *owner) {
+  if (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION)
+    return MEMPORT_EINVAL;
+  int n = snprintf(buf, cap, "memport-name 1 kind=%d pid=%ld uid=%lu gid=%lu\n", kind, (long)owner->pid,
+                   (unsigned long)owner->uid, (unsigned long)owner->gid);
+  if (n <= 0 || (size_t)n >= cap)
+    return MEMPORT_EOVERFLOW;
+  return n;
+}
+
+/* An unsigned decimal field "key=digits" at text[*at..n): advances *at. */
+static bool parse_field(const char *t, size_t n, size_t *at, const char *key, unsigned long long max,
+                        unsigned long long *out) {
+  size_t kl = strlen(key);
+  if (n - *at < kl || memcmp(t + *at, key, kl) != 0)
+    return false;
+  size_t i = *at + kl, digits = 0;
+  unsigned long long v = 0;
+  while (i < n && t[i] >= '0' && t[i] <= '9') {
+    unsigned d = (unsigned)(t[i] - '0');
+    if (v > max / 10 || (v == max / 10 && d > max % 10))
+      return false; /* v * 10 + d would pass max */
+    v = v * 10 + d;
+    i++;
+    digits++;
+  }
+  if (digits == 0 || digits > 20)
+    return false;
+  *out = v;
+  *at = i;
+  return true;
+}
+
+/* One expected byte at text[*at]. */
+static bool parse_byte(const char *t, size_t n, size_t *at, char c) {
+  if (*at >= n || t[*at] != c)
+    return false;
+  (*at)++;
+  return true;
+}
+
+bool memport__registry_parse(const char *text, size_t n, int *kind_out, memport_cred_t *owner) {
+  static const char magic[] = "memport-name 1 ";
+  if (text == NULL || n == 0 || n >= MEMPORT__RECORD_MAX || text[n - 1] != '\n')
+    return false;
+  if (memchr(text, '\0', n) != NULL)
+    return false;
+  if (n < sizeof magic - 1 || memcmp(text, magic, sizeof magic - 1) != 0)
+    return false;
+  size_t at = sizeof magic - 1;
+  unsigned long long kind, pid, uid, gid;
+  if (!parse_field(text, n, &at, "kind=", 2, &kind) || !parse_byte(text, n, &at, ' ') ||
+      !parse_field(text, n, &at, "pid=", INT_MAX, &pid) || !parse_byte(text, n, &at, ' ') ||
+      !parse_field(text, n, &at, "uid=", UINT32_MAX, &uid) || !parse_byte(text, n, &at, ' ') ||
+      !parse_field(text, n, &at, "gid=", UINT32_MAX, &gid) || !parse_byte(text, n, &at, '\n') || at != n)
+    return false;
+  if ((kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION) || pid == 0)
+    return false;
+  *kind_out = (int)kind;
+  owner->pid = (pid_t)pid;
+  owner->uid = (uid_t)uid;
+  owner->gid = (gid_t)gid;
+  return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Owning a name.                                                                              */
+
+int memport__registry_claim(int dirfd, const char *name, int *out) {
+  char entry[ENTRY_MAX];
+  int rc = entry_of(entry, name);
+  if (rc != 0)
+    return rc;
+  for (int attempt = 0; attempt < CLAIM_TRIES; attempt++) {
+    int fd = openat(dirfd, entry, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0600);
+    if (fd < 0)
+      return errno == ELOOP ? MEMPORT_EACCES : neg_errno(errno, MEMPORT_EACCES);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+      close(fd);
+      return MEMPORT_EACCES;
+    }
+    rc = memport__os_lock_take(fd);
+    if (rc != 0) {
+      close(fd);
+      return rc; /* MEMPORT_EEXIST: a live owner holds it */
+    }
+    /* We hold a lock, but on the file the path names now? The previous owner unlinks its lock
+     * file at close; if we opened that inode just before, start over on a fresh file. */
+    struct stat now;
+    if (fstatat(dirfd, entry, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == st.st_dev &&
+        now.st_ino == st.st_ino) {
+      *out = fd;
+      return 0;
+    }
+    close(fd);
+  }
+  return MEMPORT_EEXIST;
+}
+
+int memport__registry_write(int fd, int kind) {
+  memport_cred_t self = {.pid = getpid(), .uid = geteuid(), .gid = getegid()};
+  char buf[MEMPORT__RECORD_MAX];
+  int n = memport__registry_format(buf, sizeof buf, kind, &self);
+  if (n < 0)
+    return n;
+  /* Written over whatever a dead owner left, then cut to length: a reader in between sees a
+   * line followed by old bytes, which does not parse (no record yet), never a wrong record. */
+  ssize_t w = pwrite(fd, buf, (size_t)n, 0);
+  if (w != n)
+    return w < 0 ? neg_errno(errno, MEMPORT_ENOSPC) : MEMPORT_ENOSPC;
+  if (ftruncate(fd, n) != 0)
+    return neg_errno(errno, MEMPORT_ENOSPC);
+  return 0;
+}
+
+void memport__registry_release(int dirfd, const char *name, int fd, bool remove) {
+  if (fd < 0)
+    return;
+  char entry[ENTRY_MAX];
+  struct stat mine, now;
+  if (remove && dirfd >= 0 && entry_of(entry, name) == 0 && fstat(fd, &mine) == 0 &&
+      fstatat(dirfd, entry, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == mine.st_dev &&
+      now.st_ino == mine.st_ino)
+    (void)unlinkat(dirfd, entry, 0); /* unlinked while still locked: see memport__registry_claim */
+  close(fd); /* the lock goes with the last descriptor of this open file description */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Looking names up.                                                                           */
+
+/* Open the lock file `entry` for reading: never follows a symlink, never blocks on a FIFO or a
+ * device planted there; -1 when absent or not a regular file. */
+static int open_entry(int dirfd, const char *entry) {
+  int fd = openat(dirfd, entry, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    return -1;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int lookup_entry(int dirfd, const char *entry, int *kind, memport_cred_t *owner) {
+  int fd = open_entry(dirfd, entry);
+  if (fd < 0)
+    return MEMPORT__REG_ABSENT;
+  int state = MEMPORT__REG_ABSENT;
+  if (memport__os_lock_held(fd) > 0) {
+    state = MEMPORT__REG_STARTING;
+    char buf[MEMPORT__RECORD_MAX];
+    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    if (n > 0 && memport__registry_parse(buf, (size_t)n, kind, owner))
+      state = MEMPORT__REG_LIVE;
+  }
+  close(fd);
+  return state;
+}
+
+int memport__registry_lookup(int dirfd, const char *name, int *kind, memport_cred_t *owner) {
+  char entry[ENTRY_MAX];
+  if (entry_of(entry, name) != 0)
+    return MEMPORT__REG_ABSENT;
+  return lookup_entry(dirfd, entry, kind, owner);
+}
+
+int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg), void *arg) {
+  int listfd = dup(dirfd);
+  if (listfd < 0)
+    return neg_errno(errno, MEMPORT_EMFILE);
+  DIR *dir = fdopendir(listfd);
+  if (dir == NULL) {
+    int rc = neg_errno(errno, MEMPORT_ENOMEM);
+    close(listfd);
+    return rc;
+  }
+  rewinddir(dir); /* the duplicate shares the offset of dirfd */
+  int rc = 0;
+  const size_t sl = sizeof LOCK_SUFFIX - 1;
+  struct dirent *e;
+  while ((e = readdir(dir)) != NULL) {
+    size_t len = strlen(e->d_name);
+    if (len <= sl || len - sl > MEMPORT_NAME_MAX || strcmp(e->d_name + len - sl, LOCK_SUFFIX) != 0)
+      continue;
+    memport_name_info_t info;
+    memset(&info, 0, sizeof info);
+    memcpy(info.name, e->d_name, len - sl);
+    info.name[len - sl] = '\0';
+    if (memport__name_check(info.name) != 0)
+      continue;
+    /* Entries without a live owner are skipped, not removed: only owners remove their files. */
+    if (lookup_entry(dirfd, e->d_name, &info.kind, &info.owner) != MEMPORT__REG_LIVE)
+      continue;
+    rc = fn(&info, arg);
+    if (rc != 0)
+      break;
+  }
+  closedir(dir);
+  return rc;
+}
