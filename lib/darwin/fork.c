@@ -383,8 +383,9 @@ bool memport__darwin_park_receive(const memport_port_t *p) {
   return kept;
 }
 
-void memport__darwin_forget_receive(const memport_port_t *p) {
+void memport__darwin_forget_receive(memport_port_t *p) {
   pthread_mutex_lock(&fork_lock);
+  p->rx = MACH_PORT_NULL; /* moved: prepare_record must not take it for one we hold */
   for (struct fork_record *r = pending; r != NULL; r = r->next) {
     for (size_t i = 0; i < r->n; i++) {
       if (r->objs[i].obj == p && r->rx_state[i] == RX_HELD) {
@@ -1277,6 +1278,14 @@ void memport__darwin_track(void *obj, int kind) {
   tracked[ntracked].kind = kind;
   ntracked++;
   pthread_mutex_unlock(&fork_lock);
+}
+
+mach_port_name_t memport__darwin_swap_name(memport_os_handle_t *field, mach_port_name_t name) {
+  pthread_mutex_lock(&fork_lock); /* prepare_record reads the field and adds its reference under it */
+  mach_port_name_t old = *field;
+  *field = name;
+  pthread_mutex_unlock(&fork_lock);
+  return old;
 }
 
 void memport__darwin_untrack(void *obj) {
