@@ -323,9 +323,12 @@ static bool take_back(memport_port_t *p, memport_msg_t *msg, mach_msg_header_t *
     mach_port_name_t own;
     if (h->kind == MEMPORT_HANDLE_PORT) {
       memcpy(&got, &desc[d], sizeof got);
-      h->u.port->rx = MACH_PORT_VALID(got.name) ? got.name : MACH_PORT_NULL;
-      if (!MACH_PORT_VALID(got.name))
+      if (MACH_PORT_VALID(got.name)) {
+        (void)memport__darwin_swap_name(&h->u.port->rx, got.name); /* (a fork may read it) */
+      } else {
+        memport__darwin_forget_receive(h->u.port); /* lost: no fork child waits for it either */
         whole = false;
+      }
       put_desc(&desc[d++], h->u.port->rx, MACH_MSG_TYPE_MOVE_RECEIVE);
       own = h->u.port->tx;
     } else if (h->kind == MEMPORT_HANDLE_REGION) {
@@ -346,7 +349,7 @@ static void forget_lost_receives(memport_msg_t *msg) {
   for (size_t i = 0; i < msg->nhandles; i++) {
     struct memport__handle *h = &msg->handles[i];
     if (h->kind == MEMPORT_HANDLE_PORT && !has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
-      h->u.port->rx = MACH_PORT_NULL;
+      memport__darwin_forget_receive(h->u.port); /* rx cleared; a fork child waiting for it hears so */
   }
 }
 
