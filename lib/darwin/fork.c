@@ -210,6 +210,15 @@ static void pseudo_release_dest(const mach_msg_header_t *h) {
     (void)mach_port_mod_refs(mach_task_self(), h->msgh_remote_port, MACH_PORT_RIGHT_SEND_ONCE, -1);
 }
 
+/* Did a failed send hand the message back (pseudo-receive, above)? The result then also carries
+ * MACH_MSG_IPC_* / MACH_MSG_VM_* bits when a right could not be copied back out (xnu-11417
+ * osfmk/ipc/mach_msg.c mach_msg_trap_send: "mr |= mach_msg_receive_pseudo(...)"; xnu-7195
+ * mach_msg_overwrite_trap: "mr |= ipc_kmsg_copyout_pseudo(...)"). */
+static bool came_back(mach_msg_return_t mr) {
+  mr &= ~(mach_msg_return_t)MACH_MSG_MASK;
+  return mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED;
+}
+
 /* A send-once right we will not use: release it (its port then gets a send-once notification). */
 static void release_send_once(mach_port_name_t so) {
   if (!MACH_PORT_VALID(so))
@@ -242,7 +251,7 @@ static void send_note(mach_port_name_t dest, bool so, mach_msg_id_t id, size_t i
   m.index = (uint32_t)i;
   mach_msg_return_t mr = mach_msg(&m.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof m, 0, MACH_PORT_NULL, 0,
                                   MACH_PORT_NULL);
-  if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED)
+  if (came_back(mr))
     pseudo_release_dest(&m.hdr); /* (lost: the child asks again, or its deadline passes) */
   else if (mr != MACH_MSG_SUCCESS && so)
     release_send_once(dest); /* refused before copy-in (a dead reply port): still ours */
@@ -341,7 +350,7 @@ static void push_rx(struct fork_record *r, size_t i) {
     r->rx[i] = MACH_PORT_NULL;
     return;
   }
-  if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED) {
+  if (came_back(mr)) {
     /* handed back (pseudo-receive): the receive right under the name in the descriptor */
     pseudo_release_dest(&m.hdr);
     r->rx[i] = m.rx.name;
@@ -383,8 +392,9 @@ bool memport__darwin_park_receive(const memport_port_t *p) {
   return kept;
 }
 
-void memport__darwin_forget_receive(const memport_port_t *p) {
+void memport__darwin_forget_receive(memport_port_t *p) {
   pthread_mutex_lock(&fork_lock);
+  p->rx = MACH_PORT_NULL; /* moved: prepare_record must not take it for one we hold */
   for (struct fork_record *r = pending; r != NULL; r = r->next) {
     for (size_t i = 0; i < r->n; i++) {
       if (r->objs[i].obj == p && r->rx_state[i] == RX_HELD) {
@@ -456,7 +466,7 @@ static bool broker_grant(struct fork_record *r, mach_port_name_t reply) {
         r->rx[i] = MACH_PORT_NULL;
       }
     }
-  } else if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED) {
+  } else if (came_back(mr)) {
     /* copied in and handed back: every right under the name in its descriptor */
     pseudo_release_dest(hdr);
     for (size_t i = 0; i < n; i++) {
@@ -556,7 +566,7 @@ static void broker_request(mach_msg_header_t *raw) {
     if (mr == MACH_MSG_SUCCESS) {
       r->rx_state[i] = RX_GONE;
       r->rx[i] = MACH_PORT_NULL;
-    } else if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED) {
+    } else if (came_back(mr)) {
       pseudo_release_dest(&m.hdr);
       r->rx[i] = m.rx.name; /* still parked */
     } else {
@@ -828,7 +838,7 @@ static void fork_parent(void) {
       h.msgh_id = MSG_WAKE;
       mach_msg_return_t mr = mach_msg(&h, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof h, 0, MACH_PORT_NULL, 0,
                                       MACH_PORT_NULL);
-      if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED)
+      if (came_back(mr))
         pseudo_release_dest(&h); /* (before copy-in nothing was made) */
     }
   } else if (r != NULL && !last_wait_missed) {
@@ -918,8 +928,15 @@ static bool child_claim(struct fork_record *r) {
       mach_msg(&out.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof out, 0, MACH_PORT_NULL, CLAIM_WAIT_MS, MACH_PORT_NULL);
   mach_msg_header_t *hdr = (mach_msg_header_t *)(void *)buf;
   bool ok = mr == MACH_MSG_SUCCESS;
-  if (!ok && (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED))
-    pseudo_release_dest(&out.hdr); /* the send-once and lifeline rights came back: dropped below */
+  if (!ok && came_back(mr)) {
+    pseudo_release_dest(&out.hdr);
+    /* The made send-once right came back under a name of its own (ipc_object_copyout never merges
+     * a send-once right into an existing entry), not under `reply`: release it, or it would stay a
+     * dead name once reply is destroyed. The lifeline's send right came back merged into the
+     * lifeline's entry (ipc_right_reverse): drop_name takes it below. */
+    if (MACH_MSGH_BITS_LOCAL(out.hdr.msgh_bits) == MACH_MSG_TYPE_PORT_SEND_ONCE)
+      release_send_once(out.hdr.msgh_local_port);
+  }
   if (ok) {
     mr = mach_msg(hdr, MACH_RCV_MSG | MACH_RCV_TIMEOUT | RCV_AUDIT, 0, (mach_msg_size_t)bufsize, reply,
                   CLAIM_WAIT_MS, MACH_PORT_NULL);
@@ -1146,7 +1163,7 @@ static bool kid_ask(mach_msg_id_t id, size_t i) {
   memcpy(c.token, kid.token, sizeof c.token);
   mach_msg_return_t mr =
       mach_msg(&c.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof c, 0, MACH_PORT_NULL, 0, MACH_PORT_NULL);
-  if (mr == MACH_SEND_TIMED_OUT || mr == MACH_SEND_INTERRUPTED) {
+  if (came_back(mr)) {
     pseudo_release_dest(&c.hdr);
     /* the send-once right to our lifeline came back too */
     if (MACH_MSGH_BITS_LOCAL(c.hdr.msgh_bits) == MACH_MSG_TYPE_PORT_SEND_ONCE)
@@ -1277,6 +1294,14 @@ void memport__darwin_track(void *obj, int kind) {
   tracked[ntracked].kind = kind;
   ntracked++;
   pthread_mutex_unlock(&fork_lock);
+}
+
+mach_port_name_t memport__darwin_swap_name(memport_os_handle_t *field, mach_port_name_t name) {
+  pthread_mutex_lock(&fork_lock); /* prepare_record reads the field and adds its reference under it */
+  mach_port_name_t old = *field;
+  *field = name;
+  pthread_mutex_unlock(&fork_lock);
+  return old;
 }
 
 void memport__darwin_untrack(void *obj) {

@@ -98,11 +98,19 @@ MEMPORT_HIDDEN uintptr_t memport__darwin_stamp(void);
  * gets rights of its own; untrack it before its rights are released. */
 MEMPORT_HIDDEN void memport__darwin_track(void *obj, int kind);
 MEMPORT_HIDDEN void memport__darwin_untrack(void *obj);
+/* Replace the Mach name held in a field of a tracked object (a region's or semaphore's handle, a
+ * port's tx or rx) and return the old one. Done under the lock the fork prepare handler holds while
+ * it reads those fields and takes a reference on each name, so that a concurrent fork either sees
+ * the old name before the swap (and its reference keeps that name alive) or the new one: never a
+ * name the caller is about to release, which the kernel may then free and reuse for an unrelated
+ * right (ipc_right_dealloc / ipc_entry_dealloc). Release the old name after this returns. */
+MEMPORT_HIDDEN mach_port_name_t memport__darwin_swap_name(memport_os_handle_t *field, mach_port_name_t name);
 /* Parent side, closing port p (its receive right still held): if a fork child may still want p's
  * receive right, it is handed to that child, or kept for it (true: do not destroy it). */
 MEMPORT_HIDDEN bool memport__darwin_park_receive(const memport_port_t *p);
-/* Parent side: p's receive right is leaving this process (sent away): no child can have it. */
-MEMPORT_HIDDEN void memport__darwin_forget_receive(const memport_port_t *p);
+/* Parent side: p's receive right has left this process (sent away): no child can have it. Clears
+ * p->rx in the same critical section, so that no later fork records it as held. */
+MEMPORT_HIDDEN void memport__darwin_forget_receive(memport_port_t *p);
 /* Child side: get the receive right of an inherited port p (p->os.claim != 0) from the parent
  * (waits up to deadline for the parent to close its copy). 0 and p->rx set, or MEMPORT_EBADF (the
  * parent sent it away), MEMPORT_EPEER (it died with the parent) or MEMPORT_ETIMEDOUT. */

@@ -323,9 +323,12 @@ static bool take_back(memport_port_t *p, memport_msg_t *msg, mach_msg_header_t *
     mach_port_name_t own;
     if (h->kind == MEMPORT_HANDLE_PORT) {
       memcpy(&got, &desc[d], sizeof got);
-      h->u.port->rx = MACH_PORT_VALID(got.name) ? got.name : MACH_PORT_NULL;
-      if (!MACH_PORT_VALID(got.name))
+      if (MACH_PORT_VALID(got.name)) {
+        (void)memport__darwin_swap_name(&h->u.port->rx, got.name); /* (a fork may read it) */
+      } else {
+        memport__darwin_forget_receive(h->u.port); /* lost: no fork child waits for it either */
         whole = false;
+      }
       put_desc(&desc[d++], h->u.port->rx, MACH_MSG_TYPE_MOVE_RECEIVE);
       own = h->u.port->tx;
     } else if (h->kind == MEMPORT_HANDLE_REGION) {
@@ -346,7 +349,7 @@ static void forget_lost_receives(memport_msg_t *msg) {
   for (size_t i = 0; i < msg->nhandles; i++) {
     struct memport__handle *h = &msg->handles[i];
     if (h->kind == MEMPORT_HANDLE_PORT && !has_right(h->u.port->rx, MACH_PORT_TYPE_RECEIVE))
-      h->u.port->rx = MACH_PORT_NULL;
+      memport__darwin_forget_receive(h->u.port); /* rx cleared; a fork child waiting for it hears so */
   }
 }
 
@@ -492,20 +495,18 @@ int memport__os_port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadli
      * belong to the message: drop ours (the kernel made its copies). */
     for (size_t i = 0; i < msg->nhandles; i++) {
       struct memport__handle *h = &msg->handles[i];
-      /* (fields cleared before the release: a fork racing with us must not see a stale name) */
+      /* Fields cleared under the fork lock before the release (memport__darwin_swap_name): a fork
+       * in another thread takes a reference on each tracked object's name, and must never do so
+       * on a name released here, which the kernel may free and reuse. */
       mach_port_name_t name;
       if (h->kind == MEMPORT_HANDLE_REGION) {
-        name = h->u.region->handle;
-        h->u.region->handle = MEMPORT_OS_HANDLE_INVALID;
+        name = memport__darwin_swap_name(&h->u.region->handle, MEMPORT_OS_HANDLE_INVALID);
       } else if (h->kind == MEMPORT_HANDLE_SEM) {
-        name = h->u.sem->handle;
-        h->u.sem->handle = MEMPORT_OS_HANDLE_INVALID;
+        name = memport__darwin_swap_name(&h->u.sem->handle, MEMPORT_OS_HANDLE_INVALID);
       } else {
-        memport__darwin_forget_receive(h->u.port); /* no fork child can claim it any more */
+        memport__darwin_forget_receive(h->u.port); /* rx moved (cleared there): no child can claim it */
         dead_name_disarm(h->u.port);                /* before its send right goes */
-        h->u.port->rx = MACH_PORT_NULL;             /* moved */
-        name = h->u.port->tx;
-        h->u.port->tx = MACH_PORT_NULL;
+        name = memport__darwin_swap_name(&h->u.port->tx, MACH_PORT_NULL);
       }
       memport__darwin_release_send(name);
     }

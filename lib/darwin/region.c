@@ -171,9 +171,10 @@ int memport__os_region_seal(memport_region_t *r) {
   /* Drop this handle's read-write right: from now on it names only the read-only entry. Other
    * handles to the read-write entry (earlier duplicates, copies sent away) are not affected: a
    * Mach memory entry is a capability, there is no seal on the memory object itself. */
-  mach_port_name_t rw = r->handle;
-  r->handle = ro;
-  memport__darwin_release_send(rw);
+  /* The swap is made under the fork lock: a fork's prepare handler reads r->handle and adds a
+   * reference to that name; released here without the lock, the name could be freed (and reused)
+   * between its read and its reference (fork.c, memport__darwin_swap_name). */
+  memport__darwin_release_send(memport__darwin_swap_name(&r->handle, ro));
   return 0;
 }
 
