@@ -223,9 +223,10 @@ MEMPORT_HIDDEN int memport__registry_format(char *buf, size_t cap, int kind, con
 MEMPORT_HIDDEN bool memport__registry_parse(const char *text, size_t n, int *kind, memport_cred_t *owner);
 /* Take the lock file of `name` (reclaiming a dead owner's): 0 with *fd locked for our lifetime,
  * MEMPORT_EEXIST when a live owner holds it, MEMPORT_EACCES when the entry is not a regular file of
- * ours. The record is written separately, once the backend is ready for clients. */
+ * ours (a symbolic link, directory, FIFO, socket or device). The file is left empty, which readers
+ * take for an owner still starting, until the backend, ready for clients, writes its record. */
 MEMPORT_HIDDEN int memport__registry_claim(int dirfd, const char *name, int *fd);
-/* Write this process's record of `kind` into the claimed lock file. */
+/* Write this process's record of `kind` into the claimed lock file, then show it live. */
 MEMPORT_HIDDEN int memport__registry_write(int fd, int kind);
 /* Close a claimed lock file; with `remove`, first unlink it if the path still names it. */
 MEMPORT_HIDDEN void memport__registry_release(int dirfd, const char *name, int fd, bool remove);
@@ -237,10 +238,13 @@ MEMPORT_HIDDEN int memport__registry_lookup(int dirfd, const char *name, int *ki
  * Dead owners' files are skipped, never removed. */
 MEMPORT_HIDDEN int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg),
                                              void *arg);
-/* Backend: the lock primitive, an open-file-description whole-file write lock. take: 0, or
- * MEMPORT_EEXIST when another open file description holds it. held: 1 when another open file
- * description holds it (tested without taking it), 0 when not, negative on error. */
-MEMPORT_HIDDEN int memport__os_lock_take(int fd);
-MEMPORT_HIDDEN int memport__os_lock_held(int fd);
+/* Backend: the lock primitive, an open-file-description write lock on the one byte at offset
+ * `which` (MEMPORT__LOCK_*, lib/registry.c) of the file. take: 0, or MEMPORT_EEXIST when another
+ * open file description holds it. held: 1 when another open file description holds it (tested
+ * without taking it), 0 when not, negative on error. */
+#define MEMPORT__LOCK_CLAIM 0 /* held by the owner from the claim on: excludes other creators */
+#define MEMPORT__LOCK_LIVE 1  /* held by the owner once its record is written: "live" to readers */
+MEMPORT_HIDDEN int memport__os_lock_take(int fd, int which);
+MEMPORT_HIDDEN int memport__os_lock_held(int fd, int which);
 
 #endif /* MEMPORT_INTERNAL_H */

@@ -17,14 +17,17 @@
  * themselves (Linux: $XDG_RUNTIME_DIR/memport or /tmp/memport-UID; Darwin: the user's temporary
  * directory). What is in it, and what it means, is decided here, once:
  *
- *  - A name N has the lock file "N.lock". Its owner holds an open-file-description write lock
- *    on the whole file for its lifetime (memport__os_lock_take). The kernel drops the lock when
- *    the last descriptor of that open file description is closed, so when the owner dies in any
- *    way the name has no live owner and the next creator reclaims the file. A fork child that
- *    inherited the descriptor shares the lock: the name stays live while either holds it. The
- *    lock can be tested without being taken (memport__os_lock_held), so a listing or a lookup
- *    never makes a concurrent creator fail.
- *  - The file holds one record line, written by the owner once it holds the lock:
+ *  - A name N has the lock file "N.lock". Its owner holds open-file-description write locks on
+ *    two bytes of it for its lifetime (memport__os_lock_take): byte 0 (MEMPORT__LOCK_CLAIM) from
+ *    the claim on, which makes it the one creator, and byte 1 (MEMPORT__LOCK_LIVE) once its
+ *    record is written, which tells readers that the record is its own. Until then the file may
+ *    still hold a dead owner's record, which readers must not take for the new owner's. The
+ *    kernel drops the locks when the last descriptor of that open file description is closed, so
+ *    when the owner dies in any way the name has no live owner and the next creator reclaims the
+ *    file. A fork child that inherited the descriptor shares the locks: the name stays live
+ *    while either holds them. The locks can be tested without being taken
+ *    (memport__os_lock_held), so a listing or a lookup never makes a concurrent creator fail.
+ *  - The file holds one record line, written by the owner once it holds the claim lock:
  *        "memport-name 1 kind=K pid=P uid=U gid=G\n"
  *    (K is MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION, P > 0, every number plain decimal of
  *    at most 20 digits within its type, nothing before, between or after). Readers treat it as
@@ -118,6 +121,27 @@ bool memport__registry_parse(const char *text, size_t n, int *kind_out, memport_
 /* ------------------------------------------------------------------------------------------ */
 /* Owning a name.                                                                              */
 
+/* Why the lock file could not be opened for writing: something that is not a lock file in its
+ * place (a symbolic link: ELOOP with O_NOFOLLOW; a directory: EISDIR; a socket: ENXIO on Linux,
+ * EOPNOTSUPP on Darwin; a device without its driver: ENXIO/ENODEV) is MEMPORT_EACCES, as for a
+ * FIFO or a foreign file, which open and fstat let through; resources and the like pass on. */
+static int open_err(int e) {
+  switch (e) {
+  case ELOOP:
+  case EISDIR:
+  case ENXIO:
+  case ENODEV:
+  case EOPNOTSUPP:
+#if EOPNOTSUPP != ENOTSUP
+  case ENOTSUP:
+#endif
+  case ETXTBSY:
+    return MEMPORT_EACCES;
+  default:
+    return neg_errno(e, MEMPORT_EACCES);
+  }
+}
+
 int memport__registry_claim(int dirfd, const char *name, int *out) {
   char entry[ENTRY_MAX];
   int rc = entry_of(entry, name);
@@ -126,13 +150,13 @@ int memport__registry_claim(int dirfd, const char *name, int *out) {
   for (int attempt = 0; attempt < CLAIM_TRIES; attempt++) {
     int fd = openat(dirfd, entry, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0600);
     if (fd < 0)
-      return errno == ELOOP ? MEMPORT_EACCES : neg_errno(errno, MEMPORT_EACCES);
+      return open_err(errno);
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
       close(fd);
       return MEMPORT_EACCES;
     }
-    rc = memport__os_lock_take(fd);
+    rc = memport__os_lock_take(fd, MEMPORT__LOCK_CLAIM);
     if (rc != 0) {
       close(fd);
       return rc; /* MEMPORT_EEXIST: a live owner holds it */
@@ -142,6 +166,8 @@ int memport__registry_claim(int dirfd, const char *name, int *out) {
     struct stat now;
     if (fstatat(dirfd, entry, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == st.st_dev &&
         now.st_ino == st.st_ino) {
+      /* A dead owner's record stays until ours replaces it; readers ignore it meanwhile, as we
+       * do not hold the live lock yet (see the top of this file). */
       *out = fd;
       return 0;
     }
@@ -163,7 +189,10 @@ int memport__registry_write(int fd, int kind) {
     return w < 0 ? neg_errno(errno, MEMPORT_ENOSPC) : MEMPORT_ENOSPC;
   if (ftruncate(fd, n) != 0)
     return neg_errno(errno, MEMPORT_ENOSPC);
-  return 0;
+  /* Only now is the record ours to read: before, a reader holding the claim lock's word for it
+   * would take a dead owner's kind and pid for ours (Linux: a connect of the other kind failed
+   * with EPROTO; Darwin: a connect took the bootstrap entry for published while it was not). */
+  return memport__os_lock_take(fd, MEMPORT__LOCK_LIVE);
 }
 
 void memport__registry_release(int dirfd, const char *name, int fd, bool remove) {
@@ -200,12 +229,14 @@ static int lookup_entry(int dirfd, const char *entry, int *kind, memport_cred_t 
   if (fd < 0)
     return MEMPORT__REG_ABSENT;
   int state = MEMPORT__REG_ABSENT;
-  if (memport__os_lock_held(fd) > 0) {
-    state = MEMPORT__REG_STARTING;
+  if (memport__os_lock_held(fd, MEMPORT__LOCK_LIVE) > 0) {
+    state = MEMPORT__REG_STARTING; /* unless the record parses */
     char buf[MEMPORT__RECORD_MAX];
     ssize_t n = pread(fd, buf, sizeof buf, 0);
     if (n > 0 && memport__registry_parse(buf, (size_t)n, kind, owner))
       state = MEMPORT__REG_LIVE;
+  } else if (memport__os_lock_held(fd, MEMPORT__LOCK_CLAIM) > 0) {
+    state = MEMPORT__REG_STARTING; /* claimed, its record not written yet */
   }
   close(fd);
   return state;
@@ -219,7 +250,10 @@ int memport__registry_lookup(int dirfd, const char *name, int *kind, memport_cre
 }
 
 int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg), void *arg) {
-  int listfd = dup(dirfd);
+  /* A descriptor of our own for the listing: a fresh open file description (its own offset, so a
+   * listing never moves or is moved by another user of dirfd) that is close-on-exec (dup() is
+   * not: a fork+exec in another thread meanwhile would leak it into the new program). */
+  int listfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (listfd < 0)
     return neg_errno(errno, MEMPORT_EMFILE);
   DIR *dir = fdopendir(listfd);
@@ -228,7 +262,6 @@ int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *in
     close(listfd);
     return rc;
   }
-  rewinddir(dir); /* the duplicate shares the offset of dirfd */
   int rc = 0;
   const size_t sl = sizeof LOCK_SUFFIX - 1;
   struct dirent *e;

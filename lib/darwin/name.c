@@ -166,16 +166,19 @@ static int registry_open(bool create, int *dirfd) {
 #define F_OFD_GETLK 92
 #endif
 
-static struct flock whole_file_lock(short type) {
+/* A write lock on the one byte at offset `which` (bytes past the end of the file can be locked). */
+static struct flock byte_lock(int which) {
   struct flock fl;
   memset(&fl, 0, sizeof fl);
-  fl.l_type = type;
+  fl.l_type = F_WRLCK;
   fl.l_whence = SEEK_SET;
+  fl.l_start = which;
+  fl.l_len = 1;
   return fl;
 }
 
-int memport__os_lock_take(int fd) {
-  struct flock fl = whole_file_lock(F_WRLCK);
+int memport__os_lock_take(int fd, int which) {
+  struct flock fl = byte_lock(which);
   if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
     return 0;
   if (errno == EAGAIN || errno == EACCES)
@@ -183,8 +186,8 @@ int memport__os_lock_take(int fd) {
   return errno_err(errno);
 }
 
-int memport__os_lock_held(int fd) {
-  struct flock fl = whole_file_lock(F_WRLCK);
+int memport__os_lock_held(int fd, int which) {
+  struct flock fl = byte_lock(which);
   if (fcntl(fd, F_OFD_GETLK, &fl) != 0)
     return errno_err(errno);
   return fl.l_type != F_UNLCK;

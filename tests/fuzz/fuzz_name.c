@@ -18,8 +18,9 @@
  *     same values (and be refused for a kind that is neither), in buffers of every size;
  *   - a private name directory (XDG_RUNTIME_DIR points into a temporary directory made at start
  *     and removed at exit) holding up to three lock files with names and contents from the input,
- *     some locked by this process as a live owner would: memport_name_foreach must list exactly
- *     the live, well-formed ones, and memport_port_connect (no wait) must not crash or hang.
+ *     some locked by this process as a live owner or a creator still starting would:
+ *     memport_name_foreach must list exactly the live, well-formed ones, and memport_port_connect
+ *     (no wait) must not crash or hang.
  */
 
 static struct fz_leaks leaks;
@@ -193,14 +194,19 @@ static void run_dir(struct fz *f) {
     if (e[i].reclen != 0 && write(fd, e[i].rec, e[i].reclen) != (ssize_t)e[i].reclen)
       abort();
     e[i].fd = fd;
-    if (fz_u8(f) & 3u) { /* a live owner holds the lock */
+    unsigned lock = fz_u8(f) & 3u;
+    if (lock != 0) {
+      /* 1: a creator that has claimed the name (byte 0 only) but not yet written its record: the
+       * record there is a dead owner's, never listed. 2, 3: a live owner (the whole file, which
+       * covers the live byte, as an owner of an older version holds it). */
       struct flock fl;
       memset(&fl, 0, sizeof fl);
       fl.l_type = F_WRLCK;
       fl.l_whence = SEEK_SET;
+      fl.l_len = lock == 1 ? 1 : 0;
       if (fcntl(fd, F_OFD_SETLK, &fl) != 0)
         abort();
-      e[i].live = 1;
+      e[i].live = lock != 1;
     }
   }
 
