@@ -238,13 +238,20 @@ MEMPORT_HIDDEN int memport__registry_lookup(int dirfd, const char *name, int *ki
  * Dead owners' files are skipped, never removed. */
 MEMPORT_HIDDEN int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg),
                                              void *arg);
-/* Backend: the lock primitive, an open-file-description write lock on the one byte at offset
- * `which` (MEMPORT__LOCK_*, lib/registry.c) of the file. take: 0, or MEMPORT_EEXIST when another
- * open file description holds it. held: 1 when another open file description holds it (tested
- * without taking it), 0 when not, negative on error. */
+/* The registry's lock: an open-file-description write lock on the one byte at offset
+ * MEMPORT__LOCK_* of a lock file (lib/registry.c). */
 #define MEMPORT__LOCK_CLAIM 0 /* held by the owner from the claim on: excludes other creators */
 #define MEMPORT__LOCK_LIVE 1  /* held by the owner once its record is written: "live" to readers */
-MEMPORT_HIDDEN int memport__os_lock_take(int fd, int which);
-MEMPORT_HIDDEN int memport__os_lock_held(int fd, int which);
+/* fcntl(2) commands of open-file-description locks, which both kernels have: Linux since 3.15
+ * (F_OFD_GETLK 36, F_OFD_SETLK 37), xnu since before macOS 11 (bsd/kern/kern_descrip.c
+ * fcntl_nocancel, F_OFD_SETLK 90 / F_OFD_GETLK 92; the macOS 11 SDK keeps them under PRIVATE in
+ * sys/fcntl.h, the macOS 15 SDK publishes the same values). */
+#if defined(__APPLE__)
+#define MEMPORT__F_OFD_GETLK 92
+#define MEMPORT__F_OFD_SETLK 90
+#else
+#define MEMPORT__F_OFD_GETLK 36
+#define MEMPORT__F_OFD_SETLK 37
+#endif
 
 #endif /* MEMPORT_INTERNAL_H */

@@ -18,7 +18,7 @@
  * directory). What is in it, and what it means, is decided here, once:
  *
  *  - A name N has the lock file "N.lock". Its owner holds open-file-description write locks on
- *    two bytes of it for its lifetime (memport__os_lock_take): byte 0 (MEMPORT__LOCK_CLAIM) from
+ *    two bytes of it for its lifetime (lock_take): byte 0 (MEMPORT__LOCK_CLAIM) from
  *    the claim on, which makes it the one creator, and byte 1 (MEMPORT__LOCK_LIVE) once its
  *    record is written, which tells readers that the record is its own. Until then the file may
  *    still hold a dead owner's record, which readers must not take for the new owner's. The
@@ -26,7 +26,7 @@
  *    when the owner dies in any way the name has no live owner and the next creator reclaims the
  *    file. A fork child that inherited the descriptor shares the locks: the name stays live
  *    while either holds them. The locks can be tested without being taken
- *    (memport__os_lock_held), so a listing or a lookup never makes a concurrent creator fail.
+ *    (lock_held), so a listing or a lookup never makes a concurrent creator fail.
  *  - The file holds one record line, written by the owner once it holds the claim lock:
  *        "memport-name 1 kind=K pid=P uid=U gid=G\n"
  *    (K is MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION, P > 0, every number plain decimal of
@@ -44,6 +44,42 @@
 #define CLAIM_TRIES 64
 
 static int neg_errno(int e, int fallback) { return e > 0 ? -e : fallback; }
+
+/* The lock primitive: open-file-description locks. lib/registry.c relies on their semantics on
+ * both kernels: owned by the open file, not the process, so shared with a fork child that
+ * inherits the descriptor and dropped only when the last descriptor of the open file closes
+ * (xnu: the fileglob is the owner, FG_HAS_OFDLOCK unlocks at its last close; bsd/kern/
+ * kern_lockf.c lf_advlock); tested without being taken by F_OFD_GETLK, which also reports locks
+ * of other open files of this process. flock() cannot be tested without taking it: a listing or
+ * a connect could then make a concurrent creator fail with MEMPORT_EEXIST. Bytes past the end of
+ * the file can be locked. */
+static struct flock byte_lock(int which) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = which;
+  fl.l_len = 1;
+  return fl;
+}
+
+/* 0, or MEMPORT_EEXIST when another open file description holds the byte. */
+static int lock_take(int fd, int which) {
+  struct flock fl = byte_lock(which);
+  if (fcntl(fd, MEMPORT__F_OFD_SETLK, &fl) == 0)
+    return 0;
+  if (errno == EAGAIN || errno == EACCES)
+    return MEMPORT_EEXIST;
+  return neg_errno(errno, MEMPORT_EPROTO);
+}
+
+/* 1 when another open file description holds the byte, 0 when not, negative on error. */
+static int lock_held(int fd, int which) {
+  struct flock fl = byte_lock(which);
+  if (fcntl(fd, MEMPORT__F_OFD_GETLK, &fl) != 0)
+    return neg_errno(errno, MEMPORT_EPROTO);
+  return fl.l_type != F_UNLCK;
+}
 
 static int entry_of(char out[ENTRY_MAX], const char *name) {
   int n = snprintf(out, ENTRY_MAX, "%s%s", name, LOCK_SUFFIX);
@@ -156,7 +192,7 @@ int memport__registry_claim(int dirfd, const char *name, int *out) {
       close(fd);
       return MEMPORT_EACCES;
     }
-    rc = memport__os_lock_take(fd, MEMPORT__LOCK_CLAIM);
+    rc = lock_take(fd, MEMPORT__LOCK_CLAIM);
     if (rc != 0) {
       close(fd);
       return rc; /* MEMPORT_EEXIST: a live owner holds it */
@@ -192,7 +228,7 @@ int memport__registry_write(int fd, int kind) {
   /* Only now is the record ours to read: before, a reader holding the claim lock's word for it
    * would take a dead owner's kind and pid for ours (Linux: a connect of the other kind failed
    * with EPROTO; Darwin: a connect took the bootstrap entry for published while it was not). */
-  return memport__os_lock_take(fd, MEMPORT__LOCK_LIVE);
+  return lock_take(fd, MEMPORT__LOCK_LIVE);
 }
 
 void memport__registry_release(int dirfd, const char *name, int fd, bool remove) {
@@ -229,13 +265,13 @@ static int lookup_entry(int dirfd, const char *entry, int *kind, memport_cred_t 
   if (fd < 0)
     return MEMPORT__REG_ABSENT;
   int state = MEMPORT__REG_ABSENT;
-  if (memport__os_lock_held(fd, MEMPORT__LOCK_LIVE) > 0) {
+  if (lock_held(fd, MEMPORT__LOCK_LIVE) > 0) {
     state = MEMPORT__REG_STARTING; /* unless the record parses */
     char buf[MEMPORT__RECORD_MAX];
     ssize_t n = pread(fd, buf, sizeof buf, 0);
     if (n > 0 && memport__registry_parse(buf, (size_t)n, kind, owner))
       state = MEMPORT__REG_LIVE;
-  } else if (memport__os_lock_held(fd, MEMPORT__LOCK_CLAIM) > 0) {
+  } else if (lock_held(fd, MEMPORT__LOCK_CLAIM) > 0) {
     state = MEMPORT__REG_STARTING; /* claimed, its record not written yet */
   }
   close(fd);

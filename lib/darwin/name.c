@@ -150,49 +150,6 @@ static int registry_open(bool create, int *dirfd) {
   return 0;
 }
 
-/* The registry's lock primitive: open-file-description locks, as on Linux (lib/registry.c relies on
- * their semantics: owned by the open file, shared with a fork child, tested without being taken
- * by F_OFD_GETLK, which reports locks of other open files of this process too). xnu has them since
- * before macOS 11: bsd/kern/kern_descrip.c fcntl_nocancel, cases F_OFD_SETLK / F_OFD_GETLK (lock
- * owner = the fileglob; FG_HAS_OFDLOCK makes the last close of the fileglob unlock), and
- * bsd/kern/kern_lockf.c lf_advlock / lf_getblock (a conflict is any lock of another lf_id). The
- * macOS 11 SDK keeps the constants under PRIVATE in sys/fcntl.h; the macOS 15 SDK publishes them
- * with these values. flock(), used before, cannot be tested without taking it: a listing or a
- * connect could then make a concurrent creator fail with MEMPORT_EEXIST. */
-#ifndef F_OFD_SETLK
-#define F_OFD_SETLK 90
-#endif
-#ifndef F_OFD_GETLK
-#define F_OFD_GETLK 92
-#endif
-
-/* A write lock on the one byte at offset `which` (bytes past the end of the file can be locked). */
-static struct flock byte_lock(int which) {
-  struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = which;
-  fl.l_len = 1;
-  return fl;
-}
-
-int memport__os_lock_take(int fd, int which) {
-  struct flock fl = byte_lock(which);
-  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
-    return 0;
-  if (errno == EAGAIN || errno == EACCES)
-    return MEMPORT_EEXIST;
-  return errno_err(errno);
-}
-
-int memport__os_lock_held(int fd, int which) {
-  struct flock fl = byte_lock(which);
-  if (fcntl(fd, F_OFD_GETLK, &fl) != 0)
-    return errno_err(errno);
-  return fl.l_type != F_UNLCK;
-}
-
 /* What this user's registry says of `name` (MEMPORT__REG_*), with the kind of a live owner. */
 static int registry_state(const char *name, int *kind) {
   int dirfd = -1;

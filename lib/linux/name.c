@@ -164,40 +164,6 @@ static void abstract_addr(const char *name, int kind, struct sockaddr_un *sa, so
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* The registry's lock primitive.                                                              */
-
-/* A write lock on the one byte at offset `which` (bytes past the end of the file can be locked). */
-static struct flock byte_lock(int which) {
-  struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = which;
-  fl.l_len = 1;
-  fl.l_pid = 0;
-  return fl;
-}
-
-/* Open-file-description locks: owned by the open file, not the process, so they are shared with a
- * fork child that inherits the descriptor, dropped only when the last descriptor of the open file
- * closes, and reported by F_OFD_GETLK to every other open file, in this process too. */
-int memport__os_lock_take(int fd, int which) {
-  struct flock fl = byte_lock(which);
-  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
-    return 0;
-  if (errno == EAGAIN || errno == EACCES)
-    return MEMPORT_EEXIST;
-  return neg_errno(errno, MEMPORT_EPROTO);
-}
-
-int memport__os_lock_held(int fd, int which) {
-  struct flock fl = byte_lock(which);
-  if (fcntl(fd, F_OFD_GETLK, &fl) != 0)
-    return neg_errno(errno, MEMPORT_EPROTO);
-  return fl.l_type != F_UNLCK;
-}
-
-/* ------------------------------------------------------------------------------------------ */
 /* Services.                                                                                   */
 
 struct memport__linux_service {
