@@ -178,22 +178,22 @@ static struct {
 /* ------------------------------------------------------------------------------------------ */
 /* Rights helpers. */
 
-/* Drop every right held under a name this code made (send, send-once, receive, dead name). */
-static void drop_name(mach_port_name_t name) {
-  if (!MACH_PORT_VALID(name))
-    return;
-  mach_port_t task = mach_task_self();
-  mach_port_urefs_t refs = 0;
-  if (mach_port_get_refs(task, name, MACH_PORT_RIGHT_SEND, &refs) == KERN_SUCCESS && refs > 0)
-    (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_SEND, -(mach_port_delta_t)refs);
-  refs = 0;
-  if (mach_port_get_refs(task, name, MACH_PORT_RIGHT_SEND_ONCE, &refs) == KERN_SUCCESS && refs > 0)
-    (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_SEND_ONCE, -(mach_port_delta_t)refs);
-  (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_RECEIVE, -1);
-  refs = 0;
-  if (mach_port_get_refs(task, name, MACH_PORT_RIGHT_DEAD_NAME, &refs) == KERN_SUCCESS && refs > 0)
-    (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_DEAD_NAME, -(mach_port_delta_t)refs);
+/* A MSG_PUSH moving the receive right `rx` (entry `index` of a record) to `to`. */
+static void push_msg_make(struct push_msg *m, mach_port_name_t to, mach_msg_type_name_t to_disposition,
+                          mach_port_name_t rx, size_t index) {
+  memset(m, 0, sizeof *m);
+  m->hdr.msgh_bits = MACH_MSGH_BITS(to_disposition, 0) | MACH_MSGH_BITS_COMPLEX;
+  m->hdr.msgh_size = sizeof *m;
+  m->hdr.msgh_remote_port = to;
+  m->hdr.msgh_id = MSG_PUSH;
+  m->body.msgh_descriptor_count = 1;
+  m->rx.name = rx;
+  m->rx.disposition = MACH_MSG_TYPE_MOVE_RECEIVE;
+  m->rx.type = MACH_MSG_PORT_DESCRIPTOR;
+  m->magic = REQ_MAGIC;
+  m->index = (uint32_t)index;
 }
+
 
 /* A send that failed after copy-in (MACH_SEND_TIMED_OUT: the queue was full) hands the message
  * back to the sender (osfmk/ipc/mach_msg.c mach_msg_receive_pseudo -> ipc_kmsg_copyout_pseudo,
@@ -330,17 +330,7 @@ static struct fork_record *record_find(const unsigned char *token) {
  * MSG_RXCLAIM); a dead lifeline (the child exited) destroys it. */
 static void push_rx(struct fork_record *r, size_t i) {
   struct push_msg m;
-  memset(&m, 0, sizeof m);
-  m.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_COPY_SEND, 0) | MACH_MSGH_BITS_COMPLEX;
-  m.hdr.msgh_size = sizeof m;
-  m.hdr.msgh_remote_port = r->lifeline;
-  m.hdr.msgh_id = MSG_PUSH;
-  m.body.msgh_descriptor_count = 1;
-  m.rx.name = r->rx[i];
-  m.rx.disposition = MACH_MSG_TYPE_MOVE_RECEIVE;
-  m.rx.type = MACH_MSG_PORT_DESCRIPTOR;
-  m.magic = REQ_MAGIC;
-  m.index = (uint32_t)i;
+  push_msg_make(&m, r->lifeline, MACH_MSG_TYPE_COPY_SEND, r->rx[i], i);
   mach_msg_return_t mr =
       mach_msg(&m.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof m, 0, MACH_PORT_NULL, 0, MACH_PORT_NULL);
   if (mr == MACH_MSG_SUCCESS) {
@@ -550,17 +540,7 @@ static void broker_request(mach_msg_header_t *raw) {
   } else if (known && r->rx_state[i] == RX_PARKED) {
     /* answered through the send-once right: past any queue limit */
     struct push_msg m;
-    memset(&m, 0, sizeof m);
-    m.hdr.msgh_bits = MACH_MSGH_BITS(MACH_MSG_TYPE_MOVE_SEND_ONCE, 0) | MACH_MSGH_BITS_COMPLEX;
-    m.hdr.msgh_size = sizeof m;
-    m.hdr.msgh_remote_port = reply;
-    m.hdr.msgh_id = MSG_PUSH;
-    m.body.msgh_descriptor_count = 1;
-    m.rx.name = r->rx[i];
-    m.rx.disposition = MACH_MSG_TYPE_MOVE_RECEIVE;
-    m.rx.type = MACH_MSG_PORT_DESCRIPTOR;
-    m.magic = REQ_MAGIC;
-    m.index = (uint32_t)i;
+    push_msg_make(&m, reply, MACH_MSG_TYPE_MOVE_SEND_ONCE, r->rx[i], i);
     mach_msg_return_t mr =
         mach_msg(&m.hdr, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof m, 0, MACH_PORT_NULL, 0, MACH_PORT_NULL);
     if (mr == MACH_MSG_SUCCESS) {
@@ -890,7 +870,7 @@ static bool child_claim(struct fork_record *r) {
   /* The lifeline: a receive right this process keeps to its end (its death tells the parent's
    * broker to forget what it keeps for us); pushed receive rights queue on it. */
   if (memport__darwin_new_receive(&lifeline, false) < 0) {
-    drop_name(reply);
+    memport__darwin_drop_all(reply);
     memport__darwin_release_send(broker);
     return false;
   }
@@ -906,8 +886,8 @@ static bool child_claim(struct fork_record *r) {
     free(buf);
     free(st);
     free(got);
-    drop_name(reply);
-    drop_name(lifeline);
+    memport__darwin_drop_all(reply);
+    memport__darwin_drop_all(lifeline);
     memport__darwin_release_send(broker);
     return false;
   }
@@ -944,7 +924,7 @@ static bool child_claim(struct fork_record *r) {
       mach_msg_destroy(hdr);
     ok = mr == MACH_MSG_SUCCESS;
   }
-  drop_name(reply);
+  memport__darwin_drop_all(reply);
   if (ok) {
     memport_cred_t from;
     struct grant_tail tail = {0, 0};
@@ -973,7 +953,7 @@ static bool child_claim(struct fork_record *r) {
     free(buf);
     free(st);
     free(got);
-    drop_name(lifeline);
+    memport__darwin_drop_all(lifeline);
     memport__darwin_release_send(broker);
     return false;
   }
@@ -1024,7 +1004,7 @@ static bool child_claim(struct fork_record *r) {
     /* nothing more to come: the parent forgets the record when it sees the lifeline die */
     free(st);
     free(got);
-    drop_name(lifeline);
+    memport__darwin_drop_all(lifeline);
     memport__darwin_release_send(broker);
     return true;
   }

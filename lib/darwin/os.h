@@ -143,8 +143,9 @@ static inline void memport__darwin_release_receive(mach_port_name_t name) {
     (void)mach_port_mod_refs(mach_task_self(), name, MACH_PORT_RIGHT_RECEIVE, -1);
 }
 
-/* Drop every right held under `name` when this code alone owns it (a port it made): its send
- * references first, then the receive right (mach_port_destroy does this too, but is deprecated). */
+/* Drop every right held under `name` when this code alone owns it (a port it made): its send and
+ * send-once references first, then the receive right, then any dead-name references (mach_port_destroy does this too, but is
+ * deprecated). */
 static inline void memport__darwin_drop_all(mach_port_name_t name) {
   if (!MACH_PORT_VALID(name))
     return;
@@ -152,7 +153,13 @@ static inline void memport__darwin_drop_all(mach_port_name_t name) {
   mach_port_urefs_t refs = 0;
   if (mach_port_get_refs(task, name, MACH_PORT_RIGHT_SEND, &refs) == KERN_SUCCESS && refs > 0)
     (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_SEND, -(mach_port_delta_t)refs);
+  refs = 0;
+  if (mach_port_get_refs(task, name, MACH_PORT_RIGHT_SEND_ONCE, &refs) == KERN_SUCCESS && refs > 0)
+    (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_SEND_ONCE, -(mach_port_delta_t)refs);
   (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_RECEIVE, -1);
+  refs = 0; /* send rights to a port that died before are dead names now */
+  if (mach_port_get_refs(task, name, MACH_PORT_RIGHT_DEAD_NAME, &refs) == KERN_SUCCESS && refs > 0)
+    (void)mach_port_mod_refs(task, name, MACH_PORT_RIGHT_DEAD_NAME, -(mach_port_delta_t)refs);
 }
 
 /* Milliseconds left until `deadline`, rounded up, for MACH_SEND_TIMEOUT / MACH_RCV_TIMEOUT
