@@ -29,7 +29,8 @@
 /* Absolute deadlines on the monotonic clock, in nanoseconds; UINT64_MAX means forever. */
 #define MEMPORT__NO_DEADLINE UINT64_MAX
 MEMPORT_HIDDEN uint64_t memport__now_ns(void);
-/* timeout_ns < 0: forever; 0: now; else now + timeout (saturating). */
+/* timeout_ns < 0: forever; 0: now (returned as 0, without reading the clock: a deadline of 0 has
+ * always passed, and says "do not wait"); else now + timeout (saturating). */
 MEMPORT_HIDDEN uint64_t memport__deadline(int64_t timeout_ns);
 /* 1 when the deadline has passed. */
 MEMPORT_HIDDEN int memport__expired(uint64_t deadline);
@@ -115,6 +116,14 @@ MEMPORT_HIDDEN memport_port_t *memport__port_alloc(void);
 MEMPORT_HIDDEN int memport__msg_push(memport_msg_t *msg, int kind, void *object);
 /* Close and forget every handle in a message. */
 MEMPORT_HIDDEN void memport__msg_drop_handles(memport_msg_t *msg);
+/* memport_port_send(3) and memport_port_recv(3) on an absolute deadline, for portable code inside
+ * the library (lib/port.c): MEMPORT_ETIMEDOUT when it passes, whatever the deadline. */
+MEMPORT_HIDDEN int memport__port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
+MEMPORT_HIDDEN int memport__port_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);
+/* memport_port_connect(3) (no NOWAIT mapping there either) and memport_service_accept(3) on a
+ * deadline (lib/name.c). */
+MEMPORT_HIDDEN int memport__port_connect(memport_port_t **out, const char *name, uint64_t deadline);
+MEMPORT_HIDDEN int memport__service_accept(memport_service_t *svc, memport_port_t **out, uint64_t deadline);
 /* Receive the next message on p into a cleared msg (lib/msg.c): the backend receives raw handles
  * (memport__os_port_recv), this builds the objects. All-or-nothing, as memport_port_recv(3). */
 MEMPORT_HIDDEN int memport__msg_recv(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);

@@ -64,14 +64,18 @@ int memport_service_allow_uid(memport_service_t *svc, uid_t uid) {
 int memport_service_accept(memport_service_t *svc, memport_port_t **out, int64_t timeout_ns) {
   if (svc == NULL || out == NULL)
     return MEMPORT_EINVAL;
+  /* As memport_port_recv: MEMPORT_NOWAIT reports MEMPORT_EAGAIN when nobody waits. */
+  return memport__nowait_code(memport__service_accept(svc, out, memport__deadline(timeout_ns)), timeout_ns);
+}
+
+int memport__service_accept(memport_service_t *svc, memport_port_t **out, uint64_t deadline) {
   memport_port_t *p = memport__port_alloc();
   if (p == NULL)
     return MEMPORT_ENOMEM;
-  int rc = memport__os_service_accept(svc, p, memport__deadline(timeout_ns));
+  int rc = memport__os_service_accept(svc, p, deadline);
   if (rc != 0) {
     free(p);
-    /* As memport_port_recv: MEMPORT_NOWAIT reports MEMPORT_EAGAIN when nobody waits. */
-    return memport__nowait_code(rc, timeout_ns);
+    return rc;
   }
   *out = p;
   return 0;
@@ -100,10 +104,14 @@ static int connect_kind(memport_port_t **out, const char *name, int kind, uint64
 int memport_port_connect(memport_port_t **out, const char *name, int64_t timeout_ns) {
   if (out == NULL || name == NULL)
     return MEMPORT_EINVAL;
+  return memport__port_connect(out, name, memport__deadline(timeout_ns));
+}
+
+int memport__port_connect(memport_port_t **out, const char *name, uint64_t deadline) {
   int rc = memport__name_check(name);
   if (rc != 0)
     return rc;
-  return connect_kind(out, name, MEMPORT_NAME_SERVICE, memport__deadline(timeout_ns));
+  return connect_kind(out, name, MEMPORT_NAME_SERVICE, deadline);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -48,6 +48,10 @@ int memport_port_close(memport_port_t *port) {
 int memport_port_send(memport_port_t *port, memport_msg_t *msg, int64_t timeout_ns) {
   if (port == NULL || msg == NULL)
     return MEMPORT_EINVAL;
+  return memport__nowait_code(memport__port_send(port, msg, memport__deadline(timeout_ns)), timeout_ns);
+}
+
+int memport__port_send(memport_port_t *port, memport_msg_t *msg, uint64_t deadline) {
   /* A port cannot travel through itself: on Darwin its receive right would be queued on itself,
    * on Linux the socket would sit in its own receive queue, an unreachable reference cycle that
    * only the kernel's garbage collector can break. Nothing useful can come of it on either. (A
@@ -55,9 +59,9 @@ int memport_port_send(memport_port_t *port, memport_msg_t *msg, int64_t timeout_
   for (size_t i = 0; i < msg->nhandles; i++)
     if (msg->handles[i].kind == MEMPORT_HANDLE_PORT && msg->handles[i].u.port == port)
       return MEMPORT_EINVAL;
-  int rc = memport__os_port_send(port, msg, memport__deadline(timeout_ns));
+  int rc = memport__os_port_send(port, msg, deadline);
   if (rc != 0)
-    return memport__nowait_code(rc, timeout_ns);
+    return rc;
   /* The peer holds its own copies now. A backend that consumed the OS handles while sending
    * (Mach move rights) has already forgotten them; whatever is left is ours to close. */
   memport__msg_drop_handles(msg);
@@ -67,15 +71,18 @@ int memport_port_send(memport_port_t *port, memport_msg_t *msg, int64_t timeout_
 int memport_port_recv(memport_port_t *port, memport_msg_t *msg, int64_t timeout_ns) {
   if (port == NULL || msg == NULL)
     return MEMPORT_EINVAL;
+  return memport__nowait_code(memport__port_recv(port, msg, memport__deadline(timeout_ns)), timeout_ns);
+}
+
+int memport__port_recv(memport_port_t *port, memport_msg_t *msg, uint64_t deadline) {
   memport_msg_clear(msg);
-  int rc = memport__msg_recv(port, msg, memport__deadline(timeout_ns));
+  int rc = memport__msg_recv(port, msg, deadline);
   if (rc != 0) {
     /* All-or-nothing: the backend released everything; make sure no stale bytes show. */
     msg->len = 0;
     msg->has_sender = false;
-    return memport__nowait_code(rc, timeout_ns);
   }
-  return 0;
+  return rc;
 }
 
 int memport_port_peer(const memport_port_t *port, memport_cred_t *out) {

@@ -1,20 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /* ring.c: the single-producer single-consumer record ring in a mirrored region, safe against a hostile peer. */
-#include "internal.h"
-#include "chan_proto.h"
+#include "ring.h"
+#include "wait.h"
 
 #include <stdalign.h>
 #include <stdlib.h>
 #include <string.h>
 
-_Static_assert(sizeof(struct memport__ring_shared) == 8 * MEMPORT__RING_LINE + 8 * MEMPORT__REL_QUEUE,
+_Static_assert(sizeof(struct memport__ring_shared) == 5 * MEMPORT__RING_LINE,
                "ring control layout");
 _Static_assert(sizeof(struct memport__ring_shared) <= 4096, "the control block fits the smallest page");
 _Static_assert(sizeof(struct memport__ring_rec) == MEMPORT__RING_HDR, "record header size");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2, "shared atomics must be lock-free");
-
-#define RING_DEFAULT_SPIN_NS 50000u /* ADAPTIVE: spin this long before sleeping */
-#define RING_DEFAULT_SLICE_NS 20000000u
 
 /* The object is private to one process. The producer's and the consumer's private state live on
  * separate cache lines, so one thread may produce while another consumes the same object. */
@@ -27,11 +24,7 @@ struct memport_ring {
   memport_region_t *data_region;
   memport_sem_t *data_sem;  /* the consumer sleeps on it, the producer signals */
   memport_sem_t *space_sem; /* the producer sleeps on it, the consumer signals */
-  int policy;
-  uint64_t spin_ns;
-  int (*hook)(void *arg);
-  void *hook_arg;
-  uint64_t slice_ns;
+  struct memport__wait_policy wait;
   _Atomic int broken; /* 0, or MEMPORT_EPROTO once the peer broke the protocol */
 
   alignas(64) struct {
@@ -98,70 +91,19 @@ static int data_ready(memport_ring_t *r, uint64_t need) {
   return r->c.peer != r->c.pos;
 }
 
-/* Wait until ready() says yes, the deadline passes, or the hook says stop. Event-count protocol:
- * the sleeper sets its wait bit (a seq_cst read-modify-write), re-checks the condition, and only
- * then sleeps; the other side publishes its position with a seq_cst exchange and then reads the
- * wait bit, so one of the two always sees the other and no wake-up is lost. A hostile peer can
- * only cause spurious wake-ups or none at all, so every sleep is bounded by the deadline. */
-static int ring_wait(memport_ring_t *r, int (*ready)(memport_ring_t *, uint64_t), uint64_t need,
-                     _Atomic uint32_t *word, memport_sem_t *sem, int64_t timeout_ns, uint64_t deadline) {
-  if (timeout_ns == 0)
-    return MEMPORT_EAGAIN;
-  if (deadline == 0) /* computed only now that a wait is needed: no clock read on the fast path */
-    deadline = memport__deadline(timeout_ns);
-  uint64_t now = memport__now_ns();
-  uint64_t next_hook = r->hook != NULL ? now + r->slice_ns : UINT64_MAX;
-  int rc;
-  if (r->policy != MEMPORT_WAIT_BLOCK) {
-    uint64_t spin_end = r->policy == MEMPORT_WAIT_SPIN ? UINT64_MAX
-                        : (now + r->spin_ns < now ? UINT64_MAX : now + r->spin_ns);
-    for (unsigned i = 1;; i++) {
-      rc = ready(r, need);
-      if (rc != 0)
-        return rc > 0 ? 0 : rc;
-      memport__cpu_relax();
-      if ((i & 31) == 0) {
-        now = memport__now_ns();
-        if (now >= deadline)
-          return MEMPORT_ETIMEDOUT;
-        if (now >= next_hook) {
-          rc = r->hook(r->hook_arg);
-          if (rc != 0)
-            return rc;
-          next_hook = memport__now_ns() + r->slice_ns;
-        }
-        if (now >= spin_end)
-          break;
-      }
-    }
-  }
-  for (;;) {
-    atomic_fetch_or_explicit(word, MEMPORT__WAIT_SEM, memory_order_seq_cst);
-    rc = ready(r, need);
-    if (rc != 0) {
-      atomic_fetch_and_explicit(word, ~MEMPORT__WAIT_SEM, memory_order_relaxed);
-      return rc > 0 ? 0 : rc;
-    }
-    now = memport__now_ns();
-    if (now >= deadline) {
-      atomic_fetch_and_explicit(word, ~MEMPORT__WAIT_SEM, memory_order_relaxed);
-      return MEMPORT_ETIMEDOUT;
-    }
-    if (now >= next_hook) {
-      rc = r->hook(r->hook_arg);
-      if (rc != 0) {
-        atomic_fetch_and_explicit(word, ~MEMPORT__WAIT_SEM, memory_order_relaxed);
-        return rc;
-      }
-      next_hook = memport__now_ns() + r->slice_ns;
-    }
-    rc = memport__os_sem_wait(sem, deadline < next_hook ? deadline : next_hook);
-    if (rc != 0 && rc != MEMPORT_ETIMEDOUT) {
-      atomic_fetch_and_explicit(word, ~MEMPORT__WAIT_SEM, memory_order_relaxed);
-      return rc;
-    }
-  }
+/* The ready() functions of lib/wait.c: the producer waits for `need` free bytes, the consumer
+ * for a record. */
+struct ring_need {
+  memport_ring_t *r;
+  uint64_t need;
+};
+
+static int space_ready_fn(void *arg) {
+  struct ring_need *n = arg;
+  return space_ready(n->r, n->need);
 }
+
+static int data_ready_fn(void *arg) { return data_ready(arg, 0); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Construction.                                                                               */
@@ -184,9 +126,7 @@ static memport_ring_t *ring_alloc(void) {
   if (r == NULL)
     return NULL;
   memset(r, 0, sizeof *r);
-  r->policy = MEMPORT_WAIT_ADAPTIVE;
-  r->spin_ns = RING_DEFAULT_SPIN_NS;
-  r->slice_ns = RING_DEFAULT_SLICE_NS;
+  memport__wait_policy_set(&r->wait, MEMPORT_WAIT_ADAPTIVE, 0);
   atomic_init(&r->broken, 0);
   return r;
 }
@@ -373,8 +313,7 @@ int memport__ring_import_rx(memport_ring_t **out, memport_msg_t *msg, size_t fir
 size_t memport_ring_max_record(const memport_ring_t *ring) { return ring == NULL ? 0 : ring->max_record; }
 
 void memport__ring_set_policy(memport_ring_t *r, int policy, uint64_t spin_ns) {
-  r->policy = policy;
-  r->spin_ns = spin_ns != 0 ? spin_ns : RING_DEFAULT_SPIN_NS;
+  memport__wait_policy_set(&r->wait, policy, spin_ns);
 }
 
 int memport_ring_set_wait(memport_ring_t *ring, int policy, int64_t spin_ns) {
@@ -385,18 +324,10 @@ int memport_ring_set_wait(memport_ring_t *ring, int policy, int64_t spin_ns) {
   return 0;
 }
 
-struct memport__ring_shared *memport__ring_ctrl(memport_ring_t *r) { return r->sh; }
-
-void memport__ring_set_hook(memport_ring_t *r, int (*fn)(void *arg), void *arg, uint64_t slice_ns) {
-  r->hook = fn;
-  r->hook_arg = arg;
-  r->slice_ns = slice_ns != 0 ? slice_ns : RING_DEFAULT_SLICE_NS;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Producer.                                                                                   */
 
-int memport__ring_reserve(memport_ring_t *r, size_t len, void **ptr, int64_t timeout_ns, uint64_t deadline) {
+int memport__ring_reserve(memport_ring_t *r, size_t len, void **ptr, uint64_t deadline) {
   if (MEMPORT__UNLIKELY(ring_broken(r)))
     return MEMPORT_EPROTO;
   if (MEMPORT__UNLIKELY(len > r->max_record))
@@ -404,11 +335,8 @@ int memport__ring_reserve(memport_ring_t *r, size_t len, void **ptr, int64_t tim
   uint64_t need = rec_total(len);
   r->p.has_res = false;
   if (r->cap - (r->p.pos - r->p.peer) < need) {
-    int rc = space_ready(r, need);
-    if (rc == 0)
-      rc = ring_wait(r, space_ready, need, &r->sh->prod_wait, r->space_sem, timeout_ns, deadline);
-    else if (rc > 0)
-      rc = 0;
+    struct ring_need n = {r, need};
+    int rc = memport__wait(&r->wait, space_ready_fn, &n, &r->sh->prod_wait, r->space_sem, deadline);
     if (rc < 0)
       return rc;
   }
@@ -422,7 +350,7 @@ void memport__ring_unreserve(memport_ring_t *r) { r->p.has_res = false; }
 
 uint64_t memport__ring_produced(const memport_ring_t *r) { return r->p.pos; }
 
-int memport__ring_wait_consumed(memport_ring_t *r, uint64_t pos, int64_t timeout_ns, uint64_t deadline) {
+int memport__ring_wait_consumed(memport_ring_t *r, uint64_t pos, uint64_t deadline) {
   if (MEMPORT__UNLIKELY(ring_broken(r)))
     return MEMPORT_EPROTO;
   if (pos > r->p.pos)
@@ -434,8 +362,8 @@ int memport__ring_wait_consumed(memport_ring_t *r, uint64_t pos, int64_t timeout
     return rc;
   /* The consumer is past pos exactly when the free space reaches cap - (pos now - pos); less
    * than a capacity was produced since, or it would be past already. */
-  rc = ring_wait(r, space_ready, r->cap - (r->p.pos - pos), &r->sh->prod_wait, r->space_sem, timeout_ns, deadline);
-  return rc;
+  struct ring_need n = {r, r->cap - (r->p.pos - pos)};
+  return memport__wait(&r->wait, space_ready_fn, &n, &r->sh->prod_wait, r->space_sem, deadline);
 }
 
 int memport__ring_commit(memport_ring_t *r, size_t len, uint32_t type) {
@@ -454,18 +382,23 @@ int memport__ring_commit(memport_ring_t *r, size_t len, uint32_t type) {
   r->p.has_res = false;
   /* Publish (release semantics for the record) and order it before reading the wait word. */
   atomic_exchange_explicit(&r->sh->prod, r->p.pos, memory_order_seq_cst);
-  if (MEMPORT__LIKELY(atomic_load_explicit(&r->sh->cons_wait, memory_order_seq_cst) == 0))
-    return 0;
-  uint32_t w = atomic_exchange_explicit(&r->sh->cons_wait, 0, memory_order_seq_cst);
-  if (w & MEMPORT__WAIT_SEM)
-    memport__os_sem_signal(r->data_sem);
-  return (w & MEMPORT__WAIT_PORT) ? 1 : 0;
+  memport__wait_wake(&r->sh->cons_wait, r->data_sem);
+  return 0;
+}
+
+/* The public calls try first without reading the clock; only a call that must wait computes its
+ * deadline, once. NOWAIT becomes MEMPORT_EAGAIN here, at the edge. */
+static int ring_reserve_timed(memport_ring_t *r, size_t len, void **ptr, int64_t timeout_ns) {
+  int rc = memport__ring_reserve(r, len, ptr, 0);
+  if (rc == MEMPORT_ETIMEDOUT && timeout_ns != 0)
+    rc = memport__ring_reserve(r, len, ptr, memport__deadline(timeout_ns));
+  return memport__nowait_code(rc, timeout_ns);
 }
 
 int memport_ring_reserve(memport_ring_t *ring, size_t len, void **ptr, int64_t timeout_ns) {
   if (ring == NULL || ptr == NULL)
     return MEMPORT_EINVAL;
-  return memport__ring_reserve(ring, len, ptr, timeout_ns, 0);
+  return ring_reserve_timed(ring, len, ptr, timeout_ns);
 }
 
 int memport_ring_commit(memport_ring_t *ring, size_t len) {
@@ -479,7 +412,7 @@ int memport_ring_write(memport_ring_t *ring, const void *data, size_t len, int64
   if (ring == NULL || (data == NULL && len != 0))
     return MEMPORT_EINVAL;
   void *p;
-  int rc = memport__ring_reserve(ring, len, &p, timeout_ns, 0);
+  int rc = ring_reserve_timed(ring, len, &p, timeout_ns);
   if (rc < 0)
     return rc;
   if (len != 0)
@@ -491,17 +424,12 @@ int memport_ring_write(memport_ring_t *ring, const void *data, size_t len, int64
 /* ------------------------------------------------------------------------------------------ */
 /* Consumer.                                                                                   */
 
-int memport__ring_peek(memport_ring_t *r, const void **ptr, size_t *len, uint32_t *type, int64_t timeout_ns,
-                       uint64_t deadline) {
+int memport__ring_peek(memport_ring_t *r, const void **ptr, size_t *len, uint32_t *type, uint64_t deadline) {
   if (MEMPORT__UNLIKELY(ring_broken(r)))
     return MEMPORT_EPROTO;
   if (r->c.held == 0) {
     if (r->c.peer == r->c.pos) {
-      int rc = data_ready(r, 0);
-      if (rc == 0)
-        rc = ring_wait(r, data_ready, 0, &r->sh->cons_wait, r->data_sem, timeout_ns, deadline);
-      else if (rc > 0)
-        rc = 0;
+      int rc = memport__wait(&r->wait, data_ready_fn, r, &r->sh->cons_wait, r->data_sem, deadline);
       if (rc < 0)
         return rc;
     }
@@ -534,11 +462,7 @@ int memport__ring_release(memport_ring_t *r) {
     r->c.off -= r->cap;
   r->c.held = 0;
   atomic_exchange_explicit(&r->sh->cons, r->c.pos, memory_order_seq_cst);
-  if (MEMPORT__LIKELY(atomic_load_explicit(&r->sh->prod_wait, memory_order_seq_cst) == 0))
-    return 0;
-  uint32_t w = atomic_exchange_explicit(&r->sh->prod_wait, 0, memory_order_seq_cst);
-  if (w & MEMPORT__WAIT_SEM)
-    memport__os_sem_signal(r->space_sem);
+  memport__wait_wake(&r->sh->prod_wait, r->space_sem);
   return 0;
 }
 
@@ -550,20 +474,15 @@ int memport__ring_readable(memport_ring_t *r) {
   return data_ready(r, 0);
 }
 
-int memport__ring_arm_port_wake(memport_ring_t *r) {
-  if (ring_broken(r))
-    return MEMPORT_EPROTO;
-  atomic_fetch_or_explicit(&r->sh->cons_wait, MEMPORT__WAIT_PORT, memory_order_seq_cst);
-  return memport__ring_readable(r);
-}
-
 int memport_ring_peek(memport_ring_t *ring, const void **ptr, size_t *len, int64_t timeout_ns) {
   if (ring == NULL || ptr == NULL || len == NULL)
     return MEMPORT_EINVAL;
   uint32_t type;
-  int rc = memport__ring_peek(ring, ptr, len, &type, timeout_ns, 0);
+  int rc = memport__ring_peek(ring, ptr, len, &type, 0);
+  if (rc == MEMPORT_ETIMEDOUT && timeout_ns != 0)
+    rc = memport__ring_peek(ring, ptr, len, &type, memport__deadline(timeout_ns));
   if (rc < 0)
-    return rc;
+    return memport__nowait_code(rc, timeout_ns);
   if (type != MEMPORT__REC_DATA) {
     ring->c.held = 0;
     return ring_break(ring);

@@ -15,6 +15,8 @@ uint64_t memport__now_ns(void) {
 uint64_t memport__deadline(int64_t timeout_ns) {
   if (timeout_ns < 0)
     return MEMPORT__NO_DEADLINE;
+  if (timeout_ns == 0)
+    return 0;
   uint64_t now = memport__now_ns();
   if ((uint64_t)timeout_ns >= MEMPORT__NO_DEADLINE - now)
     return MEMPORT__NO_DEADLINE;
@@ -22,7 +24,7 @@ uint64_t memport__deadline(int64_t timeout_ns) {
 }
 
 int memport__expired(uint64_t deadline) {
-  return deadline != MEMPORT__NO_DEADLINE && memport__now_ns() >= deadline;
+  return deadline == 0 || (deadline != MEMPORT__NO_DEADLINE && memport__now_ns() >= deadline);
 }
 
 int64_t memport__remaining_ns(uint64_t deadline) {

@@ -491,10 +491,10 @@ static void test_chan_oversized_message_behind_many_port_releases(void **state) 
   th_assert_ok(memport_chan_pair(&a, &b, &o));
   unsigned char small[2000];
   memset(small, 5, sizeof small);
-  /* The first MEMPORT__REL_QUEUE releases fill the queue (the sender takes them back only when its
+  /* The first MEMPORT__RELQ_SIZE releases fill the queue (the sender takes them back only when its
    * pool runs dry); each later one goes over the port on its own (the receiver's ring is empty).
    * 264 of them: more than one look at the port reads (256), fewer than the port holds. */
-  for (unsigned i = 0; i < MEMPORT__REL_QUEUE + 264; i++) {
+  for (unsigned i = 0; i < MEMPORT__RELQ_SIZE + 264; i++) {
     th_assert_ok(memport_chan_send(a, small, sizeof small, 0, SEC));
     memport_buf_t m;
     th_assert_ok(memport_chan_recv(b, &m, SEC));
@@ -954,6 +954,9 @@ struct raw_peer {
   unsigned char *data;
   size_t cap;
   uint64_t prod;
+  memport_region_t *link_r;           /* its link page, sent in its HELLO */
+  struct memport__chan_link *link;
+  struct memport__chan_link *vlink;   /* the victim's link page (raw_victim_link) */
 };
 
 static memport_msg_t *raw_hello(struct raw_peer *rp, uint32_t pool_buffers, uint64_t bufsize) {
@@ -974,7 +977,22 @@ static memport_msg_t *raw_hello(struct raw_peer *rp, uint32_t pool_buffers, uint
     assert_int_equal(memport_region_create(&r, pool_buffers * bufsize, 0), 0);
     memport_msg_attach_region(m, r, 0);
   }
+  memport_msg_attach_region(m, rp->link_r, MEMPORT_ATTACH_COPY);
   return m;
+}
+
+/* Read the victim's HELLO and map its link page (its last handle). */
+static void raw_victim_link(struct raw_peer *rp, memport_msg_t *m) {
+  th_assert_ok(memport_port_recv(rp->port, m, SEC));
+  int n = memport_msg_handle_count(m);
+  assert_true(n >= 5);
+  memport_region_t *r;
+  void *p;
+  th_assert_ok(memport_msg_take_region(m, (size_t)n - 1, &r));
+  th_assert_ok(memport_region_map(r, 0, &p));
+  memport_region_close(r);
+  rp->vlink = p;
+  memport_msg_clear(m);
 }
 
 static void raw_peer_init(struct raw_peer *rp, memport_port_t *port) {
@@ -996,9 +1014,17 @@ static void raw_peer_init(struct raw_peer *rp, memport_port_t *port) {
   memport_msg_close(m);
   rp->sh = c;
   rp->data = d;
+  void *l;
+  assert_int_equal(memport_region_create(&rp->link_r, sizeof(struct memport__chan_link), 0), 0);
+  assert_int_equal(memport_region_map(rp->link_r, 0, &l), 0);
+  rp->link = l;
 }
 
 static void raw_peer_fini(struct raw_peer *rp) {
+  memport_unmap(rp->link);
+  if (rp->vlink != NULL)
+    memport_unmap(rp->vlink);
+  memport_region_close(rp->link_r);
   memport_unmap(rp->sh);
   memport_unmap(rp->data);
   memport_ring_close(rp->ring);
@@ -1143,18 +1169,19 @@ static void test_chan_hostile_release_queue_gives_eproto(void **state) {
     memport_chan_t *c = NULL;
     th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
     memport_msg_clear(m);
+    raw_victim_link(&rp, m);
     memport_buf_t z[4];
     for (int i = 0; i < 4; i++)
       th_assert_ok(memport_chan_alloc(c, 10, &z[i], 0));
     th_assert_ok(memport_chan_send_buf(c, &z[0], SEC)); /* index 0, generation 1 in flight */
     uint32_t sent = 0;
     switch (k) {
-    case 0: atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | 9); break;     /* no such buffer */
-    case 1: atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | 3); break;     /* allocated, not sent */
-    case 2: atomic_store(&rp.sh->rel[0], ((uint64_t)7 << 32) | sent); break;  /* wrong generation */
-    default: atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | sent); break; /* right entry, ... */
+    case 0: atomic_store(&rp.vlink->pool_releases.entries[0], ((uint64_t)1 << 32) | 9); break;     /* no such buffer */
+    case 1: atomic_store(&rp.vlink->pool_releases.entries[0], ((uint64_t)1 << 32) | 3); break;     /* allocated, not sent */
+    case 2: atomic_store(&rp.vlink->pool_releases.entries[0], ((uint64_t)7 << 32) | sent); break;  /* wrong generation */
+    default: atomic_store(&rp.vlink->pool_releases.entries[0], ((uint64_t)1 << 32) | sent); break; /* right entry, ... */
     }
-    atomic_store(&rp.sh->rel_tail, k == 3 ? MEMPORT__REL_QUEUE + 1 : 1);      /* ... impossible tail */
+    atomic_store(&rp.vlink->pool_releases.tail, k == 3 ? MEMPORT__RELQ_SIZE + 1 : 1);      /* ... impossible tail */
     memport_buf_t extra;
     int rc = memport_chan_alloc(c, 10, &extra, 50 * MS);
     if (rc != MEMPORT_EPROTO)
@@ -1179,14 +1206,16 @@ static void test_chan_hostile_release_queue_gives_eproto(void **state) {
     o.pool_buffers = 1;
     memport_chan_t *c = NULL;
     th_assert_ok(memport_chan_open(&c, pa, &o, 2 * SEC));
+    memport_msg_clear(m);
+    raw_victim_link(&rp, m);
     memport_buf_t z;
     th_assert_ok(memport_chan_alloc(c, 10, &z, 0));
     th_assert_ok(memport_chan_send_buf(c, &z, SEC));
     th_assert_rc(memport_chan_alloc(c, 10, &z, 0), MEMPORT_EAGAIN);
-    atomic_store(&rp.sh->rel[0], ((uint64_t)1 << 32) | 0);
-    atomic_store(&rp.sh->rel_tail, 1);
+    atomic_store(&rp.vlink->pool_releases.entries[0], ((uint64_t)1 << 32) | 0);
+    atomic_store(&rp.vlink->pool_releases.tail, 1);
     th_assert_ok(memport_chan_alloc(c, 10, &z, 0));
-    assert_int_equal(atomic_load(&rp.sh->rel_head), 1);
+    assert_int_equal(atomic_load(&rp.vlink->pool_releases.head), 1);
     th_assert_ok(memport_chan_free_buf(c, &z));
     memport_chan_close(c);
     memport_msg_close(m);

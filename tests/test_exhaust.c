@@ -783,7 +783,7 @@ static void test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing
 /* ------------------------------------------------------------------------------------------ */
 /* A flood of control messages.                                                                 */
 
-/* A peer speaking the wire format itself: its own ring (exported in a HELLO without a pool). */
+/* A peer speaking the wire format itself: its own ring and link page (in a HELLO without a pool). */
 struct raw_peer {
   memport_port_t *port;
   memport_ring_t *ring;
@@ -819,6 +819,9 @@ static void raw_peer_init(struct raw_peer *rp, memport_port_t *port) {
   h.ring_capacity = rp->cap;
   th_assert_ok(memport_msg_set_bytes(m, &h, sizeof h));
   th_assert_ok(memport_ring_export(rp->ring, m));
+  memport_region_t *link; /* its link page: never looked at here */
+  th_assert_ok(memport_region_create(&link, sizeof(struct memport__chan_link), 0));
+  th_assert_ok(memport_msg_attach_region(m, link, 0));
   th_assert_ok(memport_port_send(rp->port, m, SEC));
   memport_msg_close(m);
   rp->sh = c;

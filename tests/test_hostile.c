@@ -108,6 +108,9 @@ struct hpeer {
   uint32_t vpn;
   uint64_t vpbs;
   uint64_t rel_tail; /* releases we pushed for the victim's pool */
+  /* The link pages (chan_proto.h): ours, sent in our HELLO, and the victim's. */
+  memport_region_t *link_r;
+  struct memport__chan_link *link, *vlink;
   /* Honest traffic. */
   uint64_t seq_out, seq_in;
   unsigned bad_in, got_in;
@@ -137,6 +140,9 @@ static void hp_init(struct hpeer *h, memport_port_t *port, uint64_t cap, uint32_
   h->sh = p;
   th_assert_ok(memport_region_map(h->data_r, MEMPORT_MAP_MIRROR, &p));
   h->data = p;
+  th_assert_ok(memport_region_create(&h->link_r, sizeof(struct memport__chan_link), 0));
+  th_assert_ok(memport_region_map(h->link_r, 0, &p));
+  h->link = p;
   if (pn != 0) {
     th_assert_ok(memport_region_create(&h->pool_r, pn * pbs, 0));
     th_assert_ok(memport_region_map(h->pool_r, 0, &p));
@@ -164,6 +170,7 @@ static void hp_hello(struct hpeer *h, struct memport__ctl_hello *hello) {
   th_assert_ok(memport_msg_attach_sem(h->m, h->ssem, MEMPORT_ATTACH_COPY));
   if (h->pn != 0)
     th_assert_ok(memport_msg_attach_region(h->m, h->pool_r, MEMPORT_ATTACH_COPY));
+  th_assert_ok(memport_msg_attach_region(h->m, h->link_r, MEMPORT_ATTACH_COPY));
 }
 
 static void hp_send_hello(struct hpeer *h) {
@@ -205,6 +212,10 @@ static int hp_recv_hello(struct hpeer *h) {
     h->vpn = hello.pool_buffers;
     h->vpbs = hello.pool_buffer_size;
   }
+  th_assert_ok(memport_msg_take_region(h->m, hello.pool_buffers != 0 ? 5 : 4, &r));
+  th_assert_ok(memport_region_map(r, 0, &p));
+  h->vlink = p;
+  memport_region_close(r);
   memport_msg_clear(h->m);
   return 0;
 }
@@ -223,6 +234,11 @@ static void hp_fini(struct hpeer *h) {
   memport_region_close(h->pool_r);
   free(h->pstate);
   free(h->pgen);
+  if (h->link != NULL)
+    memport_unmap(h->link);
+  if (h->vlink != NULL)
+    memport_unmap(h->vlink);
+  memport_region_close(h->link_r);
   if (h->vsh != NULL)
     memport_unmap(h->vsh);
   if (h->vdata != NULL)
@@ -252,7 +268,7 @@ static void hp_publish(struct hpeer *h) {
   uint32_t w = atomic_exchange(&h->sh->cons_wait, 0);
   if (w & MEMPORT__WAIT_SEM)
     memport_sem_signal(h->dsem);
-  if (w & MEMPORT__WAIT_PORT)
+  if (atomic_exchange(&h->link->port_wake, 0) != 0)
     hp_wake(h);
 }
 
@@ -328,13 +344,13 @@ static bool hp_honest_blob(struct hpeer *h, uint64_t len) {
   return hp_record(h, MEMPORT__REC_BLOB, &d, sizeof d);
 }
 
-/* Give a victim's pool buffer back through our ring's release queue (or the port when full). */
+/* Give a victim's pool buffer back through the release queue in its link page (or the port when full). */
 static void hp_release(struct hpeer *h, uint32_t index, uint32_t gen) {
-  uint64_t head = atomic_load(&h->sh->rel_head);
-  if (h->rel_tail - head < MEMPORT__REL_QUEUE && head <= h->rel_tail) {
-    atomic_store(&h->sh->rel[h->rel_tail % MEMPORT__REL_QUEUE], ((uint64_t)gen << 32) | index);
+  uint64_t head = atomic_load(&h->vlink->pool_releases.head);
+  if (h->rel_tail - head < MEMPORT__RELQ_SIZE && head <= h->rel_tail) {
+    atomic_store(&h->vlink->pool_releases.entries[h->rel_tail % MEMPORT__RELQ_SIZE], ((uint64_t)gen << 32) | index);
     h->rel_tail++;
-    atomic_store(&h->sh->rel_tail, h->rel_tail);
+    atomic_store(&h->vlink->pool_releases.tail, h->rel_tail);
   } else {
     unsigned char b[sizeof(struct memport__ctl_release) + sizeof(struct memport__ctl_release_entry)];
     struct memport__ctl_release r = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_RELEASE, 0}, 1, 0};
@@ -343,7 +359,7 @@ static void hp_release(struct hpeer *h, uint32_t index, uint32_t gen) {
     memcpy(b + sizeof r, &e, sizeof e);
     hp_ctl(h, b, sizeof b);
   }
-  if (atomic_exchange(&h->sh->rel_wait, 0) != 0)
+  if (atomic_exchange(&h->vlink->pool_releases.owner_wait, 0) != 0)
     hp_wake(h);
 }
 
@@ -385,18 +401,18 @@ static void hp_consume(struct hpeer *h) {
     memport_sem_signal(h->vssem);
 }
 
-/* Take back our pool buffers from the victim's release queue. */
+/* Take back our pool buffers from the release queue in our link page. */
 static void hp_take_releases(struct hpeer *h) {
-  uint64_t t = atomic_load(&h->vsh->rel_tail);
-  if (t < h->vrel_head || t - h->vrel_head > MEMPORT__REL_QUEUE)
+  uint64_t t = atomic_load(&h->link->pool_releases.tail);
+  if (t < h->vrel_head || t - h->vrel_head > MEMPORT__RELQ_SIZE)
     return;
   for (; h->vrel_head < t; h->vrel_head++) {
-    uint64_t e = atomic_load(&h->vsh->rel[h->vrel_head % MEMPORT__REL_QUEUE]);
+    uint64_t e = atomic_load(&h->link->pool_releases.entries[h->vrel_head % MEMPORT__RELQ_SIZE]);
     uint32_t i = (uint32_t)e;
     if (i < h->pn && h->pgen[i] == (uint32_t)(e >> 32))
       h->pstate[i] = 0;
   }
-  atomic_store(&h->vsh->rel_head, h->vrel_head);
+  atomic_store(&h->link->pool_releases.head, h->vrel_head);
 }
 
 /* Read the port: releases free our buffers, blob regions are closed. */
@@ -517,12 +533,12 @@ static void hp_evil(struct hpeer *h) {
     break;
   }
   case 8: /* release-queue entries for buffers that do not exist or were never sent */
-    atomic_store(&h->sh->rel[h->rel_tail % MEMPORT__REL_QUEUE], v);
+    atomic_store(&h->vlink->pool_releases.entries[h->rel_tail % MEMPORT__RELQ_SIZE], v);
     h->rel_tail++;
-    atomic_store(&h->sh->rel_tail, h->rel_tail);
+    atomic_store(&h->vlink->pool_releases.tail, h->rel_tail);
     break;
   case 9: /* release-queue tail racing ahead, or going back */
-    atomic_store(&h->sh->rel_tail, v & 1 ? h->rel_tail + MEMPORT__REL_QUEUE + 1 + (v % 1000) : h->rel_tail - 1);
+    atomic_store(&h->vlink->pool_releases.tail, v & 1 ? h->rel_tail + MEMPORT__RELQ_SIZE + 1 + (v % 1000) : h->rel_tail - 1);
     break;
   case 10: { /* RELEASE control messages with lying counts */
     unsigned char b[64];
@@ -562,20 +578,22 @@ static void hp_evil(struct hpeer *h) {
     default: atomic_store(&h->vsh->cons, UINT64_MAX); break;
     }
     break;
-  case 13: /* the victim's release queue for our pool: head scribbled */
-    atomic_store(&h->vsh->rel_head, v & 1 ? v : atomic_load(&h->vsh->rel_tail) + 1 + (v % 4));
+  case 13: /* the release queue for our pool (our link page): the head the victim reads, scribbled */
+    atomic_store(&h->link->pool_releases.head, v & 1 ? v : atomic_load(&h->link->pool_releases.tail) + 1 + (v % 4));
     break;
-  case 14: /* wait words, both rings: any bits */
+  case 14: /* wait words, both rings and both link pages: any bits */
     atomic_store(&h->vsh->cons_wait, (uint32_t)v);
     atomic_store(&h->vsh->prod_wait, (uint32_t)(v >> 32));
     atomic_store(&h->sh->cons_wait, (uint32_t)(v >> 16));
     atomic_store(&h->sh->prod_wait, (uint32_t)(v >> 8));
-    atomic_store(&h->sh->rel_wait, (uint32_t)(v >> 24));
-    atomic_store(&h->vsh->rel_wait, (uint32_t)(v >> 40));
+    atomic_store(&h->vlink->pool_releases.owner_wait, (uint32_t)(v >> 24));
+    atomic_store(&h->link->pool_releases.owner_wait, (uint32_t)(v >> 40));
+    atomic_store(&h->link->port_wake, (uint32_t)(v >> 48));
+    atomic_store(&h->vlink->port_wake, (uint32_t)(v >> 20));
     break;
-  case 15: /* fields the victim writes in our control page */
+  case 15: /* fields the victim writes: our ring's consumer position, its release queue's head */
     atomic_store(&h->sh->cons, v % 3 == 0 ? v : h->prod + 16);
-    atomic_store(&h->sh->rel_head, v >> 3);
+    atomic_store(&h->vlink->pool_releases.head, v >> 3);
     break;
   case 16: /* random bytes anywhere in our data area, committed or not */
     for (int i = 0; i < 16; i++)

@@ -9,14 +9,16 @@
 /*
  * Per input: a port pair; the channel under test is opened (memport_chan_open) on one end, the
  * harness plays the peer on the other with plain ports, rings and regions. It sends a HELLO built
- * from the input (fields valid or perturbed, handles: its ring's four, a pool region, or any
- * other list of regions, semaphores and ports), reads the channel's HELLO (and maps the control
- * page of the channel's TX ring, writable, as a peer can), then runs a schedule:
+ * from the input (fields valid or perturbed, handles: its ring's four, a pool region, its link
+ * page, or any other list of regions, semaphores and ports), reads the channel's HELLO (and maps
+ * the control page of the channel's TX ring and the channel's link page, writable, as a peer
+ * can), then runs a schedule:
  *
  *   peer: control messages (WAKE / RELEASE / BLOB / raw, with any handles); records in its ring
  *         of any type with any payload (INLINE bytes, POOL and BLOB descriptors); entries in the
- *         release queue of its ring; consuming (or scribbling) the channel's TX ring positions,
- *         release-queue head and wait words; reading the channel's control messages; hanging up;
+ *         release queue in the channel's link page; consuming (or scribbling) the channel's TX
+ *         ring positions, the release-queue head in its own link page, wait words and wake
+ *         requests; reading the channel's control messages; hanging up;
  *   channel: recv / release / recv_copy / send (inline and zero-copy) / alloc + send_buf or
  *         free_buf / pollable, every one with MEMPORT_NOWAIT.
  *
@@ -48,12 +50,16 @@ int __wrap_memport__expired(uint64_t deadline);
 uint64_t __wrap_memport__now_ns(void) { return vclock; }
 
 uint64_t __wrap_memport__deadline(int64_t timeout_ns) {
+  if (timeout_ns == 0)
+    return 0; /* as the real one: "do not wait" */
   if (timeout_ns < 0 || (uint64_t)timeout_ns >= MEMPORT__NO_DEADLINE - vclock)
     return MEMPORT__NO_DEADLINE;
   return vclock + (uint64_t)timeout_ns;
 }
 
-int __wrap_memport__expired(uint64_t deadline) { return deadline != MEMPORT__NO_DEADLINE && vclock >= deadline; }
+int __wrap_memport__expired(uint64_t deadline) {
+  return deadline == 0 || (deadline != MEMPORT__NO_DEADLINE && vclock >= deadline);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 
@@ -62,6 +68,12 @@ static struct fz_leaks leaks;
 struct peer {
   memport_port_t *port;     /* ours; NULL once we hung up */
   memport_ring_t *ring;     /* the channel's RX ring: we produce */
+  memport_region_t *rxc_r;  /* its control page, mapped here too (as by any importer) */
+  struct memport__ring_shared *rxc;
+  memport_region_t *link_r; /* our link page (sent in our HELLO) */
+  struct memport__chan_link *link;
+  memport_region_t *vlink_r; /* the channel's link page, mapped writable */
+  struct memport__chan_link *vlink;
   memport_region_t *pool_r; /* our pool (the channel maps it read-only) */
   void *pool;
   memport_region_t *txc_r; /* the channel's TX ring control page, mapped writable */
@@ -124,7 +136,9 @@ static void attach_token(struct peer *p, memport_msg_t *m, uint8_t tok, struct f
     break;
   }
   default:
-    break; /* no handle */
+    if (tok & 0x80u) /* our link page */
+      (void)memport_msg_attach_region(m, p->link_r, MEMPORT_ATTACH_COPY);
+    break; /* else no handle */
   }
 }
 
@@ -178,6 +192,7 @@ static int send_hello(struct peer *p, struct fz *f, uint32_t pool_n) {
     attach_token(p, p->msg, 0, f);
     if (pool_n != 0)
       attach_token(p, p->msg, 2, f);
+    attach_token(p, p->msg, 0xffu, f); /* the link page */
   }
   if (memport_msg_set_bytes(p->msg, bytes, len) != 0)
     abort();
@@ -186,7 +201,8 @@ static int send_hello(struct peer *p, struct fz *f, uint32_t pool_n) {
   return rc;
 }
 
-/* Read the channel's HELLO and map its TX ring's control page (the peer may write it). */
+/* Read the channel's HELLO and map its TX ring's control page and its link page (the peer may
+ * write both). */
 static void take_hello(struct peer *p) {
   if (memport_port_recv(p->port, p->msg, MEMPORT_NOWAIT) != 0)
     abort();
@@ -194,6 +210,11 @@ static void take_hello(struct peer *p) {
   if (memport_msg_take_region(p->msg, 0, &p->txc_r) != 0 || memport_region_map(p->txc_r, 0, &map) != 0)
     abort();
   p->txc = map;
+  int n = memport_msg_handle_count(p->msg);
+  if (n < 5 || memport_msg_take_region(p->msg, (size_t)n - 1, &p->vlink_r) != 0 ||
+      memport_region_map(p->vlink_r, 0, &map) != 0)
+    abort();
+  p->vlink = map;
   memport_msg_clear(p->msg);
 }
 
@@ -292,11 +313,12 @@ static void put_record(struct peer *p, struct fz *f) {
     break;
   }
   void *slot;
-  if (memport__ring_reserve(p->ring, len, &slot, 0, 0) != 0)
+  if (memport__ring_reserve(p->ring, len, &slot, 0) != 0)
     return;
   memcpy(slot, d, len);
-  int rc = memport__ring_commit(p->ring, len, type);
-  if (rc == 1 && p->port != NULL && (fz_u8(f) & 1u)) { /* the channel asked for a wake */
+  (void)memport__ring_commit(p->ring, len, type);
+  if (atomic_exchange(&p->link->port_wake, 0) != 0 && p->port != NULL && (fz_u8(f) & 1u)) {
+    /* the channel asked for a wake */
     struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
     memport_msg_clear(p->msg);
     (void)memport_msg_set_bytes(p->msg, &h, sizeof h);
@@ -306,19 +328,21 @@ static void put_record(struct peer *p, struct fz *f) {
 
 /* Shared-memory moves of the peer: release queue entries, TX ring consumption, scribbles. */
 static void peer_shm(struct peer *p, struct fz *f) {
-  struct memport__ring_shared *rx = memport__ring_ctrl(p->ring); /* the channel's RX ring */
+  struct memport__ring_shared *rx = p->rxc; /* the channel's RX ring */
+  struct memport__relq_shared *q = &p->vlink->pool_releases; /* the channel's pool comes back here */
+  struct memport__relq_shared *ours = &p->link->pool_releases; /* ... and ours here */
   uint8_t what = fz_u8(f);
   switch (what % 8u) {
   case 0: { /* queue a release of the channel's pool buffer (index, gen) */
-    uint64_t t = atomic_load(&rx->rel_tail);
+    uint64_t t = atomic_load(&q->tail);
     uint64_t index = fz_u8(f) % 4u;
     uint64_t gen = fz_u8(f) % 4u;
-    atomic_store(&rx->rel[t % MEMPORT__REL_QUEUE], gen << 32 | index);
-    atomic_store(&rx->rel_tail, t + 1);
+    atomic_store(&q->entries[t % MEMPORT__RELQ_SIZE], gen << 32 | index);
+    atomic_store(&q->tail, t + 1);
     break;
   }
   case 1:
-    atomic_store(&rx->rel_tail, fz_num(f, atomic_load(&rx->rel_tail)));
+    atomic_store(&q->tail, fz_num(f, atomic_load(&q->tail)));
     break;
   case 2: /* consume everything the channel sent */
     atomic_store(&p->txc->cons, atomic_load(&p->txc->prod));
@@ -327,15 +351,16 @@ static void peer_shm(struct peer *p, struct fz *f) {
     atomic_store(&p->txc->cons, fz_num(f, atomic_load(&p->txc->cons)));
     break;
   case 4: /* take the releases the channel queued for our pool, or lie about it */
-    atomic_store(&p->txc->rel_head, fz_u8(f) & 1u ? atomic_load(&p->txc->rel_tail)
-                                                   : fz_num(f, atomic_load(&p->txc->rel_head)));
+    atomic_store(&ours->head, fz_u8(f) & 1u ? atomic_load(&ours->tail) : fz_num(f, atomic_load(&ours->head)));
     break;
   case 5:
-    atomic_store(&p->txc->rel_wait, fz_u32(f));
+    atomic_store(&ours->owner_wait, fz_u32(f));
+    atomic_store(&p->link->port_wake, fz_u32(f));
     break;
   case 6:
     atomic_store(&p->txc->cons_wait, fz_u32(f));
-    atomic_store(&rx->rel_wait, fz_u32(f));
+    atomic_store(&q->owner_wait, fz_u32(f));
+    atomic_store(&p->vlink->port_wake, fz_u32(f));
     break;
   default:
     atomic_store(&rx->prod, fz_num(f, atomic_load(&rx->prod)));
@@ -381,7 +406,7 @@ static void pool_burst(struct peer *p, memport_chan_t *ch, struct fz *f) {
   for (unsigned i = 0; i < k; i++) {
     struct memport__rec_pool r = {index, i, 0, 64};
     void *slot;
-    if (memport__ring_reserve(p->ring, sizeof r, &slot, 0, 0) != 0)
+    if (memport__ring_reserve(p->ring, sizeof r, &slot, 0) != 0)
       break;
     memcpy(slot, &r, sizeof r);
     (void)memport__ring_commit(p->ring, sizeof r, MEMPORT__REC_POOL);
@@ -412,6 +437,19 @@ static void run(struct fz *f) {
         memport_region_map(p.pool_r, 0, &p.pool) != 0)
       abort();
     memset(p.pool, 0x5a, (size_t)pool_n * POOL_BUF);
+  }
+  {
+    void *map;
+    memport_msg_t *x;
+    if (memport_msg_create(&x) != 0 || memport_ring_export(p.ring, x) != 0 ||
+        memport_msg_take_region(x, 0, &p.rxc_r) != 0 || memport_region_map(p.rxc_r, 0, &map) != 0)
+      abort();
+    memport_msg_close(x);
+    p.rxc = map;
+    if (memport_region_create(&p.link_r, sizeof(struct memport__chan_link), 0) != 0 ||
+        memport_region_map(p.link_r, 0, &map) != 0)
+      abort();
+    p.link = map;
   }
   memport_chan_opts_t o;
   memport_chan_opts_init(&o);
@@ -564,6 +602,13 @@ out:
   if (p.txc != NULL)
     memport_unmap(p.txc);
   memport_region_close(p.txc_r);
+  if (p.vlink != NULL)
+    memport_unmap(p.vlink);
+  memport_region_close(p.vlink_r);
+  memport_unmap(p.rxc);
+  memport_region_close(p.rxc_r);
+  memport_unmap(p.link);
+  memport_region_close(p.link_r);
   if (p.pool != NULL)
     memport_unmap(p.pool);
   memport_region_close(p.pool_r);

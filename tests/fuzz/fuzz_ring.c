@@ -11,13 +11,16 @@
  * schedule of operations: the hostile peer overwrites positions, wait words and record headers
  * (anything, anywhere, including before the import), the legitimate producer writes records of
  * any type and size, and the consumer peeks, reads and releases, with deadline 0 or inside a
- * spinning/blocking wait whose hook (called between slices) lets the peer change the control
- * page between two of the consumer's loads (torn updates). Nothing sleeps: waits end when the
- * scheduled writes are used up.
+ * spinning/blocking wait (lib/wait.c) during which the peer changes the control page between two
+ * of the waiter's loads (torn updates). Time is virtual (the link wraps memport__now_ns,
+ * memport__deadline, memport__expired and memport__os_sem_wait): every look at the clock and
+ * every "sleep" inside a wait is a step of the schedule, and once the scheduled writes are used
+ * up the clock jumps to the wait's deadline. Nothing sleeps.
  *
  * Checked: no access outside the mappings (ASan, SIGSEGV), every record handed out lies inside
  * the data area and is no longer than the largest record, once the consumer reported
- * MEMPORT_EPROTO it keeps doing so, and nothing leaks (memory, descriptors, mappings).
+ * MEMPORT_EPROTO it keeps doing so, a wait gives up (MEMPORT_ETIMEDOUT) only at its deadline, and
+ * nothing leaks (memory, descriptors, mappings).
  */
 
 #define MAX_OPS 96
@@ -27,9 +30,61 @@ static struct {
   unsigned char *ctrl; /* the peer's view of the control page */
   unsigned char *data; /* the peer's view of the data area (mapped once) */
   size_t cap;
-  unsigned writes; /* scheduled writes the hook may still make */
+  unsigned writes; /* scheduled writes the current wait may still see */
   unsigned calls;
+  bool waiting;     /* inside a wait: the clock and the semaphore are steps of the schedule */
+  uint64_t wait_end; /* that wait's deadline */
 } g;
+
+/* ------------------------------------------------------------------------------------------ */
+/* The virtual clock (one second after boot at the start of every wait).                        */
+
+static uint64_t vclock = 1000000000u;
+static void scribble(struct fz *f);
+
+/* One step of a wait: the peer writes, time moves a little; once the schedule is used up (or
+ * after 64 steps) time jumps to the deadline. */
+static void step(void) {
+  g.calls++;
+  if (g.writes > 0 && g.calls <= 64) {
+    g.writes--;
+    scribble(g.f);
+    vclock += 1000u;
+  } else if (g.wait_end != MEMPORT__NO_DEADLINE && vclock < g.wait_end) {
+    vclock = g.wait_end;
+  }
+}
+
+uint64_t __wrap_memport__now_ns(void);
+uint64_t __wrap_memport__deadline(int64_t timeout_ns);
+int __wrap_memport__expired(uint64_t deadline);
+int __wrap_memport__os_sem_wait(memport_sem_t *s, uint64_t deadline);
+
+uint64_t __wrap_memport__now_ns(void) {
+  if (g.waiting)
+    step();
+  return vclock;
+}
+
+uint64_t __wrap_memport__deadline(int64_t timeout_ns) {
+  if (timeout_ns == 0)
+    return 0;
+  if (timeout_ns < 0 || (uint64_t)timeout_ns >= MEMPORT__NO_DEADLINE - vclock)
+    return MEMPORT__NO_DEADLINE;
+  return vclock + (uint64_t)timeout_ns;
+}
+
+int __wrap_memport__expired(uint64_t deadline) {
+  return deadline == 0 || (deadline != MEMPORT__NO_DEADLINE && vclock >= deadline);
+}
+
+/* A sleep on the ring's semaphore: a step, then a wake-up (spurious or not) or the slice's end. */
+int __wrap_memport__os_sem_wait(memport_sem_t *s, uint64_t deadline) {
+  (void)s;
+  (void)deadline;
+  step();
+  return fz_u8(g.f) & 1u ? 0 : MEMPORT_ETIMEDOUT;
+}
 
 static struct fz_leaks leaks;
 
@@ -121,18 +176,6 @@ static void scribble(struct fz *f) {
   }
 }
 
-/* Called by the ring between the slices of a wait: the peer changes the control page while the
- * waiter re-reads it; non-zero (our own code) ends the wait once the schedule is used up. */
-static int hook(void *arg) {
-  (void)arg;
-  g.calls++;
-  if (g.writes == 0 || g.calls > 64)
-    return MEMPORT_EINTR;
-  g.writes--;
-  scribble(g.f);
-  return 0;
-}
-
 /* Touch every byte of a record the consumer handed out: it must be inside a mapping. */
 static void touch(const void *ptr, size_t len, size_t max_record) {
   if (len > max_record)
@@ -209,14 +252,14 @@ static void run(struct fz *f) {
       void *slot;
       size_t n = fz_u8(f);
       uint32_t t = fz_u8(f) & 3u;
-      if (memport__ring_reserve(P, n, &slot, 0, 0) == 0) {
+      if (memport__ring_reserve(P, n, &slot, 0) == 0) {
         fz_bytes(f, slot, n);
         (void)memport__ring_commit(P, fz_u8(f) & 1u ? n : n / 2, t);
       }
       continue;
     }
     case 5:
-      rc = memport__ring_peek(C, &ptr, &len, &type, 0, 0);
+      rc = memport__ring_peek(C, &ptr, &len, &type, 0);
       if (rc == 0)
         touch(ptr, len, maxrec);
       break;
@@ -238,33 +281,36 @@ static void run(struct fz *f) {
     case 9:
       rc = memport__ring_readable(C);
       break;
-    case 10:
-      rc = memport__ring_arm_port_wake(C);
+    case 10: /* the producer waits (not at all) for the consumer to pass its position */
+      (void)memport__ring_wait_consumed(P, memport__ring_produced(P), 0);
+      on_c = 0;
       break;
     case 11:
     case 12: { /* a wait during which the peer keeps writing (torn updates between loads) */
       static const int policies[3] = {MEMPORT_WAIT_SPIN, MEMPORT_WAIT_BLOCK, MEMPORT_WAIT_ADAPTIVE};
       memport_ring_t *r = o % 14u == 11 ? C : P;
       memport__ring_set_policy(r, policies[fz_u8(f) % 3u], 1);
-      memport__ring_set_hook(r, hook, NULL, 1);
       g.writes = fz_u8(f) % 8u;
       g.calls = 0;
-      int64_t timeout = 10 * 1000000000ll; /* the hook ends the wait, not this */
+      vclock = 1000000000u;
+      uint64_t deadline = __wrap_memport__deadline(10 * 1000000000ll);
+      size_t n = (size_t)fz_u16(f) % g.cap;
+      g.wait_end = deadline;
+      g.waiting = true;
       if (r == C) {
-        rc = memport__ring_peek(C, &ptr, &len, &type, timeout, 0);
-        if (rc == 0)
-          touch(ptr, len, maxrec);
+        rc = memport__ring_peek(C, &ptr, &len, &type, deadline);
       } else {
         void *slot;
-        size_t n = (size_t)fz_u16(f) % g.cap;
-        rc = memport__ring_reserve(P, n, &slot, timeout, 0);
+        rc = memport__ring_reserve(P, n, &slot, deadline);
         if (rc == 0)
           (void)memport__ring_commit(P, n, MEMPORT__REC_DATA);
         on_c = 0;
       }
-      memport__ring_set_hook(r, NULL, NULL, 1);
-      if (rc == MEMPORT_ETIMEDOUT)
-        abort(); /* only the hook ends these waits */
+      g.waiting = false;
+      if (r == C && rc == 0)
+        touch(ptr, len, maxrec);
+      if (rc == MEMPORT_ETIMEDOUT && vclock < deadline)
+        abort(); /* a wait gives up only at its deadline */
       break;
     }
     default: { /* the producer side of the consumer object: refresh_cons against a hostile cons */
@@ -272,7 +318,7 @@ static void run(struct fz *f) {
         continue;
       void *slot;
       size_t n = fz_u16(f) % (g.cap + 32);
-      rc = memport__ring_reserve(C, n, &slot, 0, 0);
+      rc = memport__ring_reserve(C, n, &slot, 0);
       if (rc == 0)
         rc = memport__ring_commit(C, 0, MEMPORT__REC_DATA);
       break;

@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: MIT */
+/* chan.h: the channel object and the functions its files (chan, chan_ctl, chan_pool, chan_blob) share. */
+#ifndef MEMPORT_CHAN_H
+#define MEMPORT_CHAN_H
+
+#include "internal.h"
+#include "chan_proto.h"
+#include "pool.h"
+#include "ring.h"
+#include "wait.h"
+
+#define MEMPORT__CHAN_SLICE_NS 20000000u /* waits look at the port this often */
+
+/* Tags in memport_buf_t.priv[0]: a magic in the high half, the kind and a pool index below. */
+#define MEMPORT__BUF_MAGIC 0x4d504246u /* "MPBF" */
+#define MEMPORT__BUF_RX_INLINE 1u
+#define MEMPORT__BUF_RX_POOL 2u
+#define MEMPORT__BUF_RX_BLOB 3u
+#define MEMPORT__BUF_TX_POOL 4u
+#define MEMPORT__BUF_TX_BLOB 5u
+#define MEMPORT__BUF_TAG(kind, index) \
+  (((uint64_t)MEMPORT__BUF_MAGIC << 32) | ((uint64_t)(kind) << 24) | (uint64_t)(index))
+#define MEMPORT__BUF_KIND(tag) ((((tag) >> 32) == MEMPORT__BUF_MAGIC) ? (unsigned)(((tag) >> 24) & 0xffu) : 0u)
+#define MEMPORT__BUF_INDEX(tag) ((uint32_t)((tag) & 0xffffffu))
+
+/* An oversized message's region, received over the port ahead of its ring record. */
+struct memport__chan_blob {
+  memport_region_t *region; /* NULL: lost for want of descriptors (memport__chan_pump) */
+  uint64_t len;
+};
+
+struct memport_chan {
+  /* Control traffic over the port (chan_ctl.c). */
+  memport_port_t *port;
+  memport_msg_t *ctl_out; /* control messages we send */
+  memport_msg_t *ctl_in;  /* control messages we receive */
+  int broken;             /* MEMPORT_EPROTO once the peer broke the protocol */
+  bool peer_gone;         /* a send or a receive on the port said the peer is gone */
+  bool port_eof;          /* ... and everything it sent over the port has been read */
+  uint64_t next_liveness_check; /* sends look at the port no more often than this */
+  uint64_t next_probe;          /* when the port is not read (back-pressure): next liveness probe */
+
+  /* Small messages: a ring per direction, and the link pages (chan_proto.h). */
+  memport_ring_t *tx_ring; /* ours: we produce */
+  memport_ring_t *rx_ring; /* the peer's: we consume */
+  memport_region_t *tx_link_region;
+  struct memport__chan_link *tx_link; /* ours: the peer asks for wakes, returns our pool here */
+  struct memport__chan_link *rx_link; /* the peer's: we ask for wakes, return its pool here */
+  size_t zerocopy_threshold;          /* larger messages go through a pool buffer */
+  struct memport__wait_policy wait;
+  bool holding_inline; /* the application holds the record at the head of rx_ring */
+
+  /* Zero-copy (chan_pool.c): our pool, lent read-only to the peer, and the peer's pool. */
+  struct memport__pool tx_pool;
+  memport_region_t *tx_pool_lend;          /* its read-only handle until the HELLO takes it */
+  struct memport__relq_owner tx_pool_returns;    /* in tx_link */
+  struct memport__pool_view rx_pool;
+  struct memport__relq_borrower rx_pool_returns; /* in rx_link */
+  struct memport__ctl_release_entry *owed_releases; /* not yet sent (the queue was full) */
+  uint32_t owed_count;
+
+  /* Oversized messages (chan_blob.c). */
+  uint32_t tx_blob_seq;  /* sequence number of the next one we send */
+  uint64_t tx_blobs_sent;
+  uint64_t tx_blob_end[MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT]; /* TX ring position after each one's record */
+  uint32_t rx_blob_seq;       /* next ring record's sequence number expected */
+  uint32_t rx_blob_announced; /* next port message's sequence number expected */
+  struct memport__chan_blob rx_blobs[MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT]; /* arrived, record not yet read */
+  uint32_t rx_blobs_head, rx_blobs_count;
+};
+
+/* A validated view of the next record (chan.c). */
+struct memport__chan_rec {
+  uint32_t type;
+  const void *ptr;
+  size_t len; /* of the message */
+  struct memport__rec_pool pool;
+  struct memport__rec_blob blob;
+};
+
+/* chan.c */
+MEMPORT_HIDDEN void memport__chan_free(memport_chan_t *ch);
+/* The peer broke the protocol: every later call fails with `err`; the port is closed at once. */
+MEMPORT_HIDDEN int memport__chan_break(memport_chan_t *ch, int err);
+/* A ring's MEMPORT_EPROTO breaks the channel; other codes pass. */
+MEMPORT_HIDDEN int memport__chan_ring_error(memport_chan_t *ch, int rc);
+/* Commit the reserved TX record and wake the peer through the port if it asked. */
+MEMPORT_HIDDEN int memport__chan_commit(memport_chan_t *ch, size_t len, uint32_t type);
+/* TX ring space, and waits for the peer to consume, in slices that look at the port between them. */
+MEMPORT_HIDDEN int memport__chan_reserve(memport_chan_t *ch, size_t len, void **slot, uint64_t deadline);
+MEMPORT_HIDDEN int memport__chan_wait_consumed(memport_chan_t *ch, uint64_t pos, uint64_t deadline);
+
+/* chan_ctl.c: control traffic. */
+MEMPORT_HIDDEN int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, uint64_t deadline);
+MEMPORT_HIDDEN void memport__chan_send_wake(memport_chan_t *ch);
+MEMPORT_HIDDEN void memport__chan_peer_gone(memport_chan_t *ch);
+/* Receive one control message (until deadline) and act on it: 0, MEMPORT_ETIMEDOUT/EAGAIN when
+ * nothing came, MEMPORT_EPEER when the peer is gone, or an error. */
+MEMPORT_HIDDEN int memport__chan_pump(memport_chan_t *ch, uint64_t deadline);
+/* Read the control messages waiting now (bounded), send what we owe: 0, MEMPORT_EPEER or an error. */
+MEMPORT_HIDDEN int memport__chan_drain(memport_chan_t *ch);
+/* The send paths notice a dead peer without a system call per message. */
+MEMPORT_HIDDEN int memport__chan_live_slow(memport_chan_t *ch, uint64_t now);
+static inline int memport__chan_live(memport_chan_t *ch) {
+  if (MEMPORT__UNLIKELY(ch->broken))
+    return ch->broken;
+  if (MEMPORT__UNLIKELY(ch->peer_gone))
+    return MEMPORT_EPEER;
+  uint64_t now = memport__now_ns();
+  if (MEMPORT__LIKELY(now < ch->next_liveness_check))
+    return 0;
+  return memport__chan_live_slow(ch, now);
+}
+
+/* chan_pool.c: zero-copy through pool buffers. */
+MEMPORT_HIDDEN int memport__chan_pool_setup(memport_chan_t *ch, uint32_t count, size_t buf_size);
+MEMPORT_HIDDEN int memport__chan_pool_adopt(memport_chan_t *ch, memport_msg_t *hello, size_t index, uint32_t count,
+                                            size_t buf_size);
+MEMPORT_HIDDEN void memport__chan_pool_fini(memport_chan_t *ch);
+/* Allocate one of our buffers (waiting for a release until deadline): MEMPORT_ENOENT when the
+ * message does not fit a pool buffer (or there is no pool). */
+MEMPORT_HIDDEN int memport__chan_pool_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf, uint64_t deadline);
+MEMPORT_HIDDEN int memport__chan_pool_free(memport_chan_t *ch, memport_buf_t *buf);
+MEMPORT_HIDDEN int memport__chan_pool_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline);
+/* A release the peer sent over the port (its queue was full). */
+MEMPORT_HIDDEN int memport__chan_pool_returned(memport_chan_t *ch, const unsigned char *b, size_t len);
+/* Send the releases we owe over the port, never waiting. */
+MEMPORT_HIDDEN int memport__chan_pool_flush(memport_chan_t *ch);
+/* The record `rec` names a buffer of the peer's pool: validate and point at it (1), or 0. */
+MEMPORT_HIDDEN int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, const void *p);
+MEMPORT_HIDDEN void memport__chan_pool_hold(memport_chan_t *ch, const struct memport__chan_rec *rec);
+MEMPORT_HIDDEN int memport__chan_pool_release(memport_chan_t *ch, uint32_t index);
+
+/* chan_blob.c: oversized messages in one-off regions. */
+MEMPORT_HIDDEN int memport__chan_blob_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf);
+MEMPORT_HIDDEN void memport__chan_blob_free(memport_buf_t *buf);
+MEMPORT_HIDDEN int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline);
+/* Control message MEMPORT__CTL_BLOB arrived with its region. */
+MEMPORT_HIDDEN int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t *m, const unsigned char *b,
+                                              size_t len);
+/* The port dropped a message for want of descriptors: its oversized message is lost. */
+MEMPORT_HIDDEN void memport__chan_blob_lost(memport_chan_t *ch);
+static inline bool memport__chan_blobs_full(const memport_chan_t *ch) {
+  return ch->rx_blobs_count >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT;
+}
+/* The region of the oversized message `rec`, mapped. */
+MEMPORT_HIDDEN int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *rec, void **map,
+                                           size_t *maplen);
+MEMPORT_HIDDEN void memport__chan_blob_fini(memport_chan_t *ch);
+
+#endif /* MEMPORT_CHAN_H */

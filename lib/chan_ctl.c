@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+/* chan_ctl.c: the channel's control traffic over its port: sending, reading and acting on control messages, the peer's death. */
+#include "chan.h"
+
+#include <string.h>
+
+#define CHAN_LIVE_INTERVAL_NS 10000000u /* sends look at the port at most this often */
+#define CHAN_DRAIN_MAX 256u             /* control messages read per look at the port */
+
+/* The peer is gone: nothing can be sent any more, but what it committed and sent before is still
+ * delivered (memport__chan_pump goes on reading the port until its end). Our pool is entirely ours
+ * again: the buffers lent to the peer are reclaimed, since no release will ever come; the channel
+ * reports MEMPORT_EPEER to alloc and send, and memport_chan_close unmaps the whole pool. */
+void memport__chan_peer_gone(memport_chan_t *ch) {
+  if (ch->peer_gone)
+    return;
+  ch->peer_gone = true;
+  ch->owed_count = 0;
+  memport__pool_reclaim(&ch->tx_pool);
+}
+
+int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, uint64_t deadline) {
+  int rc = memport_msg_set_bytes(ch->ctl_out, bytes, len);
+  if (rc == 0)
+    rc = memport__port_send(ch->port, ch->ctl_out, deadline);
+  if (rc == MEMPORT_EPEER)
+    memport__chan_peer_gone(ch);
+  return rc;
+}
+
+/* The peer asked (in a link page) to be told of a record or a release: a full port already makes
+ * its handle ready, and a dead peer is found by the next call, so this never waits or fails. */
+void memport__chan_send_wake(memport_chan_t *ch) {
+  struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
+  (void)memport__chan_ctl_send(ch, &h, sizeof h, 0);
+}
+
+/* Act on one received control message (after the handshake). */
+static int handle_ctl(memport_chan_t *ch, memport_msg_t *m) {
+  size_t len;
+  const unsigned char *b = memport_msg_bytes(m, &len);
+  struct memport__ctl_hdr h;
+  if (b == NULL || len < sizeof h)
+    return MEMPORT_EPROTO;
+  memcpy(&h, b, sizeof h);
+  if (h.magic != MEMPORT__CTL_MAGIC)
+    return MEMPORT_EPROTO;
+  switch (h.type) {
+  case MEMPORT__CTL_WAKE:
+    return len == sizeof h && memport_msg_handle_count(m) == 0 ? 0 : MEMPORT_EPROTO;
+  case MEMPORT__CTL_RELEASE:
+    return memport_msg_handle_count(m) == 0 ? memport__chan_pool_returned(ch, b, len) : MEMPORT_EPROTO;
+  case MEMPORT__CTL_BLOB:
+    return memport__chan_blob_arrived(ch, m, b, len);
+  default:
+    return MEMPORT_EPROTO;
+  }
+}
+
+int memport__chan_pump(memport_chan_t *ch, uint64_t deadline) {
+  if (ch->broken)
+    return ch->broken;
+  if (ch->port_eof)
+    return MEMPORT_EPEER;
+  /* Back-pressure: while the application has not received the oversized messages already
+   * announced, leave the port alone (the sender's port then fills and it waits). Its end cannot
+   * be seen then, so a wake (ignored by a live peer, dropped when its port is full) asks the
+   * kernel now and then whether the peer is still there. */
+  if (MEMPORT__UNLIKELY(memport__chan_blobs_full(ch))) {
+    uint64_t now = memport__now_ns();
+    if (!ch->peer_gone && now >= ch->next_probe) {
+      ch->next_probe = now + MEMPORT__CHAN_SLICE_NS;
+      memport__chan_send_wake(ch);
+    }
+    return ch->peer_gone ? MEMPORT_EPEER : MEMPORT_EAGAIN;
+  }
+  /* A peer found gone by a send may have sent more before it went: read it, without waiting. */
+  int rc = memport__port_recv(ch->port, ch->ctl_in, ch->peer_gone ? 0 : deadline);
+  if (rc == MEMPORT_EPEER) {
+    ch->port_eof = true;
+    memport__chan_peer_gone(ch);
+    return rc;
+  }
+  if (ch->peer_gone && (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT))
+    return MEMPORT_EPEER;
+  if (rc == MEMPORT_EMSGSIZE || rc == MEMPORT_EPROTO)
+    return memport__chan_break(ch, MEMPORT_EPROTO);
+  if (rc == MEMPORT_EMFILE) {
+    /* The port dropped a message whose handles we had no descriptors for. After the handshake
+     * only an oversized message's region travels that way: its record comes later, and that
+     * message is reported (MEMPORT_EMFILE) and skipped in its turn (memport__chan_blob_take). */
+    memport__chan_blob_lost(ch);
+    return MEMPORT_EAGAIN; /* read no further now: the next ones may find descriptors free */
+  }
+  if (rc < 0)
+    return rc;
+  rc = handle_ctl(ch, ch->ctl_in);
+  memport_msg_clear(ch->ctl_in);
+  if (rc < 0)
+    return memport__chan_break(ch, rc);
+  return 0;
+}
+
+int memport__chan_drain(memport_chan_t *ch) {
+  int rc = 0;
+  for (unsigned n = 0; n < CHAN_DRAIN_MAX && rc == 0; n++)
+    rc = memport__chan_pump(ch, 0);
+  if (rc != 0 && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT)
+    return rc;
+  rc = memport__chan_pool_flush(ch);
+  if (rc < 0)
+    return rc;
+  return ch->peer_gone ? MEMPORT_EPEER : 0;
+}
+
+int memport__chan_live_slow(memport_chan_t *ch, uint64_t now) {
+  ch->next_liveness_check = now + CHAN_LIVE_INTERVAL_NS;
+  return memport__chan_drain(ch);
+}

@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: MIT */
+/* chan_pool.c: the channel's zero-copy path: our pool lent to the peer, the peer's pool held here, and the releases between them. */
+#include "chan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int memport__chan_pool_setup(memport_chan_t *ch, uint32_t count, size_t buf_size) {
+  return memport__pool_create(&ch->tx_pool, count, buf_size, &ch->tx_pool_lend);
+}
+
+int memport__chan_pool_adopt(memport_chan_t *ch, memport_msg_t *hello, size_t index, uint32_t count,
+                             size_t buf_size) {
+  memport_region_t *region = NULL;
+  int rc = memport_msg_take_region(hello, index, &region);
+  if (rc < 0)
+    return rc;
+  rc = memport__pool_view_open(&ch->rx_pool, region, count, buf_size);
+  memport_region_close(region);
+  if (rc < 0)
+    return rc;
+  /* Each owed release is a distinct buffer of the peer's: at most `count`. */
+  ch->owed_releases = calloc(count, sizeof ch->owed_releases[0]);
+  return ch->owed_releases == NULL ? MEMPORT_ENOMEM : 0;
+}
+
+void memport__chan_pool_fini(memport_chan_t *ch) {
+  memport__pool_destroy(&ch->tx_pool);
+  memport_region_close(ch->tx_pool_lend);
+  ch->tx_pool_lend = NULL;
+  memport__pool_view_close(&ch->rx_pool);
+  free(ch->owed_releases);
+  ch->owed_releases = NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Our pool.                                                                                   */
+
+/* Take back the buffers the peer queued in our link page (after its death the pool is ours). */
+static int collect(memport_chan_t *ch) {
+  if (ch->peer_gone)
+    return 0;
+  int rc = memport__pool_collect(&ch->tx_pool, &ch->tx_pool_returns);
+  return rc < 0 ? memport__chan_break(ch, rc) : 0;
+}
+
+static int pool_ready(void *arg) {
+  memport_chan_t *ch = arg;
+  int rc = collect(ch);
+  return rc < 0 ? rc : memport__pool_has_free(&ch->tx_pool);
+}
+
+/* Wait for one of our pool buffers to come back: from the release queue (spinning as the wait
+ * policy says, looking at the port every slice), or, asleep, from the port (a wake after the peer
+ * queued one, a release sent over the port when its queue was full, or the peer's death). */
+static int pool_wait(memport_chan_t *ch, uint64_t deadline) {
+  int rc = collect(ch);
+  if (rc == 0 && !memport__pool_has_free(&ch->tx_pool)) {
+    rc = memport__chan_drain(ch);
+    if (rc == 0)
+      rc = collect(ch);
+  }
+  if (rc < 0 || memport__pool_has_free(&ch->tx_pool))
+    return rc;
+  for (;;) {
+    uint64_t until = deadline == 0 ? 0 : memport__slice_end(deadline, MEMPORT__CHAN_SLICE_NS);
+    rc = memport__wait_spin(&ch->wait, pool_ready, ch, until);
+    if (rc != MEMPORT_ETIMEDOUT || until == deadline)
+      break;
+    if ((rc = memport__chan_drain(ch)) < 0)
+      return rc;
+  }
+  if (rc != MEMPORT__WAIT_SLEEP)
+    return rc;
+  static const struct memport__wait_policy spin = {MEMPORT_WAIT_SPIN, 0};
+  for (;;) {
+    memport__relq_arm(&ch->tx_pool_returns);
+    rc = collect(ch);
+    if (rc == 0 && !memport__pool_has_free(&ch->tx_pool) && memport__expired(deadline))
+      rc = MEMPORT_ETIMEDOUT;
+    if (rc < 0 || memport__pool_has_free(&ch->tx_pool)) {
+      memport__relq_disarm(&ch->tx_pool_returns);
+      return rc;
+    }
+    rc = memport__chan_pool_flush(ch);
+    if (rc == 0 && MEMPORT__UNLIKELY(memport__chan_blobs_full(ch))) {
+      /* The port is not read (see memport__chan_pump): poll the queue for a slice instead. */
+      rc = memport__wait_spin(&spin, pool_ready, ch, memport__slice_end(deadline, MEMPORT__CHAN_SLICE_NS));
+      if (rc == MEMPORT_ETIMEDOUT)
+        rc = memport__chan_pump(ch, 0); /* is the peer still there? */
+    } else if (rc == 0) {
+      rc = memport__chan_pump(ch, deadline);
+    }
+    if (rc < 0 && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EAGAIN) {
+      memport__relq_disarm(&ch->tx_pool_returns);
+      return rc;
+    }
+  }
+}
+
+int memport__chan_pool_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf, uint64_t deadline) {
+  if (ch->tx_pool.count == 0 || len > ch->tx_pool.buf_size)
+    return 1; /* not for the pool */
+  if (!memport__pool_has_free(&ch->tx_pool)) {
+    int rc = pool_wait(ch, deadline);
+    if (rc < 0)
+      return rc;
+    if (MEMPORT__UNLIKELY(ch->peer_gone)) /* the reclaimed pool cannot be sent from */
+      return MEMPORT_EPEER;
+  }
+  uint32_t i = memport__pool_alloc(&ch->tx_pool);
+  buf->data = memport__pool_buf(&ch->tx_pool, i);
+  buf->len = len;
+  buf->priv[0] = MEMPORT__BUF_TAG(MEMPORT__BUF_TX_POOL, i);
+  buf->priv[1] = ch->tx_pool.buf_size;
+  buf->priv[2] = (uintptr_t)ch;
+  return 0;
+}
+
+static int tx_buf_index(memport_chan_t *ch, const memport_buf_t *buf, uint32_t *i) {
+  *i = MEMPORT__BUF_INDEX(buf->priv[0]);
+  if (buf->priv[2] != (uintptr_t)ch || !memport__pool_is_allocated(&ch->tx_pool, *i))
+    return MEMPORT_EINVAL;
+  return 0;
+}
+
+int memport__chan_pool_free(memport_chan_t *ch, memport_buf_t *buf) {
+  uint32_t i;
+  if (tx_buf_index(ch, buf, &i) < 0)
+    return MEMPORT_EINVAL;
+  memport__pool_free(&ch->tx_pool, i);
+  memset(buf, 0, sizeof *buf);
+  return 0;
+}
+
+int memport__chan_pool_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline) {
+  uint32_t i;
+  if (tx_buf_index(ch, buf, &i) < 0 || buf->len > ch->tx_pool.buf_size)
+    return MEMPORT_EINVAL;
+  void *slot;
+  int rc = memport__chan_reserve(ch, sizeof(struct memport__rec_pool), &slot, deadline);
+  if (rc < 0)
+    return rc;
+  struct memport__rec_pool d = {i, memport__pool_lend(&ch->tx_pool, i), 0, buf->len};
+  memcpy(slot, &d, sizeof d);
+  rc = memport__chan_commit(ch, sizeof d, MEMPORT__REC_POOL);
+  if (rc < 0)
+    return rc;
+  memset(buf, 0, sizeof *buf);
+  return 0;
+}
+
+int memport__chan_pool_returned(memport_chan_t *ch, const unsigned char *b, size_t len) {
+  struct memport__ctl_release r;
+  if (len < sizeof r)
+    return MEMPORT_EPROTO;
+  memcpy(&r, b, sizeof r);
+  if (r.count == 0 || r.count > ch->tx_pool.count ||
+      len != sizeof r + (size_t)r.count * sizeof(struct memport__ctl_release_entry))
+    return MEMPORT_EPROTO;
+  if (ch->peer_gone)
+    return 0; /* sent before it died: the pool was reclaimed already (memport__chan_peer_gone) */
+  for (uint32_t i = 0; i < r.count; i++) {
+    struct memport__ctl_release_entry e;
+    memcpy(&e, b + sizeof r + i * sizeof e, sizeof e);
+    int rc = memport__pool_return(&ch->tx_pool, e.index, e.gen);
+    if (rc < 0)
+      return rc;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The peer's pool.                                                                            */
+
+int memport__chan_pool_flush(memport_chan_t *ch) {
+  while (ch->owed_count > 0 && !ch->peer_gone && ch->broken == 0) {
+    unsigned char buf[4096];
+    uint32_t per = (uint32_t)((sizeof buf - sizeof(struct memport__ctl_release)) /
+                              sizeof(struct memport__ctl_release_entry));
+    uint32_t n = ch->owed_count < per ? ch->owed_count : per;
+    struct memport__ctl_release hdr = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_RELEASE, 0}, n, 0};
+    memcpy(buf, &hdr, sizeof hdr);
+    memcpy(buf + sizeof hdr, ch->owed_releases, n * sizeof ch->owed_releases[0]);
+    int rc = memport__chan_ctl_send(ch, buf, sizeof hdr + n * sizeof ch->owed_releases[0], 0);
+    if (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT)
+      return 0; /* a full port keeps them for the next try */
+    if (rc == MEMPORT_EPEER) {
+      ch->owed_count = 0;
+      return 0;
+    }
+    if (rc < 0)
+      return rc;
+    ch->owed_count -= n;
+    memmove(ch->owed_releases, ch->owed_releases + n, ch->owed_count * sizeof ch->owed_releases[0]);
+  }
+  return 0;
+}
+
+int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, const void *p) {
+  memcpy(&rec->pool, p, sizeof rec->pool); /* once: the peer may change the ring under us */
+  const void *at = memport__pool_view_find(&ch->rx_pool, rec->pool.index, rec->pool.offset, rec->pool.len);
+  if (at == NULL)
+    return 0;
+  rec->ptr = at;
+  rec->len = (size_t)rec->pool.len;
+  return 1;
+}
+
+void memport__chan_pool_hold(memport_chan_t *ch, const struct memport__chan_rec *rec) {
+  memport__pool_view_hold(&ch->rx_pool, rec->pool.index, rec->pool.gen);
+}
+
+/* Give a pool buffer back to the peer: through the release queue in its link page; when that is
+ * full, over the port, batched while more messages wait (the application will call again) and
+ * sent at once when nothing else waits or half the peer's pool is owed. */
+int memport__chan_pool_release(memport_chan_t *ch, uint32_t i) {
+  uint32_t gen = memport__pool_view_drop(&ch->rx_pool, i);
+  if (ch->broken || ch->peer_gone)
+    return 0;
+  if (ch->owed_count == 0) { /* keep the order simple: the queue only while nothing waits for the port */
+    bool tell_owner;
+    int rc = memport__relq_push(&ch->rx_pool_returns, i, gen, &tell_owner);
+    if (tell_owner)
+      memport__chan_send_wake(ch);
+    if (rc != 0)
+      return rc > 0 ? 0 : memport__chan_break(ch, rc);
+  }
+  /* Each owed release is a distinct buffer the peer still counts as lent, so at most count are
+   * owed; more means the peer sent a buffer again before getting it back. */
+  if (MEMPORT__UNLIKELY(ch->owed_count >= ch->rx_pool.count))
+    return memport__chan_break(ch, MEMPORT_EPROTO);
+  ch->owed_releases[ch->owed_count].index = i;
+  ch->owed_releases[ch->owed_count].gen = gen;
+  ch->owed_count++;
+  if (ch->owed_count * 2 >= ch->rx_pool.count || memport__ring_readable(ch->rx_ring) <= 0)
+    return memport__chan_pool_flush(ch);
+  return 0;
+}
