@@ -289,10 +289,17 @@ typedef struct memport_chan_opts {
   unsigned pool_buffers;     /* number of pool buffers */
   int wait_policy;           /* MEMPORT_WAIT_* */
   int64_t spin_ns;           /* bound on spinning for MEMPORT_WAIT_ADAPTIVE */
+  unsigned flags;            /* MEMPORT_CHAN_* (a later field: options without it are accepted) */
 } memport_chan_opts_t;
+#define MEMPORT_CHAN_NO_ONEOFF (1u << 0) /* refuse (MEMPORT_EMSGSIZE) what does not fit a pool buffer */
 MEMPORT_EXPORT void memport_chan_opts_init(memport_chan_opts_t *opts);
+/* Check options as the channel constructors do: 0, or MEMPORT_EINVAL with *field naming the first
+ * wrong one (a static string; field may be NULL). */
+MEMPORT_EXPORT int memport_chan_opts_check(const memport_chan_opts_t *opts, const char **field);
 
-/* A received message or a zero-copy buffer being filled; owned by the caller's stack. */
+/* A received message or a zero-copy buffer being filled; owned by the caller's stack. priv is
+ * the library's (which buffer, and a ticket the channel checks: a copy kept after the buffer was
+ * released, sent or freed is refused with MEMPORT_EINVAL). */
 typedef struct memport_buf {
   void *data;
   size_t len;
@@ -323,6 +330,30 @@ MEMPORT_EXPORT int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf
 /* Receive by copying into dst; MEMPORT_EMSGSIZE (message kept) if cap is too small. */
 MEMPORT_EXPORT int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *len,
                                           int64_t timeout_ns);
+/* Counters of one endpoint (memport_chan_stats(3)); set struct_size before the call. */
+typedef struct memport_chan_stats {
+  size_t struct_size; /* in: sizeof(memport_chan_stats_t); out: the bytes filled */
+  uint64_t sent_ring_msgs, sent_ring_bytes;     /* copied through the ring */
+  uint64_t sent_pool_msgs, sent_pool_bytes;     /* zero-copy through a pool buffer */
+  uint64_t sent_oneoff_msgs, sent_oneoff_bytes; /* in a one-off region */
+  uint64_t recv_ring_msgs, recv_ring_bytes;
+  uint64_t recv_pool_msgs, recv_pool_bytes;
+  uint64_t recv_oneoff_msgs, recv_oneoff_bytes;
+  uint64_t oneoff_fallbacks; /* sent one-off although there is a pool: larger than its buffers */
+  uint64_t oneoff_refused;   /* refused with MEMPORT_EMSGSIZE (MEMPORT_CHAN_NO_ONEOFF) */
+  uint64_t wakeups_sent, wakeups_received; /* wake-ups through the port */
+  uint64_t tx_ring_used, tx_ring_capacity; /* bytes of our ring not yet consumed by the peer */
+  uint64_t rx_ring_used, rx_ring_capacity; /* bytes of the peer's ring waiting for us */
+  uint32_t tx_pool_buffers;   /* our pool (0 until first needed) */
+  uint32_t tx_pool_allocated; /* ... allocated here, not sent yet */
+  uint32_t tx_pool_lent;      /* ... sent, not yet released by the peer */
+  uint32_t rx_pool_buffers;   /* the peer's pool (0 until it sends through it) */
+  uint32_t rx_pool_held;      /* ... received here, not yet released */
+  uint32_t reserved;
+} memport_chan_stats_t;
+/* Fill *stats (private counters: no system call, nothing shared written). Same thread rules as
+ * the other calls on the endpoint. */
+MEMPORT_EXPORT int memport_chan_stats(memport_chan_t *chan, memport_chan_stats_t *stats);
 /* A handle that becomes ready when a message waits (see memport_chan_pollable(3)). */
 MEMPORT_EXPORT int memport_chan_pollable(memport_chan_t *chan, memport_os_handle_t *out);
 

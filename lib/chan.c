@@ -29,37 +29,74 @@ void memport_chan_opts_init(memport_chan_opts_t *opts) {
   opts->spin_ns = CHAN_DEFAULT_SPIN_NS;
 }
 
-/* Check and normalize (page rounding) the options into *o. */
-static int opts_check(const memport_chan_opts_t *in, memport_chan_opts_t *o) {
+/* The options before `flags` was added (memport_chan_opts_init of an older memport.h). */
+#define CHAN_OPTS_SIZE_V1 offsetof(memport_chan_opts_t, flags)
+
+/* Check and normalize (page rounding, clamping) the options into *o; *field names the first
+ * wrong one. */
+static int opts_normalize(const memport_chan_opts_t *in, memport_chan_opts_t *o, const char **field) {
+  *field = NULL;
   if (in == NULL) {
     memport_chan_opts_init(o);
   } else {
-    if (in->struct_size != sizeof *in)
+    if (in->struct_size != sizeof *in && in->struct_size != CHAN_OPTS_SIZE_V1) {
+      *field = "struct_size";
       return MEMPORT_EINVAL;
-    *o = *in;
+    }
+    memport_chan_opts_init(o);
+    memcpy(o, in, in->struct_size);
+    o->struct_size = sizeof *o;
   }
   size_t cap = memport__page_round(o->ring_capacity);
-  if (o->ring_capacity == 0 || cap == 0 || cap > MEMPORT__RING_MAX_CAPACITY)
+  if (o->ring_capacity == 0 || cap == 0 || cap > MEMPORT__RING_MAX_CAPACITY) {
+    *field = "ring_capacity";
     return MEMPORT_EINVAL;
+  }
   o->ring_capacity = cap;
   if (o->zerocopy_threshold > cap - MEMPORT__RING_HDR)
+    o->zerocopy_threshold = cap - MEMPORT__RING_HDR; /* clamped: larger ones go zero-copy */
+  if (o->pool_buffers > MEMPORT__POOL_MAX_BUFFERS) {
+    *field = "pool_buffers";
     return MEMPORT_EINVAL;
-  if (o->pool_buffers > MEMPORT__POOL_MAX_BUFFERS)
-    return MEMPORT_EINVAL;
+  }
   if (o->pool_buffers != 0) {
     size_t bs = memport__page_round(o->pool_buffer_size);
-    if (o->pool_buffer_size == 0 || bs == 0 || memport__pool_geometry_check(o->pool_buffers, bs) < 0)
+    if (o->pool_buffer_size == 0 || bs == 0 || memport__pool_geometry_check(o->pool_buffers, bs) < 0) {
+      *field = "pool_buffer_size";
       return MEMPORT_EINVAL;
+    }
     o->pool_buffer_size = bs;
   } else {
     o->pool_buffer_size = 0;
   }
   if (o->wait_policy != MEMPORT_WAIT_BLOCK && o->wait_policy != MEMPORT_WAIT_SPIN &&
-      o->wait_policy != MEMPORT_WAIT_ADAPTIVE)
+      o->wait_policy != MEMPORT_WAIT_ADAPTIVE) {
+    *field = "wait_policy";
     return MEMPORT_EINVAL;
-  if (o->spin_ns < 0)
+  }
+  if (o->spin_ns < 0) {
+    *field = "spin_ns";
     return MEMPORT_EINVAL;
+  }
+  if ((o->flags & ~(unsigned)MEMPORT_CHAN_NO_ONEOFF) != 0) {
+    *field = "flags";
+    return MEMPORT_EINVAL;
+  }
   return 0;
+}
+
+static int opts_check(const memport_chan_opts_t *in, memport_chan_opts_t *o) {
+  const char *field;
+  return opts_normalize(in, o, &field);
+}
+
+int memport_chan_opts_check(const memport_chan_opts_t *opts, const char **field) {
+  const char *f = NULL;
+  memport_chan_opts_t o;
+  int rc = opts == NULL ? MEMPORT_EINVAL : opts_normalize(opts, &o, &f);
+  if (field != NULL)
+    *field = f;
+  return rc;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -75,6 +112,7 @@ void memport__chan_free(memport_chan_t *ch) {
   memport_region_close(ch->tx_link_region);
   memport__chan_pool_fini(ch);
   memport__chan_blob_fini(ch);
+  memport__chan_blob_held_fini(ch);
   memport_port_close(ch->port);
   memport_msg_close(ch->ctl_out);
   memport_msg_close(ch->ctl_in);
@@ -147,6 +185,13 @@ int memport__chan_wait_consumed(memport_chan_t *ch, uint64_t pos, uint64_t deadl
 /* ------------------------------------------------------------------------------------------ */
 /* Handshake.                                                                                  */
 
+/* Tickets (chan.h) of each channel start apart from every other channel's in this process, so a
+ * buffer handed out by a closed channel does not match the tickets of a new one at its address. */
+static uint64_t memport__chan_ticket_base(void) {
+  static _Atomic uint64_t channels;
+  return (atomic_fetch_add_explicit(&channels, 1, memory_order_relaxed) + 1) << 40;
+}
+
 static int chan_new(memport_chan_t **out, memport_port_t *port, const memport_chan_opts_t *o) {
   memport_chan_t *ch = calloc(1, sizeof *ch);
   if (ch == NULL) {
@@ -155,6 +200,8 @@ static int chan_new(memport_chan_t **out, memport_port_t *port, const memport_ch
   }
   ch->port = port;
   ch->zerocopy_threshold = o->zerocopy_threshold;
+  ch->flags = o->flags;
+  ch->next_ticket = memport__chan_ticket_base();
   memport__wait_policy_set(&ch->wait, o->wait_policy, (uint64_t)o->spin_ns);
   int rc = memport_msg_create(&ch->ctl_out);
   if (rc == 0)
@@ -386,6 +433,10 @@ static int chan_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf, uint64
   int rc = memport__chan_pool_alloc(ch, len, buf, deadline);
   if (rc <= 0)
     return rc;
+  if (ch->flags & MEMPORT_CHAN_NO_ONEOFF) { /* oversized (or no pool): refused */
+    ch->stats.oneoff_refused++;
+    return MEMPORT_EMSGSIZE;
+  }
   return memport__chan_blob_alloc(ch, len, buf); /* oversized (or no pool) */
 }
 
@@ -409,8 +460,7 @@ int memport_chan_free_buf(memport_chan_t *chan, memport_buf_t *buf) {
   case MEMPORT__BUF_TX_POOL:
     return memport__chan_pool_free(chan, buf);
   case MEMPORT__BUF_TX_BLOB:
-    memport__chan_blob_free(buf);
-    return 0;
+    return memport__chan_blob_free(chan, buf);
   default:
     return MEMPORT_EINVAL;
   }
@@ -456,7 +506,10 @@ int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsign
     }
     if (len != 0)
       memcpy(p, data, len);
-    return memport__chan_commit(chan, len, MEMPORT__REC_INLINE);
+    rc = memport__chan_commit(chan, len, MEMPORT__REC_INLINE);
+    chan->stats.tx_msgs[0]++;
+    chan->stats.tx_bytes[0] += len;
+    return rc;
   }
   uint64_t deadline = memport__deadline(timeout_ns);
   memport_buf_t buf;
@@ -488,9 +541,12 @@ static int chan_wait_record(memport_chan_t *ch, const void **p, size_t *len, uin
     if (!ch->peer_gone) {
       /* Ask for a wake through the port (the pollable handle), then look again. */
       atomic_fetch_or_explicit(&ch->rx_link->port_wake, 1u, memory_order_seq_cst);
+      uint32_t pool_known = ch->rx_pool.count;
       rc = memport__chan_drain(ch);
       if (rc < 0 && rc != MEMPORT_EPEER)
         return rc;
+      if (MEMPORT__UNLIKELY(pool_known != ch->rx_pool.count))
+        return memport__chan_pool_first_record(ch, p, len, type);
     }
     /* Anything committed before the peer died (or before we asked) is still delivered. */
     rc = memport__ring_peek(ch->rx_ring, p, len, type, 0);
@@ -557,19 +613,16 @@ int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_
   switch (rec.type) {
   case MEMPORT__REC_INLINE:
     chan->holding_inline = true;
-    buf->data = (void *)(uintptr_t)rec.ptr;
-    buf->len = rec.len;
-    buf->priv[0] = MEMPORT__BUF_TAG(MEMPORT__BUF_RX_INLINE, 0);
-    buf->priv[1] = 0;
-    buf->priv[2] = (uintptr_t)chan;
+    chan->rx_inline_ticket = memport__chan_ticket(chan);
+    memport__chan_buf_set(chan, buf, (void *)(uintptr_t)rec.ptr, rec.len, MEMPORT__BUF_RX_INLINE, 0,
+                          chan->rx_inline_ticket);
+    chan->stats.rx_msgs[0]++;
+    chan->stats.rx_bytes[0] += rec.len;
     return 0;
   case MEMPORT__REC_POOL:
     memport__chan_pool_hold(chan, &rec);
-    buf->data = (void *)(uintptr_t)rec.ptr;
-    buf->len = rec.len;
-    buf->priv[0] = MEMPORT__BUF_TAG(MEMPORT__BUF_RX_POOL, rec.pool.index);
-    buf->priv[1] = 0;
-    buf->priv[2] = (uintptr_t)chan;
+    memport__chan_buf_set(chan, buf, (void *)(uintptr_t)rec.ptr, rec.len, MEMPORT__BUF_RX_POOL, rec.pool.index,
+                          memport__chan_pool_hand_out(chan, rec.pool.index));
     return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
   default: {
     void *map;
@@ -577,11 +630,14 @@ int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_
     rc = memport__chan_blob_take(chan, &rec, &map, &maplen);
     if (rc < 0)
       return rc;
-    buf->data = map;
-    buf->len = rec.len;
-    buf->priv[0] = MEMPORT__BUF_TAG(MEMPORT__BUF_RX_BLOB, 0);
-    buf->priv[1] = maplen;
-    buf->priv[2] = (uintptr_t)chan;
+    rc = memport__chan_blob_hold(chan, map, maplen, rec.len, buf);
+    if (rc < 0) { /* the record stays; the region is gone: this message is lost */
+      memport_unmap(map);
+      (void)memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+      return rc;
+    }
+    chan->stats.rx_msgs[2]++;
+    chan->stats.rx_bytes[2] += rec.len;
     return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
   }
   }
@@ -593,20 +649,21 @@ int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf) {
   int rc = 0;
   switch (MEMPORT__BUF_KIND(buf->priv[0])) {
   case MEMPORT__BUF_RX_INLINE:
-    if (!chan->holding_inline)
+    if (!chan->holding_inline || buf->priv[1] != chan->rx_inline_ticket)
       return MEMPORT_EINVAL;
     chan->holding_inline = false;
     rc = chan->broken ? 0 : memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
     break;
   case MEMPORT__BUF_RX_POOL: {
-    uint32_t i = MEMPORT__BUF_INDEX(buf->priv[0]);
-    if (!memport__pool_view_holds(&chan->rx_pool, i))
+    uint32_t i;
+    if (!memport__chan_pool_held(chan, buf, &i))
       return MEMPORT_EINVAL;
     rc = memport__chan_pool_release(chan, i);
     break;
   }
   case MEMPORT__BUF_RX_BLOB:
-    memport_unmap(buf->data);
+    if (memport__chan_blob_release(chan, buf) < 0)
+      return MEMPORT_EINVAL;
     break;
   default:
     return MEMPORT_EINVAL;
@@ -629,6 +686,8 @@ int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *
   case MEMPORT__REC_INLINE:
     if (rec.len != 0)
       memcpy(dst, rec.ptr, rec.len);
+    chan->stats.rx_msgs[0]++;
+    chan->stats.rx_bytes[0] += rec.len;
     return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
   case MEMPORT__REC_POOL:
     if (rec.len != 0)
@@ -647,6 +706,8 @@ int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *
     if (rec.len != 0)
       memcpy(dst, map, rec.len);
     memport_unmap(map);
+    chan->stats.rx_msgs[2]++;
+    chan->stats.rx_bytes[2] += rec.len;
     return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
   }
   }

@@ -23,6 +23,32 @@
 #define MEMPORT__BUF_KIND(tag) ((((tag) >> 32) == MEMPORT__BUF_MAGIC) ? (unsigned)(((tag) >> 24) & 0xffu) : 0u)
 #define MEMPORT__BUF_INDEX(tag) ((uint32_t)((tag) & 0xffffffu))
 
+/* Buffers handed to the application (memport_buf_t) carry a ticket in priv[1], drawn from the
+ * endpoint's counter and kept here too: a buffer whose ticket is not the one kept for its slot (a
+ * copy taken before it was released, sent or freed) is refused with MEMPORT_EINVAL. Private to
+ * the endpoint: no shared memory, no system call. priv[2] is the channel. */
+struct memport__chan_tx_loan { /* one of our pool buffers, allocated by the application */
+  uint64_t ticket;             /* 0: not allocated */
+  size_t len;                  /* as allocated: send_buf may lower it, never raise it */
+};
+struct memport__chan_blob_held { /* a one-off region the application holds */
+  uint64_t ticket;               /* 0: free slot */
+  unsigned kind;                 /* MEMPORT__BUF_RX_BLOB or MEMPORT__BUF_TX_BLOB */
+  void *map;
+  size_t maplen;
+  size_t len;                 /* TX: as allocated */
+  memport_region_t *region;   /* TX: the region, until sent or freed */
+};
+#define MEMPORT__CHAN_MAX_HELD_BLOBS (1u << 24) /* MEMPORT__BUF_INDEX's range */
+
+/* Statistics, private to the endpoint (memport_chan_stats). Paths: 0 ring, 1 pool, 2 one-off. */
+struct memport__chan_counters {
+  uint64_t tx_msgs[3], tx_bytes[3];
+  uint64_t rx_msgs[3], rx_bytes[3];
+  uint64_t oneoff_fallbacks, oneoff_refused;
+  uint64_t wakes_sent, wakes_received;
+};
+
 /* An oversized message's region, received over the port ahead of its ring record. */
 struct memport__chan_blob {
   memport_region_t *region; /* NULL: lost for want of descriptors (memport__chan_pump) */
@@ -49,6 +75,10 @@ struct memport_chan {
   size_t zerocopy_threshold;          /* larger messages go through a pool buffer */
   struct memport__wait_policy wait;
   bool holding_inline; /* the application holds the record at the head of rx_ring */
+  uint64_t rx_inline_ticket; /* ... under this ticket */
+  uint64_t next_ticket;      /* the last ticket handed out */
+  struct memport__chan_counters stats;
+  unsigned flags; /* MEMPORT_CHAN_* of the options */
 
   /* Zero-copy (chan_pool.c): our pool, lent read-only to the peer, and the peer's pool. */
   struct memport__pool tx_pool;
@@ -58,6 +88,10 @@ struct memport_chan {
   struct memport__relq_borrower rx_pool_returns; /* in rx_link */
   struct memport__ctl_release_entry *owed_releases; /* not yet sent (the queue was full) */
   uint32_t owed_count;
+  struct memport__chan_tx_loan *tx_pool_loans; /* per buffer of tx_pool */
+  uint64_t *rx_pool_tickets;                   /* per buffer of rx_pool held by the application */
+  uint32_t tx_pool_want_count;                 /* our pool as configured: made when first needed */
+  size_t tx_pool_want_size;
 
   /* Oversized messages (chan_blob.c). */
   uint32_t tx_blob_seq;  /* sequence number of the next one we send */
@@ -67,7 +101,20 @@ struct memport_chan {
   uint32_t rx_blob_announced; /* next port message's sequence number expected */
   struct memport__chan_blob rx_blobs[MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT]; /* arrived, record not yet read */
   uint32_t rx_blobs_head, rx_blobs_count;
+  struct memport__chan_blob_held *blobs_held; /* one-off regions the application holds */
+  uint32_t blobs_held_cap;
 };
+
+/* A fresh ticket for a buffer handed to the application. */
+static inline uint64_t memport__chan_ticket(memport_chan_t *ch) { return ++ch->next_ticket; }
+static inline void memport__chan_buf_set(memport_chan_t *ch, memport_buf_t *buf, void *data, size_t len,
+                                         unsigned kind, uint32_t index, uint64_t ticket) {
+  buf->data = data;
+  buf->len = len;
+  buf->priv[0] = MEMPORT__BUF_TAG(kind, index);
+  buf->priv[1] = ticket;
+  buf->priv[2] = (uintptr_t)ch;
+}
 
 /* A validated view of the next record (chan.c). */
 struct memport__chan_rec {
@@ -116,6 +163,9 @@ static inline int memport__chan_live(memport_chan_t *ch) {
 MEMPORT_HIDDEN int memport__chan_pool_setup(memport_chan_t *ch, uint32_t count, size_t buf_size);
 MEMPORT_HIDDEN int memport__chan_pool_adopt(memport_chan_t *ch, memport_msg_t *hello, size_t index, uint32_t count,
                                             size_t buf_size);
+/* Control message MEMPORT__CTL_POOL arrived with the peer's pool. */
+MEMPORT_HIDDEN int memport__chan_pool_arrived(memport_chan_t *ch, memport_msg_t *m, const unsigned char *b,
+                                              size_t len);
 MEMPORT_HIDDEN void memport__chan_pool_fini(memport_chan_t *ch);
 /* Allocate one of our buffers (waiting for a release until deadline): MEMPORT_ENOENT when the
  * message does not fit a pool buffer (or there is no pool). */
@@ -128,12 +178,26 @@ MEMPORT_HIDDEN int memport__chan_pool_returned(memport_chan_t *ch, const unsigne
 MEMPORT_HIDDEN int memport__chan_pool_flush(memport_chan_t *ch);
 /* The record `rec` names a buffer of the peer's pool: validate and point at it (1), or 0. */
 MEMPORT_HIDDEN int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, const void *p);
+/* Called when a look at the port without waiting brought the peer's pool: its first record. */
+MEMPORT_HIDDEN int memport__chan_pool_first_record(memport_chan_t *ch, const void **p, size_t *len, uint32_t *type);
 MEMPORT_HIDDEN void memport__chan_pool_hold(memport_chan_t *ch, const struct memport__chan_rec *rec);
 MEMPORT_HIDDEN int memport__chan_pool_release(memport_chan_t *ch, uint32_t index);
+/* A held buffer of the peer's pool handed to the application: its ticket. */
+MEMPORT_HIDDEN uint64_t memport__chan_pool_hand_out(memport_chan_t *ch, uint32_t index);
+/* `buf` is the copy of a held buffer of the peer's pool that was handed out (*index: which). */
+MEMPORT_HIDDEN bool memport__chan_pool_held(const memport_chan_t *ch, const memport_buf_t *buf, uint32_t *index);
 
 /* chan_blob.c: oversized messages in one-off regions. */
 MEMPORT_HIDDEN int memport__chan_blob_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf);
-MEMPORT_HIDDEN void memport__chan_blob_free(memport_buf_t *buf);
+/* MEMPORT_EINVAL unless `buf` is the copy handed out for a one-off region allocated here. */
+MEMPORT_HIDDEN int memport__chan_blob_free(memport_chan_t *ch, memport_buf_t *buf);
+/* Hand a received one-off region's mapping to the application / take it back (MEMPORT_EINVAL
+ * unless `buf` is the copy handed out). */
+MEMPORT_HIDDEN int memport__chan_blob_hold(memport_chan_t *ch, void *map, size_t maplen, size_t len,
+                                           memport_buf_t *buf);
+MEMPORT_HIDDEN int memport__chan_blob_release(memport_chan_t *ch, memport_buf_t *buf);
+/* Unmap and close what the application still holds (memport_chan_close). */
+MEMPORT_HIDDEN void memport__chan_blob_held_fini(memport_chan_t *ch);
 MEMPORT_HIDDEN int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline);
 /* Control message MEMPORT__CTL_BLOB arrived with its region. */
 MEMPORT_HIDDEN int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t *m, const unsigned char *b,

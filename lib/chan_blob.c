@@ -2,14 +2,94 @@
 /* chan_blob.c: the channel's oversized messages: each in a one-off region sent over the port, ordered by a ring record. */
 #include "chan.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define CHAN_BLOB_DRAIN_MAX 65536u /* control messages read while looking for an oversized message's region */
 
+/* ------------------------------------------------------------------------------------------ */
+/* One-off regions the application holds: a table private to the endpoint, indexed by the       */
+/* buffer's tag and checked against its ticket, so a stale copy never unmaps or closes anything. */
+
+static int held_slot(memport_chan_t *ch, uint32_t *out) {
+  for (uint32_t i = 0; i < ch->blobs_held_cap; i++)
+    if (ch->blobs_held[i].ticket == 0) {
+      *out = i;
+      return 0;
+    }
+  if (ch->blobs_held_cap >= MEMPORT__CHAN_MAX_HELD_BLOBS)
+    return MEMPORT_ENOMEM;
+  uint32_t cap = ch->blobs_held_cap == 0 ? 8u : ch->blobs_held_cap * 2u;
+  if (cap > MEMPORT__CHAN_MAX_HELD_BLOBS)
+    cap = MEMPORT__CHAN_MAX_HELD_BLOBS;
+  struct memport__chan_blob_held *t = realloc(ch->blobs_held, cap * sizeof t[0]);
+  if (t == NULL)
+    return MEMPORT_ENOMEM;
+  memset(t + ch->blobs_held_cap, 0, (cap - ch->blobs_held_cap) * sizeof t[0]);
+  *out = ch->blobs_held_cap;
+  ch->blobs_held = t;
+  ch->blobs_held_cap = cap;
+  return 0;
+}
+
+/* The held one-off region `buf` names, if it is the one this copy was given for. */
+static struct memport__chan_blob_held *held_find(memport_chan_t *ch, const memport_buf_t *buf, unsigned kind) {
+  uint32_t i = MEMPORT__BUF_INDEX(buf->priv[0]);
+  if (buf->priv[2] != (uintptr_t)ch || MEMPORT__BUF_KIND(buf->priv[0]) != kind || i >= ch->blobs_held_cap)
+    return NULL;
+  struct memport__chan_blob_held *h = &ch->blobs_held[i];
+  if (h->ticket == 0 || h->ticket != buf->priv[1] || h->kind != kind)
+    return NULL;
+  return h;
+}
+
+static void held_drop(struct memport__chan_blob_held *h) {
+  if (h->map != NULL)
+    memport_unmap(h->map);
+  memport_region_close(h->region);
+  memset(h, 0, sizeof *h);
+}
+
+int memport__chan_blob_hold(memport_chan_t *ch, void *map, size_t maplen, size_t len, memport_buf_t *buf) {
+  uint32_t i;
+  int rc = held_slot(ch, &i);
+  if (rc < 0)
+    return rc;
+  struct memport__chan_blob_held *h = &ch->blobs_held[i];
+  h->ticket = memport__chan_ticket(ch);
+  h->kind = MEMPORT__BUF_RX_BLOB;
+  h->map = map;
+  h->maplen = maplen;
+  h->len = len;
+  memport__chan_buf_set(ch, buf, map, len, MEMPORT__BUF_RX_BLOB, i, h->ticket);
+  return 0;
+}
+
+int memport__chan_blob_release(memport_chan_t *ch, memport_buf_t *buf) {
+  struct memport__chan_blob_held *h = held_find(ch, buf, MEMPORT__BUF_RX_BLOB);
+  if (h == NULL)
+    return MEMPORT_EINVAL;
+  held_drop(h);
+  return 0;
+}
+
+void memport__chan_blob_held_fini(memport_chan_t *ch) {
+  for (uint32_t i = 0; i < ch->blobs_held_cap; i++)
+    if (ch->blobs_held[i].ticket != 0)
+      held_drop(&ch->blobs_held[i]);
+  free(ch->blobs_held);
+  ch->blobs_held = NULL;
+  ch->blobs_held_cap = 0;
+}
+
 int memport__chan_blob_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf) {
   /* A one-off region, sealed read-only when sent. */
+  uint32_t i;
+  int rc = held_slot(ch, &i);
+  if (rc < 0)
+    return rc;
   memport_region_t *region;
-  int rc = memport_region_create(&region, len != 0 ? len : 1, 0);
+  rc = memport_region_create(&region, len != 0 ? len : 1, 0);
   if (rc < 0)
     return rc;
   void *map;
@@ -18,24 +98,31 @@ int memport__chan_blob_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf)
     memport_region_close(region);
     return rc;
   }
-  MEMPORT__UNUSED(ch);
-  buf->data = map;
-  buf->len = len;
-  buf->priv[0] = MEMPORT__BUF_TAG(MEMPORT__BUF_TX_BLOB, 0);
-  buf->priv[1] = memport_region_size(region);
-  buf->priv[2] = (uintptr_t)region;
+  struct memport__chan_blob_held *h = &ch->blobs_held[i];
+  h->ticket = memport__chan_ticket(ch);
+  h->kind = MEMPORT__BUF_TX_BLOB;
+  h->map = map;
+  h->maplen = memport_region_size(region);
+  h->len = len;
+  h->region = region;
+  memport__chan_buf_set(ch, buf, map, len, MEMPORT__BUF_TX_BLOB, i, h->ticket);
   return 0;
 }
 
-void memport__chan_blob_free(memport_buf_t *buf) {
-  memport_unmap(buf->data);
-  memport_region_close((memport_region_t *)(uintptr_t)buf->priv[2]);
+int memport__chan_blob_free(memport_chan_t *ch, memport_buf_t *buf) {
+  struct memport__chan_blob_held *h = held_find(ch, buf, MEMPORT__BUF_TX_BLOB);
+  if (h == NULL)
+    return MEMPORT_EINVAL;
+  held_drop(h);
   memset(buf, 0, sizeof *buf);
+  return 0;
 }
 
 int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline) {
-  if (buf->len > buf->priv[1])
+  struct memport__chan_blob_held *h = held_find(ch, buf, MEMPORT__BUF_TX_BLOB);
+  if (h == NULL || buf->len > h->len)
     return MEMPORT_EINVAL;
+  size_t len = buf->len;
   /* At most MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT oversized messages the consumer has not taken yet:
    * a consumer that does not read pins that many regions, not as many as its port holds. */
   int rc;
@@ -46,7 +133,7 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
       return rc;
   }
   /* Reserve the ring record first so nothing can fail after the region has gone out. */
-  memport_region_t *region = (memport_region_t *)(uintptr_t)buf->priv[2];
+  memport_region_t *region = h->region;
   void *slot;
   rc = memport__chan_reserve(ch, sizeof(struct memport__rec_blob), &slot, deadline);
   if (rc < 0)
@@ -57,7 +144,7 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
     rc = memport_region_readonly(region, &ro); /* our writable mapping stays writable */
   else if (rc > 0)
     rc = memport_region_dup(region, 0, &ro);
-  struct memport__ctl_blob b = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, ch->tx_blob_seq, 0, buf->len};
+  struct memport__ctl_blob b = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_BLOB, 0}, ch->tx_blob_seq, 0, len};
   memport_msg_clear(ch->ctl_out);
   if (rc == 0)
     rc = memport_msg_attach_region(ch->ctl_out, ro, 0);
@@ -68,11 +155,16 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
     memport__ring_unreserve(ch->tx_ring);
     return rc;
   }
-  struct memport__rec_blob d = {ch->tx_blob_seq++, 0, buf->len};
+  struct memport__rec_blob d = {ch->tx_blob_seq++, 0, len};
   memcpy(slot, &d, sizeof d);
   rc = memport__chan_commit(ch, sizeof d, MEMPORT__REC_BLOB);
   ch->tx_blob_end[ch->tx_blobs_sent++ % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT] = memport__ring_produced(ch->tx_ring);
-  memport__chan_blob_free(buf);
+  held_drop(h);
+  memset(buf, 0, sizeof *buf);
+  ch->stats.tx_msgs[2]++;
+  if (ch->tx_pool_want_count != 0)
+    ch->stats.oneoff_fallbacks++; /* larger than a pool buffer */
+  ch->stats.tx_bytes[2] += len;
   return rc;
 }
 

@@ -32,7 +32,8 @@ int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, ui
  * its handle ready, and a dead peer is found by the next call, so this never waits or fails. */
 void memport__chan_send_wake(memport_chan_t *ch) {
   struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
-  (void)memport__chan_ctl_send(ch, &h, sizeof h, 0);
+  if (memport__chan_ctl_send(ch, &h, sizeof h, 0) == 0)
+    ch->stats.wakes_sent++;
 }
 
 /* Act on one received control message (after the handshake). */
@@ -47,11 +48,16 @@ static int handle_ctl(memport_chan_t *ch, memport_msg_t *m) {
     return MEMPORT_EPROTO;
   switch (h.type) {
   case MEMPORT__CTL_WAKE:
-    return len == sizeof h && memport_msg_handle_count(m) == 0 ? 0 : MEMPORT_EPROTO;
+    if (len != sizeof h || memport_msg_handle_count(m) != 0)
+      return MEMPORT_EPROTO;
+    ch->stats.wakes_received++;
+    return 0;
   case MEMPORT__CTL_RELEASE:
     return memport_msg_handle_count(m) == 0 ? memport__chan_pool_returned(ch, b, len) : MEMPORT_EPROTO;
   case MEMPORT__CTL_BLOB:
     return memport__chan_blob_arrived(ch, m, b, len);
+  case MEMPORT__CTL_POOL:
+    return memport__chan_pool_arrived(ch, m, b, len);
   default:
     return MEMPORT_EPROTO;
   }

@@ -5,8 +5,45 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Our pool is made when first needed (memport__chan_pool_alloc): a side that never sends
+ * zero-copy never maps it. Its read-only handle reaches the peer in a MEMPORT__CTL_POOL message
+ * sent ahead of the first record that names one of its buffers. */
 int memport__chan_pool_setup(memport_chan_t *ch, uint32_t count, size_t buf_size) {
-  return memport__pool_create(&ch->tx_pool, count, buf_size, &ch->tx_pool_lend);
+  ch->tx_pool_want_count = count;
+  ch->tx_pool_want_size = buf_size;
+  return 0;
+}
+
+static int pool_make(memport_chan_t *ch) {
+  uint32_t count = ch->tx_pool_want_count;
+  ch->tx_pool_loans = calloc(count, sizeof ch->tx_pool_loans[0]);
+  if (ch->tx_pool_loans == NULL)
+    return MEMPORT_ENOMEM;
+  int rc = memport__pool_create(&ch->tx_pool, count, ch->tx_pool_want_size, &ch->tx_pool_lend);
+  if (rc < 0) {
+    free(ch->tx_pool_loans);
+    ch->tx_pool_loans = NULL;
+  }
+  return rc;
+}
+
+/* The peer's pool: `region` is the caller's. */
+static int pool_adopt(memport_chan_t *ch, memport_region_t *region, uint32_t count, size_t buf_size) {
+  int rc = memport__pool_view_open(&ch->rx_pool, region, count, buf_size);
+  if (rc < 0)
+    return rc;
+  /* Each owed release is a distinct buffer of the peer's: at most `count`. */
+  ch->owed_releases = calloc(count, sizeof ch->owed_releases[0]);
+  ch->rx_pool_tickets = calloc(count, sizeof ch->rx_pool_tickets[0]);
+  if (ch->owed_releases == NULL || ch->rx_pool_tickets == NULL) {
+    free(ch->owed_releases);
+    free(ch->rx_pool_tickets);
+    ch->owed_releases = NULL;
+    ch->rx_pool_tickets = NULL;
+    memport__pool_view_close(&ch->rx_pool);
+    return MEMPORT_ENOMEM;
+  }
+  return 0;
 }
 
 int memport__chan_pool_adopt(memport_chan_t *ch, memport_msg_t *hello, size_t index, uint32_t count,
@@ -15,13 +52,25 @@ int memport__chan_pool_adopt(memport_chan_t *ch, memport_msg_t *hello, size_t in
   int rc = memport_msg_take_region(hello, index, &region);
   if (rc < 0)
     return rc;
-  rc = memport__pool_view_open(&ch->rx_pool, region, count, buf_size);
+  rc = pool_adopt(ch, region, count, buf_size);
   memport_region_close(region);
+  return rc;
+}
+
+int memport__chan_pool_arrived(memport_chan_t *ch, memport_msg_t *m, const unsigned char *b, size_t len) {
+  struct memport__ctl_pool c;
+  if (len != sizeof c || memport_msg_handle_count(m) != 1 || memport_msg_handle_kind(m, 0) != MEMPORT_HANDLE_REGION)
+    return MEMPORT_EPROTO;
+  memcpy(&c, b, sizeof c);
+  if (ch->rx_pool.count != 0 || memport__pool_geometry_check(c.buffers, c.buffer_size) < 0)
+    return MEMPORT_EPROTO; /* a second pool, or an impossible one */
+  memport_region_t *region = NULL;
+  int rc = memport_msg_take_region(m, 0, &region);
   if (rc < 0)
     return rc;
-  /* Each owed release is a distinct buffer of the peer's: at most `count`. */
-  ch->owed_releases = calloc(count, sizeof ch->owed_releases[0]);
-  return ch->owed_releases == NULL ? MEMPORT_ENOMEM : 0;
+  rc = pool_adopt(ch, region, c.buffers, (size_t)c.buffer_size);
+  memport_region_close(region);
+  return rc;
 }
 
 void memport__chan_pool_fini(memport_chan_t *ch) {
@@ -31,6 +80,10 @@ void memport__chan_pool_fini(memport_chan_t *ch) {
   memport__pool_view_close(&ch->rx_pool);
   free(ch->owed_releases);
   ch->owed_releases = NULL;
+  free(ch->tx_pool_loans);
+  ch->tx_pool_loans = NULL;
+  free(ch->rx_pool_tickets);
+  ch->rx_pool_tickets = NULL;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -99,8 +152,13 @@ static int pool_wait(memport_chan_t *ch, uint64_t deadline) {
 }
 
 int memport__chan_pool_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf, uint64_t deadline) {
-  if (ch->tx_pool.count == 0 || len > ch->tx_pool.buf_size)
+  if (ch->tx_pool_want_count == 0 || len > ch->tx_pool_want_size)
     return 1; /* not for the pool */
+  if (MEMPORT__UNLIKELY(ch->tx_pool.count == 0)) {
+    int rc = pool_make(ch);
+    if (rc < 0)
+      return rc;
+  }
   if (!memport__pool_has_free(&ch->tx_pool)) {
     int rc = pool_wait(ch, deadline);
     if (rc < 0)
@@ -109,17 +167,18 @@ int memport__chan_pool_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf,
       return MEMPORT_EPEER;
   }
   uint32_t i = memport__pool_alloc(&ch->tx_pool);
-  buf->data = memport__pool_buf(&ch->tx_pool, i);
-  buf->len = len;
-  buf->priv[0] = MEMPORT__BUF_TAG(MEMPORT__BUF_TX_POOL, i);
-  buf->priv[1] = ch->tx_pool.buf_size;
-  buf->priv[2] = (uintptr_t)ch;
+  uint64_t ticket = memport__chan_ticket(ch);
+  ch->tx_pool_loans[i].ticket = ticket;
+  ch->tx_pool_loans[i].len = len;
+  memport__chan_buf_set(ch, buf, memport__pool_buf(&ch->tx_pool, i), len, MEMPORT__BUF_TX_POOL, i, ticket);
   return 0;
 }
 
+/* The pool buffer `buf` names, if this copy is the one it was allocated as. */
 static int tx_buf_index(memport_chan_t *ch, const memport_buf_t *buf, uint32_t *i) {
   *i = MEMPORT__BUF_INDEX(buf->priv[0]);
-  if (buf->priv[2] != (uintptr_t)ch || !memport__pool_is_allocated(&ch->tx_pool, *i))
+  if (buf->priv[2] != (uintptr_t)ch || !memport__pool_is_allocated(&ch->tx_pool, *i) ||
+      ch->tx_pool_loans[*i].ticket != buf->priv[1])
     return MEMPORT_EINVAL;
   return 0;
 }
@@ -128,25 +187,53 @@ int memport__chan_pool_free(memport_chan_t *ch, memport_buf_t *buf) {
   uint32_t i;
   if (tx_buf_index(ch, buf, &i) < 0)
     return MEMPORT_EINVAL;
+  ch->tx_pool_loans[i].ticket = 0;
   memport__pool_free(&ch->tx_pool, i);
   memset(buf, 0, sizeof *buf);
   return 0;
 }
 
+/* Our pool's read-only handle to the peer, ahead of the first record naming one of its buffers.
+ * Never waits when deadline is 0 (MEMPORT_ETIMEDOUT: the port is full). */
+static int pool_announce(memport_chan_t *ch, uint64_t deadline) {
+  struct memport__ctl_pool c = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_POOL, 0}, ch->tx_pool.count, 0,
+                                ch->tx_pool.buf_size};
+  memport_msg_clear(ch->ctl_out);
+  int rc = memport_msg_attach_region(ch->ctl_out, ch->tx_pool_lend, MEMPORT_ATTACH_COPY);
+  if (rc == 0)
+    rc = memport__chan_ctl_send(ch, &c, sizeof c, deadline);
+  memport_msg_clear(ch->ctl_out);
+  if (rc == MEMPORT_EAGAIN)
+    rc = MEMPORT_ETIMEDOUT;
+  if (rc == 0) {
+    memport_region_close(ch->tx_pool_lend);
+    ch->tx_pool_lend = NULL;
+  }
+  return rc;
+}
+
 int memport__chan_pool_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline) {
   uint32_t i;
-  if (tx_buf_index(ch, buf, &i) < 0 || buf->len > ch->tx_pool.buf_size)
+  if (tx_buf_index(ch, buf, &i) < 0 || buf->len > ch->tx_pool_loans[i].len)
     return MEMPORT_EINVAL;
+  size_t len = buf->len;
   void *slot;
   int rc = memport__chan_reserve(ch, sizeof(struct memport__rec_pool), &slot, deadline);
   if (rc < 0)
     return rc;
-  struct memport__rec_pool d = {i, memport__pool_lend(&ch->tx_pool, i), 0, buf->len};
+  if (MEMPORT__UNLIKELY(ch->tx_pool_lend != NULL) && (rc = pool_announce(ch, deadline)) < 0) {
+    memport__ring_unreserve(ch->tx_ring);
+    return rc;
+  }
+  struct memport__rec_pool d = {i, memport__pool_lend(&ch->tx_pool, i), 0, len};
+  ch->tx_pool_loans[i].ticket = 0;
   memcpy(slot, &d, sizeof d);
   rc = memport__chan_commit(ch, sizeof d, MEMPORT__REC_POOL);
   if (rc < 0)
     return rc;
   memset(buf, 0, sizeof *buf);
+  ch->stats.tx_msgs[1]++;
+  ch->stats.tx_bytes[1] += len;
   return 0;
 }
 
@@ -197,8 +284,17 @@ int memport__chan_pool_flush(memport_chan_t *ch) {
   return 0;
 }
 
+#define CHAN_POOL_DRAIN_MAX 65536u /* control messages read while looking for the peer's pool */
+
 int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, const void *p) {
   memcpy(&rec->pool, p, sizeof rec->pool); /* once: the peer may change the ring under us */
+  /* The peer's first zero-copy message: its pool was sent over the port before the record was
+   * committed (as an oversized message's region, memport__chan_blob_take). */
+  for (unsigned n = 0; MEMPORT__UNLIKELY(ch->rx_pool.count == 0) && n < CHAN_POOL_DRAIN_MAX; n++) {
+    int rc = memport__chan_pump(ch, 0);
+    if (rc < 0)
+      break; /* nothing more (or broken): the record is then a protocol error */
+  }
   const void *at = memport__pool_view_find(&ch->rx_pool, rec->pool.index, rec->pool.offset, rec->pool.len);
   if (at == NULL)
     return 0;
@@ -207,8 +303,28 @@ int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, c
   return 1;
 }
 
+/* The peer's pool just arrived: the record naming it was reserved before and is committed right
+ * after (memport__chan_pool_send), so its announcement alone must not make a caller that was
+ * woken by it see nothing. Wait a bounded moment, once per channel, for that record. */
+int memport__chan_pool_first_record(memport_chan_t *ch, const void **p, size_t *len, uint32_t *type) {
+  return memport__ring_peek(ch->rx_ring, p, len, type, memport__deadline(MEMPORT__CHAN_SLICE_NS));
+}
+
 void memport__chan_pool_hold(memport_chan_t *ch, const struct memport__chan_rec *rec) {
   memport__pool_view_hold(&ch->rx_pool, rec->pool.index, rec->pool.gen);
+  ch->stats.rx_msgs[1]++;
+  ch->stats.rx_bytes[1] += rec->len;
+}
+
+uint64_t memport__chan_pool_hand_out(memport_chan_t *ch, uint32_t i) {
+  uint64_t ticket = memport__chan_ticket(ch);
+  ch->rx_pool_tickets[i] = ticket;
+  return ticket;
+}
+
+bool memport__chan_pool_held(const memport_chan_t *ch, const memport_buf_t *buf, uint32_t *i) {
+  *i = MEMPORT__BUF_INDEX(buf->priv[0]);
+  return memport__pool_view_holds(&ch->rx_pool, *i) && ch->rx_pool_tickets[*i] == buf->priv[1];
 }
 
 /* Give a pool buffer back to the peer: through the release queue in its link page; when that is

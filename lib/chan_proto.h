@@ -48,11 +48,14 @@ struct memport__rec_blob {
 /* Channel control messages over the port. All start with this header.                        */
 
 #define MEMPORT__CTL_MAGIC 0x4843504du /* "MPCH" */
-#define MEMPORT__CHAN_VERSION 2u /* 2: the link page (wake request, release queue) */
+#define MEMPORT__CHAN_VERSION 3u /* 2: the link page (wake request, release queue); 3: MEMPORT__CTL_POOL */
 #define MEMPORT__CTL_HELLO   1u /* handshake: ring handles (4), the pool when pool_buffers > 0 (1), the link page (1) */
 #define MEMPORT__CTL_WAKE    2u /* a record or a release waits (asked for through the link page) */
 #define MEMPORT__CTL_RELEASE 3u /* pool buffers given back to their owner */
 #define MEMPORT__CTL_BLOB    4u /* one read-only region holding an oversized message */
+#define MEMPORT__CTL_POOL    5u /* the sender's pool (one read-only region), made when first needed: sent
+                                 * once, ahead of the first record naming one of its buffers, and only
+                                 * when the HELLO carried no pool */
 
 #define MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT 64u
 
@@ -88,6 +91,13 @@ struct memport__ctl_blob {
   uint32_t seq; /* matches the struct memport__rec_blob record that follows in the ring */
   uint32_t reserved;
   uint64_t len;
+};
+
+struct memport__ctl_pool {
+  struct memport__ctl_hdr hdr;
+  uint32_t buffers; /* as struct memport__ctl_hello's pool_buffers (never 0) */
+  uint32_t reserved;
+  uint64_t buffer_size;
 };
 
 #endif /* MEMPORT_CHAN_PROTO_H */

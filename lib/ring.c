@@ -511,3 +511,19 @@ int memport_ring_read(memport_ring_t *ring, void *buf, size_t cap, size_t *len, 
     memcpy(buf, p, n);
   return memport__ring_release(ring);
 }
+
+uint64_t memport__ring_tx_fill(const memport_ring_t *r) {
+  uint64_t c = atomic_load_explicit(&r->sh->cons, memory_order_acquire);
+  if (c < r->p.peer || c > r->p.pos)
+    c = r->p.peer;
+  return r->p.pos - c;
+}
+
+uint64_t memport__ring_rx_fill(const memport_ring_t *r) {
+  uint64_t p = atomic_load_explicit(&r->sh->prod, memory_order_acquire);
+  if (p < r->c.pos || p - r->c.pos > r->cap)
+    p = r->c.pos;
+  return p - r->c.pos;
+}
+
+uint64_t memport__ring_capacity(const memport_ring_t *r) { return r->cap; }

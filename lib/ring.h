@@ -68,6 +68,11 @@ MEMPORT_HIDDEN void memport__ring_unreserve(struct memport_ring *r);
  * everything before `pos` (a position this producer had reached). */
 MEMPORT_HIDDEN uint64_t memport__ring_produced(const struct memport_ring *r);
 MEMPORT_HIDDEN int memport__ring_wait_consumed(struct memport_ring *r, uint64_t pos, uint64_t deadline);
+/* Bytes committed and not yet released, for statistics: the producer's view (tx) or the
+ * consumer's (rx); the other end's position is loaded once and kept within what is possible. */
+MEMPORT_HIDDEN uint64_t memport__ring_tx_fill(const struct memport_ring *r);
+MEMPORT_HIDDEN uint64_t memport__ring_rx_fill(const struct memport_ring *r);
+MEMPORT_HIDDEN uint64_t memport__ring_capacity(const struct memport_ring *r);
 MEMPORT_HIDDEN void memport__ring_set_policy(struct memport_ring *r, int policy, uint64_t spin_ns);
 /* Export for a peer that only consumes (a read-only data region), and that peer's import (the
  * data area mapped read-only; the object must never produce). */

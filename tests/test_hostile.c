@@ -363,6 +363,8 @@ static void hp_release(struct hpeer *h, uint32_t index, uint32_t gen) {
     hp_wake(h);
 }
 
+static void hp_read_port(struct hpeer *h);
+
 /* Consume what the victim sent (checking it when honest) and hand its pool buffers back. */
 static void hp_consume(struct hpeer *h) {
   uint64_t p = atomic_load(&h->vsh->prod);
@@ -381,6 +383,8 @@ static void hp_consume(struct hpeer *h) {
     } else if (type == MEMPORT__REC_POOL && len == sizeof(struct memport__rec_pool)) {
       struct memport__rec_pool d;
       memcpy(&d, payload, sizeof d);
+      if (h->vpool == NULL) /* its pool came over the port ahead of this record */
+        hp_read_port(h);
       if (d.index < h->vpn && d.offset <= h->vpbs && d.len <= h->vpbs - d.offset)
         h->bad_in += check_msg(h->vpool + d.index * h->vpbs + d.offset, d.len, h->seq_in++) != 0;
       else
@@ -423,7 +427,19 @@ static void hp_read_port(struct hpeer *h) {
     size_t len;
     const unsigned char *b = memport_msg_bytes(h->m, &len);
     struct memport__ctl_release r;
-    if (len >= sizeof r) {
+    struct memport__ctl_pool pc;
+    if (len == sizeof pc && h->vpool == NULL && memport_msg_handle_count(h->m) == 1) {
+      memcpy(&pc, b, sizeof pc);
+      memport_region_t *reg;
+      void *pm;
+      if (pc.hdr.type == MEMPORT__CTL_POOL && memport_msg_take_region(h->m, 0, &reg) == 0) {
+        th_assert_ok(memport_region_map(reg, MEMPORT_MAP_READONLY, &pm));
+        memport_region_close(reg);
+        h->vpool = pm;
+        h->vpn = pc.buffers;
+        h->vpbs = pc.buffer_size;
+      }
+    } else if (len >= sizeof r) {
       memcpy(&r, b, sizeof r);
       if (r.hdr.type == MEMPORT__CTL_RELEASE && len == sizeof r + (size_t)r.count * 8) {
         for (uint32_t k = 0; k < r.count; k++) {
