@@ -541,12 +541,9 @@ static int chan_wait_record(memport_chan_t *ch, const void **p, size_t *len, uin
     if (!ch->peer_gone) {
       /* Ask for a wake through the port (the pollable handle), then look again. */
       atomic_fetch_or_explicit(&ch->rx_link->port_wake, 1u, memory_order_seq_cst);
-      uint32_t pool_known = ch->rx_pool.count;
       rc = memport__chan_drain(ch);
       if (rc < 0 && rc != MEMPORT_EPEER)
         return rc;
-      if (MEMPORT__UNLIKELY(pool_known != ch->rx_pool.count))
-        return memport__chan_pool_first_record(ch, p, len, type);
     }
     /* Anything committed before the peer died (or before we asked) is still delivered. */
     rc = memport__ring_peek(ch->rx_ring, p, len, type, 0);

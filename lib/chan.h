@@ -178,8 +178,6 @@ MEMPORT_HIDDEN int memport__chan_pool_returned(memport_chan_t *ch, const unsigne
 MEMPORT_HIDDEN int memport__chan_pool_flush(memport_chan_t *ch);
 /* The record `rec` names a buffer of the peer's pool: validate and point at it (1), or 0. */
 MEMPORT_HIDDEN int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, const void *p);
-/* Called when a look at the port without waiting brought the peer's pool: its first record. */
-MEMPORT_HIDDEN int memport__chan_pool_first_record(memport_chan_t *ch, const void **p, size_t *len, uint32_t *type);
 MEMPORT_HIDDEN void memport__chan_pool_hold(memport_chan_t *ch, const struct memport__chan_rec *rec);
 MEMPORT_HIDDEN int memport__chan_pool_release(memport_chan_t *ch, uint32_t index);
 /* A held buffer of the peer's pool handed to the application: its ticket. */

@@ -303,13 +303,6 @@ int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, c
   return 1;
 }
 
-/* The peer's pool just arrived: the record naming it was reserved before and is committed right
- * after (memport__chan_pool_send), so its announcement alone must not make a caller that was
- * woken by it see nothing. Wait a bounded moment, once per channel, for that record. */
-int memport__chan_pool_first_record(memport_chan_t *ch, const void **p, size_t *len, uint32_t *type) {
-  return memport__ring_peek(ch->rx_ring, p, len, type, memport__deadline(MEMPORT__CHAN_SLICE_NS));
-}
-
 void memport__chan_pool_hold(memport_chan_t *ch, const struct memport__chan_rec *rec) {
   memport__pool_view_hold(&ch->rx_pool, rec->pool.index, rec->pool.gen);
   ch->stats.rx_msgs[1]++;

@@ -79,6 +79,7 @@ struct peer {
   memport_region_t *txc_r; /* the channel's TX ring control page, mapped writable */
   struct memport__ring_shared *txc;
   memport_msg_t *msg;
+  uint32_t pool_n; /* buffers of our pool (0: none) */
 };
 
 /* Attach one handle of the kind the input picks. */
@@ -149,10 +150,12 @@ static int send_hello(struct peer *p, struct fz *f, uint32_t pool_n) {
   h.hdr.magic = MEMPORT__CTL_MAGIC;
   h.hdr.type = MEMPORT__CTL_HELLO;
   h.version = MEMPORT__CHAN_VERSION;
+  uint8_t mode = fz_u8(f);
+  if (mode & 8u)
+    pool_n = 0; /* the pool comes later, in a MEMPORT__CTL_POOL message (send_ctl) */
   h.pool_buffers = pool_n;
   h.ring_capacity = memport_ring_max_record(p->ring) + MEMPORT__RING_HDR;
   h.pool_buffer_size = pool_n != 0 ? POOL_BUF : 0;
-  uint8_t mode = fz_u8(f);
   size_t len = sizeof h;
   if (mode & 1u) { /* perturb: xor a few bytes, or set a field to something odd */
     unsigned k = 1u + fz_u8(f) % 3u;
@@ -224,7 +227,21 @@ static void send_ctl(struct peer *p, struct fz *f) {
   size_t len;
   uint8_t kind = fz_u8(f);
   memport_msg_clear(p->msg);
-  switch (kind % 5u) {
+  switch (kind % 6u) {
+  case 4: { /* our pool, made when first needed: valid, perturbed, again, or with other handles */
+    struct memport__ctl_pool c = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_POOL, 0}, p->pool_n, 0, POOL_BUF};
+    uint8_t m = fz_u8(f);
+    if (m & 1u)
+      c.buffers = (uint32_t)fz_num(f, p->pool_n);
+    if (m & 2u)
+      c.buffer_size = fz_num(f, POOL_BUF);
+    if (m & 4u)
+      c.reserved = fz_u32(f);
+    memcpy(b, &c, sizeof c);
+    len = (m & 8u) ? fz_u8(f) % (sizeof c + 8) : sizeof c;
+    attach_token(p, p->msg, (m & 16u) ? fz_u8(f) : 2, f);
+    break;
+  }
   case 0: {
     struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
     memcpy(b, &h, sizeof h);
@@ -260,7 +277,7 @@ static void send_ctl(struct peer *p, struct fz *f) {
     len = fz_u8(f) % 64u;
     fz_bytes(f, b, len);
     if (fz_u8(f) & 1u) {
-      struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, (uint16_t)(fz_u8(f) % 6u), 0};
+      struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, (uint16_t)(fz_u8(f) % 7u), 0};
       if (len >= sizeof h)
         memcpy(b, &h, sizeof h);
     }
@@ -432,6 +449,7 @@ static void run(struct fz *f) {
       memport_ring_create(&p.ring, RING_CAP, 0) != 0)
     abort();
   uint32_t pool_n = fz_u8(f) % 4u;
+  p.pool_n = pool_n;
   if (pool_n != 0) {
     if (memport_region_create(&p.pool_r, (size_t)pool_n * POOL_BUF, 0) != 0 ||
         memport_region_map(p.pool_r, 0, &p.pool) != 0)
