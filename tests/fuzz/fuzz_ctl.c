@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* fuzz_ctl.c: libFuzzer harness: a channel whose peer is hostile: any HELLO, WAKE, RELEASE and BLOB control messages (with any handles), any ring records and release-queue entries. */
+/* fuzz_ctl.c: libFuzzer harness: a channel whose peer is hostile: any HELLO, WAKE, RELEASE, BLOB and POOL control messages (with any handles), any ring records and release-queue entries. */
 #include "fuzz.h"
 
 #include "chan_proto.h"
@@ -14,7 +14,7 @@
  * the control page of the channel's TX ring and the channel's link page, writable, as a peer
  * can), then runs a schedule:
  *
- *   peer: control messages (WAKE / RELEASE / BLOB / raw, with any handles); records in its ring
+ *   peer: control messages (WAKE / RELEASE / BLOB / POOL / raw, with any handles); records in its ring
  *         of any type with any payload (INLINE bytes, POOL and BLOB descriptors); entries in the
  *         release queue in the channel's link page; consuming (or scribbling) the channel's TX
  *         ring positions, the release-queue head in its own link page, wait words and wake
