@@ -250,6 +250,9 @@ typedef struct memport_name_info {
 } memport_name_info_t;
 /* Call fn for every live name of this user; a non-zero return from fn stops and is returned. */
 MEMPORT_EXPORT int memport_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
+/* Remove the entries names of dead owners left behind, looking at no more than max_entries names
+ * (0: all); never a live or starting owner's. Returns how many were removed. Thread-safe. */
+MEMPORT_EXPORT int memport_name_sweep(size_t max_entries);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Ring: single-producer single-consumer records in a mirrored region.                        */
