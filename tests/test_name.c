@@ -1377,9 +1377,12 @@ static int child_sweep_loop(void *arg) {
   return 0;
 }
 
+static char g_race_name[MEMPORT_NAME_MAX + 1]; /* static: the forked children see it, no leak */
+
 static void test_sweeps_never_make_a_create_fail(void **state) {
   (void)state;
-  char *n = name_dup("sw-race");
+  xsnprintf(g_race_name, sizeof g_race_name, "%s", th_unique_name("sw-race"));
+  const char *n = g_race_name;
   struct sync sy;
   sync_init(&sy);
   pid_t pid = th_fork(child_sweep_loop, &sy, 60);
@@ -1401,7 +1404,6 @@ static void test_sweeps_never_make_a_create_fail(void **state) {
   parent_tell(&sy, 'q');
   assert_int_equal(th_wait(pid, 20), 0);
   sync_close(&sy);
-  free(n);
 }
 
 /* ------------------------------------------------------------------------------------------ */
