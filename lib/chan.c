@@ -305,6 +305,11 @@ int memport__chan_handshake_start(memport_chan_t **out, memport_port_t *port, co
 
 int memport__chan_handshake_finish(memport_chan_t *ch, uint64_t deadline) { return chan_recv_hello(ch, deadline); }
 
+int memport__chan_opts_valid(const memport_chan_opts_t *opts) {
+  memport_chan_opts_t o;
+  return opts_check(opts, &o);
+}
+
 int memport_chan_open(memport_chan_t **out, memport_port_t *port, const memport_chan_opts_t *opts,
                       int64_t timeout_ns) {
   if (out == NULL || port == NULL) {

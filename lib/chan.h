@@ -98,6 +98,8 @@ MEMPORT_HIDDEN int memport__chan_wait_consumed(memport_chan_t *ch, uint64_t pos,
 MEMPORT_HIDDEN int memport__chan_handshake_start(memport_chan_t **out, memport_port_t *port,
                                                  const memport_chan_opts_t *opts);
 MEMPORT_HIDDEN int memport__chan_handshake_finish(memport_chan_t *ch, uint64_t deadline);
+/* 0 when opts (NULL: the defaults) would be accepted, else MEMPORT_EINVAL. */
+MEMPORT_HIDDEN int memport__chan_opts_valid(const memport_chan_opts_t *opts);
 
 /* chan_ctl.c: control traffic. */
 MEMPORT_HIDDEN int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, uint64_t deadline);

@@ -36,10 +36,11 @@ int memport_chan_accept_start(memport_chan_pending_t **out, memport_service_t *s
   if (out == NULL || svc == NULL)
     return MEMPORT_EINVAL;
   *out = NULL;
-  if (opts != NULL && opts->struct_size != sizeof *opts)
-    return MEMPORT_EINVAL; /* before a connection is taken from the service */
+  int rc = memport__chan_opts_valid(opts); /* before a connection is taken from the service */
+  if (rc < 0)
+    return rc;
   memport_port_t *port;
-  int rc = memport__service_accept(svc, &port, memport__deadline(timeout_ns));
+  rc = memport__service_accept(svc, &port, memport__deadline(timeout_ns));
   if (rc < 0)
     return memport__nowait_code(rc, timeout_ns);
   return pending_new(out, port, opts);

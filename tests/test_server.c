@@ -335,6 +335,9 @@ static void test_server_accept_nowait_keeps_a_late_client(void **state) {
   small_opts(&o);
   memport_chan_t *c = NULL;
   th_assert_rc(memport_chan_accept(&c, svc, &o, MEMPORT_NOWAIT), MEMPORT_EAGAIN); /* nobody yet */
+  memport_chan_pending_t *p = NULL;
+  th_assert_rc(memport_chan_accept_start(&p, svc, &o, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+  assert_null(p);
   g_chan = NULL;
   pid_t pid = th_fork(late_client, NULL, 60);
   memport_os_handle_t h;
@@ -351,9 +354,13 @@ static void test_server_accept_nowait_keeps_a_late_client(void **state) {
   memport_chan_close(c);
   g_chan = NULL;
 
-  /* The same with the pending API: EAGAIN as often as asked, then the channel. */
+  /* The same with the pending API: EAGAIN as often as asked, then the channel. Invalid options
+   * are refused before the connection is taken from the service. */
   pid = th_fork(late_client, NULL, 60);
-  memport_chan_pending_t *p;
+  memport_chan_opts_t bad = o;
+  bad.wait_policy = 99;
+  th_assert_ok(handle_ready(h, 10000) ? 0 : -1);
+  th_assert_rc(memport_chan_accept_start(&p, svc, &bad, 20 * SEC), MEMPORT_EINVAL);
   th_assert_ok(memport_chan_accept_start(&p, svc, &o, 20 * SEC));
   unsigned not_yet = 0;
   for (int round = 0; round < 1000; round++) {
