@@ -82,6 +82,7 @@ typedef struct memport_service memport_service_t;
 typedef struct memport_publication memport_publication_t;
 typedef struct memport_ring memport_ring_t;
 typedef struct memport_chan memport_chan_t;
+typedef struct memport_chan_pending memport_chan_pending_t;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Regions: shareable memory objects of fixed size (memfd on Linux, memory entry on Darwin).  */
@@ -249,6 +250,9 @@ typedef struct memport_name_info {
 } memport_name_info_t;
 /* Call fn for every live name of this user; a non-zero return from fn stops and is returned. */
 MEMPORT_EXPORT int memport_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
+/* Remove the entries names of dead owners left behind, looking at no more than max_entries names
+ * (0: all); never a live or starting owner's. Returns how many were removed. Thread-safe. */
+MEMPORT_EXPORT int memport_name_sweep(size_t max_entries);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Ring: single-producer single-consumer records in a mirrored region.                        */
@@ -316,6 +320,26 @@ MEMPORT_EXPORT int memport_chan_connect(memport_chan_t **out, const char *name, 
                                         int64_t timeout_ns);
 MEMPORT_EXPORT int memport_chan_accept(memport_chan_t **out, memport_service_t *svc,
                                        const memport_chan_opts_t *opts, int64_t timeout_ns);
+/* Non-blocking server path (memport_chan_accept_start(3)): take a connection and send our HELLO
+ * without waiting for the client's; the caller owns *out and closes it with
+ * memport_chan_pending_close, whatever memport_chan_pending_finish returned. Not thread-safe. */
+MEMPORT_EXPORT int memport_chan_accept_start(memport_chan_pending_t **out, memport_service_t *svc,
+                                             const memport_chan_opts_t *opts, int64_t timeout_ns);
+/* The same over a connected port (the pending connection takes ownership of it). */
+MEMPORT_EXPORT int memport_chan_open_start(memport_chan_pending_t **out, memport_port_t *port,
+                                           const memport_chan_opts_t *opts);
+/* A handle that becomes ready when the client's HELLO waits or the client is gone. Borrowed. */
+MEMPORT_EXPORT int memport_chan_pending_pollable(const memport_chan_pending_t *pending, memport_os_handle_t *out);
+/* Credentials of the client of a pending connection. */
+MEMPORT_EXPORT int memport_chan_pending_peer(const memport_chan_pending_t *pending, memport_cred_t *out);
+/* Complete the handshake: 0 with *out (the caller owns the channel); MEMPORT_EAGAIN/ETIMEDOUT:
+ * not yet, the connection stays pending; other errors: the connection failed. */
+MEMPORT_EXPORT int memport_chan_pending_finish(memport_chan_pending_t *pending, memport_chan_t **out,
+                                               int64_t timeout_ns);
+/* Free a pending connection (drops it if not finished). NULL is a no-op. */
+MEMPORT_EXPORT int memport_chan_pending_close(memport_chan_pending_t *pending);
+/* Credentials of the process at the other end, as seen when the connection was made. */
+MEMPORT_EXPORT int memport_chan_peer(const memport_chan_t *chan, memport_cred_t *out);
 MEMPORT_EXPORT int memport_chan_close(memport_chan_t *chan);
 MEMPORT_EXPORT int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsigned flags,
                                      int64_t timeout_ns);

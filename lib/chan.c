@@ -199,6 +199,7 @@ static int chan_new(memport_chan_t **out, memport_port_t *port, const memport_ch
     return MEMPORT_ENOMEM;
   }
   ch->port = port;
+  ch->peer = port->peer; /* kept: memport_chan_peer answers after the port is gone */
   ch->zerocopy_threshold = o->zerocopy_threshold;
   ch->flags = o->flags;
   ch->next_ticket = memport__chan_ticket_base();
@@ -327,6 +328,35 @@ static int chan_open(memport_chan_t **out, memport_port_t *port, const memport_c
   return 0;
 }
 
+/* The two halves of chan_open for a server that must not wait (chan_accept.c): our side made and
+ * our HELLO sent without waiting (on a fresh connection it always fits), then the peer's HELLO. */
+int memport__chan_handshake_start(memport_chan_t **out, memport_port_t *port, const memport_chan_opts_t *opts) {
+  memport_chan_opts_t o;
+  int rc = opts_check(opts, &o);
+  if (rc < 0) {
+    memport_port_close(port);
+    return rc;
+  }
+  memport_chan_t *ch;
+  rc = chan_new(&ch, port, &o);
+  if (rc < 0)
+    return rc;
+  rc = chan_send_hello(ch, 0);
+  if (rc < 0) {
+    memport__chan_free(ch);
+    return rc == MEMPORT_ETIMEDOUT ? MEMPORT_EPEER : rc; /* a fresh connection that takes nothing */
+  }
+  *out = ch;
+  return 0;
+}
+
+int memport__chan_handshake_finish(memport_chan_t *ch, uint64_t deadline) { return chan_recv_hello(ch, deadline); }
+
+int memport__chan_opts_valid(const memport_chan_opts_t *opts) {
+  memport_chan_opts_t o;
+  return opts_check(opts, &o);
+}
+
 int memport_chan_open(memport_chan_t **out, memport_port_t *port, const memport_chan_opts_t *opts,
                       int64_t timeout_ns) {
   if (out == NULL || port == NULL) {
@@ -411,9 +441,23 @@ int memport_chan_accept(memport_chan_t **out, memport_service_t *svc, const memp
   uint64_t deadline = memport__deadline(timeout_ns);
   memport_port_t *port;
   rc = memport__service_accept(svc, &port, deadline);
-  if (rc == 0)
-    rc = chan_open(out, port, &o, deadline);
-  return memport__nowait_code(rc, timeout_ns);
+  if (rc < 0)
+    return memport__nowait_code(rc, timeout_ns); /* nobody connected: MEMPORT_EAGAIN for NOWAIT */
+  memport_chan_t *ch;
+  rc = memport__chan_handshake_start(&ch, port, &o);
+  if (rc < 0)
+    return rc;
+  /* A connection was taken from the service: its client's HELLO gets at least the grace period,
+   * whatever the timeout, so that MEMPORT_NOWAIT never drops a client that is a moment behind.
+   * MEMPORT_ETIMEDOUT here means the handshake timed out (memport_chan_accept(3)). */
+  uint64_t grace = memport__deadline(MEMPORT__CHAN_ACCEPT_GRACE_NS);
+  rc = memport__chan_handshake_finish(ch, deadline > grace ? deadline : grace);
+  if (rc < 0) {
+    memport__chan_free(ch);
+    return rc;
+  }
+  *out = ch;
+  return 0;
 }
 
 int memport_chan_close(memport_chan_t *chan) {
@@ -708,6 +752,13 @@ int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *
     return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
   }
   }
+}
+
+int memport_chan_peer(const memport_chan_t *chan, memport_cred_t *out) {
+  if (chan == NULL || out == NULL)
+    return MEMPORT_EINVAL;
+  *out = chan->peer;
+  return 0;
 }
 
 int memport_chan_pollable(memport_chan_t *chan, memport_os_handle_t *out) {

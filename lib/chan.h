@@ -10,6 +10,7 @@
 #include "wait.h"
 
 #define MEMPORT__CHAN_SLICE_NS 20000000u /* waits look at the port this often */
+#define MEMPORT__CHAN_ACCEPT_GRACE_NS 1000000000LL /* memport_chan_accept: least wait for a HELLO */
 
 /* Tags in memport_buf_t.priv[0]: a magic in the high half, the kind and a pool index below. */
 #define MEMPORT__BUF_MAGIC 0x4d504246u /* "MPBF" */
@@ -58,6 +59,7 @@ struct memport__chan_blob {
 struct memport_chan {
   /* Control traffic over the port (chan_ctl.c). */
   memport_port_t *port;
+  memport_cred_t peer;    /* the port's peer, as it was when the channel was made */
   memport_msg_t *ctl_out; /* control messages we send */
   memport_msg_t *ctl_in;  /* control messages we receive */
   int broken;             /* MEMPORT_EPROTO once the peer broke the protocol */
@@ -136,6 +138,15 @@ MEMPORT_HIDDEN int memport__chan_commit(memport_chan_t *ch, size_t len, uint32_t
 /* TX ring space, and waits for the peer to consume, in slices that look at the port between them. */
 MEMPORT_HIDDEN int memport__chan_reserve(memport_chan_t *ch, size_t len, void **slot, uint64_t deadline);
 MEMPORT_HIDDEN int memport__chan_wait_consumed(memport_chan_t *ch, uint64_t pos, uint64_t deadline);
+/* The handshake in two halves (the server's non-blocking path, chan_accept.c). start: check the
+ * options, make our side over `port` (taken, closed on failure) and send our HELLO without
+ * waiting. finish: read the peer's HELLO until `deadline` (MEMPORT_ETIMEDOUT leaves `ch` as it
+ * was, to be finished later; any other error leaves it to be freed). */
+MEMPORT_HIDDEN int memport__chan_handshake_start(memport_chan_t **out, memport_port_t *port,
+                                                 const memport_chan_opts_t *opts);
+MEMPORT_HIDDEN int memport__chan_handshake_finish(memport_chan_t *ch, uint64_t deadline);
+/* 0 when opts (NULL: the defaults) would be accepted, else MEMPORT_EINVAL. */
+MEMPORT_HIDDEN int memport__chan_opts_valid(const memport_chan_opts_t *opts);
 
 /* chan_ctl.c: control traffic. */
 MEMPORT_HIDDEN int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, uint64_t deadline);

@@ -218,6 +218,8 @@ MEMPORT_HIDDEN void memport__os_service_close(memport_service_t *s);
 MEMPORT_HIDDEN int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline);
 MEMPORT_HIDDEN int memport__os_port_connect(memport_port_t *out, const char *name, int kind, uint64_t deadline);
 MEMPORT_HIDDEN int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
+/* memport_name_sweep(3): the registry's sweep with the backend's transport removal. */
+MEMPORT_HIDDEN int memport__os_name_sweep(size_t max_entries);
 
 /* ------------------------------------------------------------------------------------------ */
 /* The name registry (lib/registry.c): lock files in a backend's verified private directory      */
@@ -247,10 +249,17 @@ MEMPORT_HIDDEN int memport__registry_lookup(int dirfd, const char *name, int *ki
  * Dead owners' files are skipped, never removed. */
 MEMPORT_HIDDEN int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg),
                                              void *arg);
+/* Remove the lock files of names whose owner is gone (no process holds the claim lock), looking
+ * at no more than max_entries of them (0: all). For each, before the lock file, drop(dirfd, name)
+ * removes the backend's transport entry (may be NULL). Never a live or starting owner's name, and
+ * never makes a concurrent creator fail. Returns how many names were removed, or an error. */
+MEMPORT_HIDDEN int memport__registry_sweep(int dirfd, size_t max_entries, void (*drop)(int dirfd, const char *name));
+#define MEMPORT__SWEEP_AT_CREATE 32 /* lock files a service creation looks at */
 /* The registry's lock: an open-file-description write lock on the one byte at offset
  * MEMPORT__LOCK_* of a lock file (lib/registry.c). */
 #define MEMPORT__LOCK_CLAIM 0 /* held by the owner from the claim on: excludes other creators */
 #define MEMPORT__LOCK_LIVE 1  /* held by the owner once its record is written: "live" to readers */
+#define MEMPORT__LOCK_SWEEP 2 /* held by a sweeper removing a dead owner's file */
 /* fcntl(2) commands of open-file-description locks, which both kernels have: Linux since 3.15
  * (F_OFD_GETLK 36, F_OFD_SETLK 37), xnu since before macOS 11 (bsd/kern/kern_descrip.c
  * fcntl_nocancel, F_OFD_SETLK 90 / F_OFD_GETLK 92; the macOS 11 SDK keeps them under PRIVATE in

@@ -338,3 +338,5 @@ int memport_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), 
     return MEMPORT_EINVAL;
   return memport__os_name_foreach(fn, arg);
 }
+
+int memport_name_sweep(size_t max_entries) { return memport__os_name_sweep(max_entries); }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /*
@@ -32,9 +33,17 @@
  *    (K is MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION, P > 0, every number plain decimal of
  *    at most 20 digits within its type, nothing before, between or after). Readers treat it as
  *    untrusted text: anything else, including a record still being written, is "no record".
- *  - Only the owner removes the file, at close, while still holding the lock; a creator that
+ *  - The owner removes the file at close, while still holding the lock; a creator that
  *    opened the file just before finds, once it has the lock, that the path no longer names
  *    its file, and starts over.
+ *  - A sweeper (memport__registry_sweep: at service creation, memport_name_sweep) removes the file
+ *    of a dead owner. It first takes byte 2 (MEMPORT__LOCK_SWEEP), then the claim byte, which
+ *    no live or starting owner holds then; it checks that the path still names the file it
+ *    locked, lets the backend remove its transport entry, and unlinks the file while still
+ *    holding both locks. A creator whose claim fails while the sweep byte is held, or whose file
+ *    is no longer the one the path names, starts over instead of reporting MEMPORT_EEXIST: a
+ *    sweep never makes a creator fail. Readers only test locks, so a sweep looks to them like
+ *    an owner still starting, then like an absent name.
  *
  * The backend adds its own transport (Linux: the N.sock socket; Darwin: the bootstrap name).
  */
@@ -178,6 +187,24 @@ static int open_err(int e) {
   }
 }
 
+/* Does the path `entry` still name the file st describes? */
+static bool names_file(int dirfd, const char *entry, const struct stat *st) {
+  struct stat now;
+  return fstatat(dirfd, entry, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == st->st_dev &&
+         now.st_ino == st->st_ino;
+}
+
+/* The claim lock of fd is held by someone: a sweeper (it holds the sweep byte until it has
+ * unlinked the file) rather than an owner? */
+static bool swept_under_us(int dirfd, const char *entry, int fd, const struct stat *st) {
+  return lock_held(fd, MEMPORT__LOCK_SWEEP) > 0 || !names_file(dirfd, entry, st);
+}
+
+static void sweep_nap(void) {
+  struct timespec ts = {0, 100000}; /* 100 us: a sweep holds a file for a few system calls */
+  nanosleep(&ts, NULL);
+}
+
 int memport__registry_claim(int dirfd, const char *name, int *out) {
   char entry[ENTRY_MAX];
   int rc = entry_of(entry, name);
@@ -193,6 +220,11 @@ int memport__registry_claim(int dirfd, const char *name, int *out) {
       return MEMPORT_EACCES;
     }
     rc = lock_take(fd, MEMPORT__LOCK_CLAIM);
+    if (rc == MEMPORT_EEXIST && swept_under_us(dirfd, entry, fd, &st)) {
+      close(fd);
+      sweep_nap();
+      continue; /* a sweeper holds the dead owner's file, about to remove it */
+    }
     if (rc != 0) {
       close(fd);
       return rc; /* MEMPORT_EEXIST: a live owner holds it */
@@ -311,7 +343,7 @@ int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *in
     info.name[len - sl] = '\0';
     if (memport__name_check(info.name) != 0)
       continue;
-    /* Entries without a live owner are skipped, not removed: only owners remove their files. */
+    /* Entries without a live owner are skipped: a listing only reads (memport__registry_sweep removes). */
     if (lookup_entry(dirfd, e->d_name, &info.kind, &info.owner) != MEMPORT__REG_LIVE)
       continue;
     rc = fn(&info, arg);
@@ -320,4 +352,66 @@ int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *in
   }
   closedir(dir);
   return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sweeping dead owners' names.                                                                */
+
+/* Remove the lock file `entry` (of `name`) if no owner holds it: 1 when removed, else 0. */
+static int sweep_entry(int dirfd, const char *entry, const char *name,
+                       void (*drop)(int dirfd, const char *name)) {
+  int fd = openat(dirfd, entry, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    return 0;
+  struct stat st;
+  int removed = 0;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid())
+    goto out; /* not a lock file of ours: left alone, as claim refuses it */
+  /* The sweep byte first: a creator that fails on the claim byte then knows to start over. */
+  if (lock_take(fd, MEMPORT__LOCK_SWEEP) != 0 || lock_take(fd, MEMPORT__LOCK_CLAIM) != 0)
+    goto out; /* another sweeper, or a live (or starting) owner */
+  if (!names_file(dirfd, entry, &st))
+    goto out; /* its owner removed it meanwhile, and maybe someone made a new one */
+  /* Nobody else can own the name now: it is ours to clear, transport first, as an owner does. */
+  if (drop != NULL)
+    drop(dirfd, name);
+  if (unlinkat(dirfd, entry, 0) == 0)
+    removed = 1;
+out:
+  close(fd); /* both locks go with it */
+  return removed;
+}
+
+int memport__registry_sweep(int dirfd, size_t max_entries, void (*drop)(int dirfd, const char *name)) {
+  int listfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* as in foreach */
+  if (listfd < 0)
+    return neg_errno(errno, MEMPORT_EMFILE);
+  DIR *dir = fdopendir(listfd);
+  if (dir == NULL) {
+    int rc = neg_errno(errno, MEMPORT_ENOMEM);
+    close(listfd);
+    return rc;
+  }
+  const size_t sl = sizeof LOCK_SUFFIX - 1;
+  size_t seen = 0, looked = 0;
+  int removed = 0;
+  struct dirent *e;
+  /* Bounded: at most max_entries lock files looked at, and as many other entries again (their
+   * sockets) plus a few, so that a huge directory cannot stall the caller. */
+  while ((max_entries == 0 || (seen < max_entries && looked < 2 * max_entries + 8)) && (e = readdir(dir)) != NULL) {
+    looked++;
+    size_t len = strlen(e->d_name);
+    if (len <= sl || len - sl > MEMPORT_NAME_MAX || strcmp(e->d_name + len - sl, LOCK_SUFFIX) != 0)
+      continue;
+    char name[MEMPORT_NAME_MAX + 1];
+    memcpy(name, e->d_name, len - sl);
+    name[len - sl] = '\0';
+    if (memport__name_check(name) != 0)
+      continue;
+    seen++;
+    if (removed < INT_MAX)
+      removed += sweep_entry(dirfd, e->d_name, name, drop);
+  }
+  closedir(dir);
+  return removed;
 }

@@ -1249,6 +1249,164 @@ static void test_memport_ls_prints_live_names(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 
 /* ------------------------------------------------------------------------------------------ */
+/* Sweeping what dead owners left (memport_name_sweep, service creation, memport-ls).         */
+
+#define SWEEP_DEAD 4
+
+/* Start `n` holders of the names dead[i] (all of them first: a creation sweeps the dead), then
+ * kill them all with SIGKILL: their entries stay. */
+static void make_dead_owners(char *dead[], int n) {
+  struct sync sy[SWEEP_DEAD];
+  pid_t pid[SWEEP_DEAD];
+  assert_true(n <= SWEEP_DEAD);
+  for (int i = 0; i < n; i++)
+    pid[i] = start_holder(&sy[i], dead[i], false);
+  for (int i = 0; i < n; i++) {
+    kill(pid[i], SIGKILL);
+    assert_int_equal(th_wait(pid[i], 20), 128 + SIGKILL);
+    sync_close(&sy[i]);
+    assert_true(entry_exists(dead[i], ".lock"));
+    assert_true(entry_exists(dead[i], ".sock"));
+  }
+}
+
+/* A process that claimed `name` (the claim byte of NAME.lock) and has not written its record: an
+ * owner still starting. Returns the descriptor that holds the lock. */
+static int start_claim(const char *name) {
+  char path[PATH_MAX];
+  xsnprintf(path, sizeof path, "%s/%s.lock", g_dir, name);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  assert_true(fd >= 0);
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+  assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
+  return fd;
+}
+
+static void test_sweep_removes_dead_owners_entries_and_never_a_live_one(void **state) {
+  (void)state;
+  int fds = th_count_fds();
+  char *live = name_dup("sw-live"), *starting = name_dup("sw-start"), *fresh = name_dup("sw-new");
+  char *dead[SWEEP_DEAD];
+  for (int i = 0; i < SWEEP_DEAD; i++)
+    dead[i] = name_dup("sw-dead");
+  struct sync sy;
+  pid_t holder = start_holder(&sy, live, false);
+  int claim_fd = start_claim(starting);
+  make_dead_owners(dead, SWEEP_DEAD);
+
+  /* Creating another service clears the dead owners' entries, and only theirs. */
+  memport_service_t *s = NULL;
+  th_assert_ok(memport_service_create(&s, fresh, 0));
+  for (int i = 0; i < SWEEP_DEAD; i++) {
+    assert_false(entry_exists(dead[i], ".lock"));
+    assert_false(entry_exists(dead[i], ".sock"));
+  }
+  assert_true(entry_exists(live, ".lock"));
+  assert_true(entry_exists(live, ".sock"));
+  assert_true(entry_exists(starting, ".lock"));
+  assert_true(entry_exists(fresh, ".lock"));
+  memport_port_t *p = NULL;
+  th_assert_ok(memport_port_connect(&p, live, 5 * SEC)); /* the live owner still answers */
+  memport_port_close(p);
+
+  /* memport_name_sweep: the same, on demand; a second call finds nothing left. */
+  make_dead_owners(dead, SWEEP_DEAD);
+  assert_int_equal(memport_name_sweep(0), SWEEP_DEAD);
+  for (int i = 0; i < SWEEP_DEAD; i++)
+    assert_false(entry_exists(dead[i], ".lock"));
+  assert_int_equal(memport_name_sweep(0), 0);
+  assert_true(entry_exists(live, ".lock"));
+  assert_true(entry_exists(starting, ".lock"));
+  assert_true(entry_exists(fresh, ".lock"));
+  /* A bound of one looks at one name at most. */
+  make_dead_owners(dead, 2);
+  int one = memport_name_sweep(1);
+  assert_true(one == 0 || one == 1);
+  assert_int_equal(memport_name_sweep(0), 2 - one);
+
+  /* The owner that was starting died: its file goes too. */
+  close(claim_fd);
+  assert_int_equal(memport_name_sweep(0), 1);
+  assert_false(entry_exists(starting, ".lock"));
+
+  parent_tell(&sy, 'q');
+  assert_int_equal(th_wait(holder, 20), 0);
+  sync_close(&sy);
+  memport_service_close(s);
+  assert_int_equal(th_count_fds(), fds);
+  for (int i = 0; i < SWEEP_DEAD; i++)
+    free(dead[i]);
+  free(live);
+  free(starting);
+  free(fresh);
+}
+
+static void test_memport_ls_sweeps_dead_owners(void **state) {
+  (void)state;
+  char tool[PATH_MAX];
+  if (!find_memport_ls(tool, sizeof tool))
+    skip();
+  char *dead[SWEEP_DEAD];
+  for (int i = 0; i < SWEEP_DEAD; i++)
+    dead[i] = name_dup("ls-dead");
+  char *live = name_dup("ls-live");
+  memport_service_t *s = NULL;
+  th_assert_ok(memport_service_create(&s, live, 0));
+  make_dead_owners(dead, SWEEP_DEAD);
+  char cmd[PATH_MAX + 64];
+  xsnprintf(cmd, sizeof cmd, "'%s' >/dev/null", tool);
+  assert_int_equal(system(cmd), 0);
+  for (int i = 0; i < SWEEP_DEAD; i++) {
+    assert_false(entry_exists(dead[i], ".lock"));
+    assert_false(entry_exists(dead[i], ".sock"));
+    free(dead[i]);
+  }
+  assert_true(entry_exists(live, ".lock"));
+  assert_true(entry_exists(live, ".sock"));
+  memport_service_close(s);
+  free(live);
+}
+
+/* Sweeps in another process while this one creates and closes one name over and over: every
+ * creation succeeds (a sweeper holding a dead file's lock is waited out, never taken for an owner). */
+static int child_sweep_loop(void *arg) {
+  struct sync *sy = arg;
+  child_tell(sy, 'r');
+  while (read_byte(sy->down[0], 0) < 0)
+    (void)memport_name_sweep(0);
+  return 0;
+}
+
+static char g_race_name[MEMPORT_NAME_MAX + 1]; /* static: the forked children see it, no leak */
+
+static void test_sweeps_never_make_a_create_fail(void **state) {
+  (void)state;
+  xsnprintf(g_race_name, sizeof g_race_name, "%s", th_unique_name("sw-race"));
+  const char *n = g_race_name;
+  struct sync sy;
+  sync_init(&sy);
+  pid_t pid = th_fork(child_sweep_loop, &sy, 60);
+  assert_int_equal(parent_await(&sy, 10000), 'r');
+  for (int i = 0; i < 200; i++) {
+    /* A dead owner: a child that serves the name and exits without closing it. */
+    pid_t c = fork();
+    assert_true(c >= 0);
+    if (c == 0) {
+      memport_service_t *cs = NULL;
+      _exit(memport_service_create(&cs, n, 0) == 0 ? 0 : 1);
+    }
+    assert_int_equal(th_wait(c, 20), 0);
+    /* Its name is reclaimed while the other process sweeps it. */
+    memport_service_t *s = NULL;
+    th_assert_ok(memport_service_create(&s, n, 0));
+    memport_service_close(s);
+  }
+  parent_tell(&sy, 'q');
+  assert_int_equal(th_wait(pid, 20), 0);
+  sync_close(&sy);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* The portable registry (lib/registry.c), the same on Linux and Darwin.                      */
 
 static void read_file(const char *path, char *buf, size_t cap) {
@@ -1554,6 +1712,9 @@ int main(void) {
       cmocka_unit_test(test_forked_child_closing_a_publication_leaves_the_parents_name),
       cmocka_unit_test(test_foreach_lists_live_names_with_owner_and_kind),
       cmocka_unit_test(test_memport_ls_prints_live_names),
+      cmocka_unit_test(test_sweep_removes_dead_owners_entries_and_never_a_live_one),
+      cmocka_unit_test(test_memport_ls_sweeps_dead_owners),
+      cmocka_unit_test(test_sweeps_never_make_a_create_fail),
       cmocka_unit_test(test_lock_file_holds_the_portable_record),
       cmocka_unit_test(test_lookups_never_make_a_create_fail),
       cmocka_unit_test(test_a_fifo_in_place_of_a_lock_file_blocks_nothing),

@@ -10,7 +10,7 @@ static void usage(FILE *f, const char *argv0) {
           "usage: %s [-h]\n"
           "List the live memport names of this user: services and published regions,\n"
           "with the pid and uid of the process serving each one.\n"
-          "Names whose owner has died are not listed (they are reclaimed when created again).\n"
+          "Names whose owner has died are not listed; the entries they left behind are removed.\n"
           "\n"
           "  -h, --help   show this help and exit\n",
           argv0);
@@ -46,6 +46,8 @@ int main(int argc, char **argv) {
     usage(stderr, argv0);
     return 2;
   }
+  /* Clear what dead owners left first (never a live name); a failure here does not stop the listing. */
+  (void)memport_name_sweep(0);
   printf("%-40s %-8s %8s %8s\n", "NAME", "KIND", "PID", "UID");
   unsigned count = 0;
   int rc = memport_name_foreach(print_one, &count);

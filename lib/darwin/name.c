@@ -276,6 +276,9 @@ int memport__os_service_create(memport_service_t *s) {
   int dirfd = -1, fd = -1;
   if ((err = registry_open(true, &dirfd)) < 0)
     return err;
+  /* Names left by dead owners do not pile up: a few are cleared at every creation. Their
+   * bootstrap entries went with their receive rights; only the lock files stay behind. */
+  (void)memport__registry_sweep(dirfd, MEMPORT__SWEEP_AT_CREATE, NULL);
   err = memport__registry_claim(dirfd, s->name, &fd);
   close(dirfd);
   if (err < 0)
@@ -717,6 +720,18 @@ int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *ar
   if (err < 0)
     return err;
   err = memport__registry_foreach(dirfd, fn, arg);
+  close(dirfd);
+  return err;
+}
+
+int memport__os_name_sweep(size_t max_entries) {
+  int dirfd = -1;
+  int err = registry_open(false, &dirfd);
+  if (err == MEMPORT_ENOENT)
+    return 0; /* nothing was ever published by this user */
+  if (err < 0)
+    return err;
+  err = memport__registry_sweep(dirfd, max_entries, NULL);
   close(dirfd);
   return err;
 }

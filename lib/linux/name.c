@@ -206,6 +206,15 @@ static void service_state_free(struct memport__linux_service *ls, const char *na
   free(ls);
 }
 
+/* The registry swept the dead owner of `name` (and holds its lock): remove the socket it left. */
+static void drop_socket(int dirfd, const char *name) {
+  char entry[ENTRY_MAX];
+  entry_name(entry, name, SOCK_SUFFIX);
+  struct stat st;
+  if (fstatat(dirfd, entry, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(st.st_mode))
+    (void)unlinkat(dirfd, entry, 0);
+}
+
 static int make_listener(void) {
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0)
@@ -233,6 +242,8 @@ int memport__os_service_create(memport_service_t *s) {
     goto fail;
   ls->dirfd = d.fd;
 
+  /* Names left by dead owners do not pile up: a few are cleared at every creation. */
+  (void)memport__registry_sweep(ls->dirfd, MEMPORT__SWEEP_AT_CREATE, drop_socket);
   rc = memport__registry_claim(ls->dirfd, s->name, &ls->lockfd);
   if (rc != 0)
     goto fail;
@@ -532,6 +543,18 @@ int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *ar
   if (rc != 0)
     return rc;
   rc = memport__registry_foreach(d.fd, fn, arg);
+  close(d.fd);
+  return rc;
+}
+
+int memport__os_name_sweep(size_t max_entries) {
+  struct name_dir d;
+  int rc = dir_open(&d, false);
+  if (rc == MEMPORT_ENOENT)
+    return 0;
+  if (rc != 0)
+    return rc;
+  rc = memport__registry_sweep(d.fd, max_entries, drop_socket);
   close(d.fd);
   return rc;
 }
