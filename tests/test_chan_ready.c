@@ -2,6 +2,8 @@
 /* test_chan_ready.c: the channel in event loops: level-triggered readiness for receivers and senders, orderly close and half-close. */
 #include "helpers.h"
 
+#include "../lib/chan.h" /* the link page, for the hostile-peer test */
+
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -327,9 +329,11 @@ static void test_chan_ready_failed_send_buf_keeps_the_buffer(void **state) {
   tiny_opts(&o);
   memport_chan_t *a = NULL, *b = NULL;
   th_assert_ok(memport_chan_pair(&a, &b, &o));
-  memport_buf_t x;
+  memport_buf_t x, y;
   th_assert_ok(memport_chan_alloc(a, 3000, &x, MEMPORT_NOWAIT));
   th_fill(x.data, 3000, 77);
+  th_assert_ok(memport_chan_alloc(a, 6000, &y, MEMPORT_NOWAIT)); /* larger than a pool buffer: one-off */
+  th_fill(y.data, 6000, 78);
   char msg[400] = {0};
   while (memport_chan_send(a, msg, sizeof msg, 0, MEMPORT_NOWAIT) == 0)
     ;
@@ -341,6 +345,11 @@ static void test_chan_ready_failed_send_buf_keeps_the_buffer(void **state) {
   assert_int_equal(th_check(x.data, 3000, 77), 0);
   th_assert_rc(memport_chan_send_buf(a, &x, 5 * MS), MEMPORT_ETIMEDOUT);
   assert_memory_equal(&keep, &x, sizeof x);
+  memport_buf_t keep_y = y;
+  th_assert_rc(memport_chan_send_buf(a, &y, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+  th_assert_rc(memport_chan_send_buf(a, &y, 5 * MS), MEMPORT_ETIMEDOUT);
+  assert_memory_equal(&keep_y, &y, sizeof y);
+  assert_int_equal(th_check(y.data, 6000, 78), 0);
   size_t len;
   while (memport_chan_recv_copy(b, msg, sizeof msg, &len, MEMPORT_NOWAIT) == 0)
     ;
@@ -350,8 +359,188 @@ static void test_chan_ready_failed_send_buf_keeps_the_buffer(void **state) {
   assert_int_equal(m.len, 3000);
   assert_int_equal(th_check(m.data, 3000, 77), 0);
   th_assert_ok(memport_chan_release(b, &m));
+  th_assert_ok(memport_chan_send_buf(a, &y, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_recv(b, &m, MEMPORT_NOWAIT));
+  assert_int_equal(m.len, 6000);
+  assert_int_equal(th_check(m.data, 6000, 78), 0);
+  th_assert_ok(memport_chan_release(b, &m));
   memport_chan_close(a);
   memport_chan_close(b);
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* Orderly close and half-close.                                                               */
+
+#define CLOSE_MSGS 300
+
+/* Send CLOSE_MSGS messages of every path (ring, pool, one-off region), then close in order. */
+static int send_then_close(void *arg) {
+  memport_port_t *port = arg;
+  memport_chan_opts_t o;
+  tiny_opts(&o);
+  memport_chan_t *c;
+  if (memport_chan_open(&c, port, &o, 5 * SEC) != 0)
+    return 90;
+  static unsigned char m[9000];
+  for (uint32_t i = 0; i < CLOSE_MSGS; i++) {
+    size_t len = i % 3 == 0 ? 100 : i % 3 == 1 ? 2000 : 9000; /* ring, pool, one-off */
+    fill_msg(m, len, i);
+    if (memport_chan_send(c, m, len, 0, 5 * SEC) != 0)
+      return 91;
+  }
+  memport_chan_close(c);
+  return 0;
+}
+
+static void test_chan_ready_close_delivers_everything_then_eclosed(void **state) {
+  (void)state;
+  memport_port_t *pa, *pb;
+  th_assert_ok(memport_port_pair(&pa, &pb));
+  pid_t pid = th_fork(send_then_close, pb, 30);
+  memport_port_close(pb);
+  memport_chan_opts_t o;
+  tiny_opts(&o);
+  memport_chan_t *c;
+  th_assert_ok(memport_chan_open(&c, pa, &o, 5 * SEC));
+  static unsigned char m[9000];
+  for (uint32_t i = 0; i < CLOSE_MSGS; i++) {
+    size_t len;
+    th_assert_ok(memport_chan_recv_copy(c, m, sizeof m, &len, 5 * SEC));
+    size_t want = i % 3 == 0 ? 100 : i % 3 == 1 ? 2000 : 9000;
+    assert_int_equal(len, want);
+    uint32_t seq;
+    memcpy(&seq, m, 4);
+    assert_int_equal(seq, i);
+    assert_int_equal(th_check(m + 4, len - 4, i), 0);
+  }
+  assert_int_equal(th_wait(pid, 30), 0);
+  size_t len;
+  th_assert_rc(memport_chan_recv_copy(c, m, sizeof m, &len, 5 * SEC), MEMPORT_ECLOSED);
+  th_assert_rc(memport_chan_recv_copy(c, m, sizeof m, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  memport_buf_t b;
+  th_assert_rc(memport_chan_recv(c, &b, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  int rc;
+  uint64_t t0 = th_now_ns();
+  while ((rc = memport_chan_send(c, "x", 1, 0, MEMPORT_NOWAIT)) == 0 && th_now_ns() - t0 < 5 * (uint64_t)SEC)
+    th_sleep_ms(1);
+  th_assert_rc(rc, MEMPORT_ECLOSED); /* the peer closed the whole channel: not MEMPORT_EPEER */
+  th_assert_rc(memport_chan_alloc(c, 2000, &b, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  memport_os_handle_t h;
+  th_assert_ok(memport_chan_pollable(c, &h));
+  struct pollfd p = {.fd = h, .events = POLLIN};
+  assert_int_equal(poll(&p, 1, 0), 1); /* and stays ready */
+  assert_int_equal(poll(&p, 1, 0), 1);
+  memport_chan_close(c);
+  assert_true(strcmp(memport_err_name(MEMPORT_ECLOSED), "MEMPORT_ECLOSED") == 0);
+  assert_true(MEMPORT_ECLOSED != MEMPORT_EPEER);
+}
+
+/* The half-closing end: three requests, "no more", then the replies still arrive. */
+static int half_close_client(void *arg) {
+  memport_chan_t *c = arg;
+  for (int i = 0; i < 3; i++)
+    if (memport_chan_send(c, "request", 7, 0, SEC) != 0)
+      return 100;
+  th_sleep_ms(30); /* the other end is blocked in recv and in poll meanwhile */
+  if (memport_chan_shutdown(c, MEMPORT_CHAN_SHUT_SEND) != 0)
+    return 101;
+  if (memport_chan_shutdown(c, MEMPORT_CHAN_SHUT_SEND) != 0) /* again: nothing more to do */
+    return 102;
+  if (memport_chan_send(c, "late", 4, 0, SEC) != MEMPORT_ECLOSED)
+    return 103;
+  memport_buf_t z;
+  if (memport_chan_alloc(c, 2000, &z, SEC) != MEMPORT_ECLOSED)
+    return 104;
+  char buf[16];
+  size_t len;
+  for (int i = 0; i < 3; i++)
+    if (memport_chan_recv_copy(c, buf, sizeof buf, &len, 5 * SEC) != 0 || len != 5 || memcmp(buf, "reply", 5) != 0)
+      return 105;
+  return 0;
+}
+
+static void test_chan_ready_half_close_then_replies(void **state) {
+  (void)state;
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, NULL));
+  th_assert_rc(memport_chan_shutdown(a, 0), MEMPORT_EINVAL);
+  th_assert_rc(memport_chan_shutdown(a, 2), MEMPORT_EINVAL);
+  th_assert_rc(memport_chan_shutdown(NULL, MEMPORT_CHAN_SHUT_SEND), MEMPORT_EINVAL);
+  pid_t pid = th_fork(half_close_client, b, 30);
+  char buf[16];
+  size_t len;
+  for (int i = 0; i < 3; i++)
+    th_assert_ok(memport_chan_recv_copy(a, buf, sizeof buf, &len, 5 * SEC));
+  /* blocked in recv when the shutdown comes: MEMPORT_ECLOSED, not a timeout */
+  th_assert_rc(memport_chan_recv_copy(a, buf, sizeof buf, &len, 10 * SEC), MEMPORT_ECLOSED);
+  memport_os_handle_t h;
+  th_assert_ok(memport_chan_pollable(a, &h));
+  struct pollfd p = {.fd = h, .events = POLLIN};
+  assert_int_equal(poll(&p, 1, 0), 1);
+  for (int i = 0; i < 3; i++)
+    th_assert_ok(memport_chan_send(a, "reply", 5, 0, SEC));
+  assert_int_equal(th_wait(pid, 30), 0);
+  th_assert_rc(memport_chan_recv_copy(a, buf, sizeof buf, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  memport_chan_close(a);
+  memport_chan_close(b);
+}
+
+/* A waiter in poll(-1) is woken by the peer's shutdown. */
+static int shut_later(void *arg) {
+  th_sleep_ms(50);
+  return memport_chan_shutdown(arg, MEMPORT_CHAN_SHUT_SEND) == 0 ? 0 : 1;
+}
+
+static void test_chan_ready_poll_waiter_sees_the_close(void **state) {
+  (void)state;
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, NULL));
+  char buf[4];
+  size_t len;
+  th_assert_rc(memport_chan_recv_copy(a, buf, sizeof buf, &len, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+  pid_t pid = th_fork(shut_later, b, 10);
+  watchdog(10);
+  int stalled = wait_ready(a);
+  watchdog_off();
+  assert_int_equal(stalled, 0);
+  th_assert_rc(memport_chan_recv_copy(a, buf, sizeof buf, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  assert_int_equal(th_wait(pid, 10), 0);
+  memport_chan_close(a);
+  memport_chan_close(b);
+}
+
+/* A hostile peer's close position (in its link page) that does not fit the ring breaks the
+ * channel with MEMPORT_EPROTO, at once or when the receiver gets there; never a hang. */
+static void test_chan_ready_bogus_close_position_gives_eproto(void **state) {
+  (void)state;
+  /* 1 message of 1 byte takes 32 bytes of ring (16 of header, 16 of payload) */
+  const uint64_t cases[][2] = {
+      {0, 32 | MEMPORT__CHAN_CLOSED_SEND},                          /* past what was produced */
+      {1, 32 | 4u},                                                 /* unknown bits */
+      {1, 40 | MEMPORT__CHAN_CLOSED_SEND},                          /* misaligned */
+      {2, 0 | MEMPORT__CHAN_CLOSED_SEND},                           /* records after the close */
+      {1, MEMPORT__CHAN_CLOSED_ALL},                                /* "all" without "send" */
+      {2, 16 | MEMPORT__CHAN_CLOSED_SEND},                          /* inside a record */
+      {1, (UINT64_MAX & ~(uint64_t)15) | MEMPORT__CHAN_CLOSED_SEND}, /* far away */
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    memport_chan_t *a, *b;
+    th_assert_ok(memport_chan_pair(&a, &b, NULL));
+    for (uint64_t i = 0; i < cases[k][0]; i++)
+      th_assert_ok(memport_chan_send(b, "m", 1, 0, MEMPORT_NOWAIT));
+    atomic_store(&b->tx_link->closed, cases[k][1]);
+    char buf[4];
+    size_t len;
+    int rc = 0;
+    for (int n = 0; n < 4 && rc == 0; n++)
+      rc = memport_chan_recv_copy(a, buf, sizeof buf, &len, 2 * SEC);
+    if (rc != MEMPORT_EPROTO)
+      fail_msg("case %zu: %s, expected MEMPORT_EPROTO", k, memport_err_name(rc));
+    th_assert_rc(memport_chan_recv_copy(a, buf, sizeof buf, &len, MEMPORT_NOWAIT), MEMPORT_EPROTO);
+    memport_chan_close(a);
+    memport_chan_close(b);
+  }
 }
 
 int main(void) {
@@ -361,6 +550,10 @@ int main(void) {
       cmocka_unit_test(test_chan_ready_new_channel_starts_ready),
       cmocka_unit_test(test_chan_ready_sender_waits_for_ring_space_and_pool),
       cmocka_unit_test(test_chan_ready_failed_send_buf_keeps_the_buffer),
+      cmocka_unit_test(test_chan_ready_close_delivers_everything_then_eclosed),
+      cmocka_unit_test(test_chan_ready_half_close_then_replies),
+      cmocka_unit_test(test_chan_ready_poll_waiter_sees_the_close),
+      cmocka_unit_test(test_chan_ready_bogus_close_position_gives_eproto),
       cmocka_unit_test(test_chan_ready_random_event_loops_never_stall),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
