@@ -188,7 +188,7 @@ static int event_loop(struct loop_arg *a) {
 }
 
 static int loop_child(void *arg) {
-  watchdog(12);
+  watchdog(60); /* poll() interrupted: the loop reports the stall */
   return event_loop(arg);
 }
 
@@ -201,11 +201,11 @@ static void test_chan_ready_random_event_loops_never_stall(void **state) {
     th_assert_ok(memport_chan_pair(&a, &b, &o));
     struct loop_arg la = {a, 0x9e3779b9u ^ (round * 7919u + 1), {0}};
     struct loop_arg lb = {b, 0x85ebca6bu ^ (round * 104729u + 3), {0}};
-    pid_t pid = th_fork(loop_child, &lb, 60);
-    watchdog(15);
+    pid_t pid = th_fork(loop_child, &lb, 90);
+    watchdog(60);
     int rc = event_loop(&la);
     watchdog_off();
-    int child = th_wait(pid, 65);
+    int child = th_wait(pid, 95);
     printf("# round %u: polls %u, send EAGAIN %u, alloc EAGAIN %u, send_buf EAGAIN %u (parent: %d, child: %d)\n",
            round, la.stats[0], la.stats[1], la.stats[2], la.stats[3], rc, child);
     memport_chan_close(a);
