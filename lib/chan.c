@@ -179,8 +179,6 @@ static int chan_new(memport_chan_t **out, memport_port_t *port, const memport_ch
     /* The peer asks for a wake from the start: its handle is ready once our first record is there. */
     atomic_store_explicit(&ch->tx_link->port_wake, 1u, memory_order_relaxed);
   }
-  if (rc == 0)
-    rc = memport__chan_ready_open(ch);
   if (rc == 0 && o->pool_buffers != 0)
     rc = memport__chan_pool_setup(ch, o->pool_buffers, o->pool_buffer_size);
   if (rc < 0) {
@@ -701,6 +699,9 @@ int memport_chan_pollable(memport_chan_t *chan, memport_os_handle_t *out) {
     return MEMPORT_EINVAL;
   if (chan->broken)
     return chan->broken;
+  int rc = memport__chan_ready_open(chan);
+  if (rc < 0)
+    return rc;
   *out = chan->bell.handle;
   return 0;
 }

@@ -69,7 +69,7 @@ struct memport_chan {
   uint32_t rx_blobs_head, rx_blobs_count;
 
   /* Readiness and orderly close (chan_ready.c). */
-  struct memport__bell bell; /* the pollable handle: the port, or rung by us */
+  struct memport__bell bell; /* the pollable handle (made on first use): the port, or rung by us */
   bool bell_rung;            /* we rang it and have not cleared it since */
   bool tx_want_pool;         /* a send failed for want of a pool buffer ... */
   uint64_t tx_want_space;    /* ... or of this many free ring bytes (0: none) */
@@ -129,6 +129,7 @@ static inline int memport__chan_live(memport_chan_t *ch) {
 }
 
 /* chan_ready.c: the pollable handle, level-triggered in effect, and the orderly close. */
+/* Make the handle (once; memport_chan_pollable). */
 MEMPORT_HIDDEN int memport__chan_ready_open(memport_chan_t *ch);
 MEMPORT_HIDDEN void memport__chan_ready_close(memport_chan_t *ch);
 /* Derive the handle's readiness from the state (call after reading the port): ring it when a

@@ -28,21 +28,33 @@
  * room, a release without a waiting sender cost no system call and no shared-memory write.
  */
 
+/* The bell is made by the first memport_chan_pollable (a channel nobody polls needs none); until
+ * then bell_rung alone keeps the derived readiness, and the new bell starts from it. */
+static bool bell_made(const memport_chan_t *ch) { return ch->bell.handle != MEMPORT_OS_HANDLE_INVALID; }
+
 int memport__chan_ready_open(memport_chan_t *ch) {
-  ch->bell.handle = MEMPORT_OS_HANDLE_INVALID;
-  ch->bell.self = MEMPORT_OS_HANDLE_INVALID;
-  return memport__os_bell_open(&ch->bell, ch->port);
+  if (bell_made(ch))
+    return 0;
+  int rc = memport__os_bell_open(&ch->bell, ch->port);
+  if (rc < 0) {
+    ch->bell.handle = ch->bell.self = MEMPORT_OS_HANDLE_INVALID;
+    return rc;
+  }
+  if (ch->bell_rung)
+    memport__os_bell_ring(&ch->bell);
+  return 0;
 }
 
 void memport__chan_ready_close(memport_chan_t *ch) {
-  if (ch->bell.handle != MEMPORT_OS_HANDLE_INVALID || ch->bell.self != MEMPORT_OS_HANDLE_INVALID)
+  if (bell_made(ch))
     memport__os_bell_close(&ch->bell);
 }
 
 static void ring_bell(memport_chan_t *ch) {
   if (!ch->bell_rung) {
     ch->bell_rung = true;
-    memport__os_bell_ring(&ch->bell);
+    if (bell_made(ch))
+      memport__os_bell_ring(&ch->bell);
   }
 }
 
@@ -140,7 +152,8 @@ static void idle(memport_chan_t *ch) {
     return;
   if (ch->bell_rung) {
     ch->bell_rung = false;
-    memport__os_bell_clear(&ch->bell);
+    if (bell_made(ch))
+      memport__os_bell_clear(&ch->bell);
   }
   if (!ch->peer_gone)
     (void)memport__chan_drain(ch);
