@@ -43,6 +43,7 @@ extern "C" {
 #define MEMPORT_EMSGSIZE     (-EMSGSIZE)     /* message too large for this path, or receive buffer too small */
 #define MEMPORT_ENOTSUP      (-ENOTSUP)      /* this platform cannot do that (see the man page) */
 #define MEMPORT_ETIMEDOUT    (-ETIMEDOUT)    /* the timeout expired */
+#define MEMPORT_ECLOSED      (-ESHUTDOWN)    /* the channel was closed in order (by the peer, or for sending by us) */
 
 /* Describe an error code (never NULL; unknown codes get a generic text). Thread-safe. */
 MEMPORT_EXPORT const char *memport_strerror(int err);
@@ -378,8 +379,12 @@ typedef struct memport_chan_stats {
 /* Fill *stats (private counters: no system call, nothing shared written). Same thread rules as
  * the other calls on the endpoint. */
 MEMPORT_EXPORT int memport_chan_stats(memport_chan_t *chan, memport_chan_stats_t *stats);
-/* A handle that becomes ready when a message waits (see memport_chan_pollable(3)). */
+/* A handle that is ready while a message waits or the receiving side has ended, and, after a send,
+ * alloc or send_buf failed with MEMPORT_EAGAIN, once it could succeed (memport_chan_pollable(3)). */
 MEMPORT_EXPORT int memport_chan_pollable(memport_chan_t *chan, memport_os_handle_t *out);
+#define MEMPORT_CHAN_SHUT_SEND (1u << 0) /* this end sends no more */
+/* Half-close: the peer receives what was sent, then MEMPORT_ECLOSED; replies still arrive here. */
+MEMPORT_EXPORT int memport_chan_shutdown(memport_chan_t *chan, unsigned how);
 
 #ifdef __cplusplus
 }

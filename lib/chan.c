@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CHAN_DEFAULT_RING (1u << 20)
 #define CHAN_DEFAULT_THRESHOLD (64u << 10)
@@ -103,6 +104,7 @@ int memport_chan_opts_check(const memport_chan_opts_t *opts, const char **field)
 /* Teardown and failure.                                                                       */
 
 void memport__chan_free(memport_chan_t *ch) {
+  memport__chan_ready_close(ch);
   memport_ring_close(ch->tx_ring);
   memport_ring_close(ch->rx_ring);
   if (ch->tx_link != NULL)
@@ -165,6 +167,8 @@ int memport__chan_reserve(memport_chan_t *ch, size_t len, void **slot, uint64_t 
     if (rc == 0)
       rc = MEMPORT_ETIMEDOUT;
   }
+  if (rc == MEMPORT_ETIMEDOUT)
+    ch->tx_want_space = memport__ring_record_space(len); /* for the pollable handle */
   return memport__chan_ring_error(ch, rc);
 }
 
@@ -179,6 +183,8 @@ int memport__chan_wait_consumed(memport_chan_t *ch, uint64_t pos, uint64_t deadl
     if (rc == 0)
       rc = MEMPORT_ETIMEDOUT;
   }
+  if (rc == MEMPORT_ETIMEDOUT)
+    ch->tx_want_space = memport__ring_space_after(ch->tx_ring, pos); /* for the pollable handle */
   return memport__chan_ring_error(ch, rc);
 }
 
@@ -200,6 +206,7 @@ static int chan_new(memport_chan_t **out, memport_port_t *port, const memport_ch
   }
   ch->port = port;
   ch->peer = port->peer; /* kept: memport_chan_peer answers after the port is gone */
+  ch->bell.handle = ch->bell.self = MEMPORT_OS_HANDLE_INVALID;
   ch->zerocopy_threshold = o->zerocopy_threshold;
   ch->flags = o->flags;
   ch->next_ticket = memport__chan_ticket_base();
@@ -215,8 +222,10 @@ static int chan_new(memport_chan_t **out, memport_port_t *port, const memport_ch
   if (rc == 0)
     rc = memport_region_map(ch->tx_link_region, 0, &map);
   if (rc == 0) {
-    ch->tx_link = map; /* zero: nobody waits, the queue is empty */
+    ch->tx_link = map; /* zero: the queue is empty, the channel open */
     ch->tx_pool_returns.sh = &ch->tx_link->pool_releases;
+    /* The peer asks for a wake from the start: its handle is ready once our first record is there. */
+    atomic_store_explicit(&ch->tx_link->port_wake, 1u, memory_order_relaxed);
   }
   if (rc == 0 && o->pool_buffers != 0)
     rc = memport__chan_pool_setup(ch, o->pool_buffers, o->pool_buffer_size);
@@ -312,14 +321,29 @@ out:
   return rc;
 }
 
-static int chan_open(memport_chan_t **out, memport_port_t *port, const memport_chan_opts_t *o, uint64_t deadline) {
+/* Our half of the handshake: the endpoint made (owned by this process, which announces its
+ * close) and our HELLO sent within `deadline`. */
+static int chan_start(memport_chan_t **out, memport_port_t *port, const memport_chan_opts_t *o, uint64_t deadline) {
   memport_chan_t *ch;
   int rc = chan_new(&ch, port, o);
   if (rc < 0)
     return rc;
+  ch->owner = getpid(); /* a copy inherited through fork closes silently */
   rc = chan_send_hello(ch, deadline);
-  if (rc == 0)
-    rc = chan_recv_hello(ch, deadline);
+  if (rc < 0) {
+    memport__chan_free(ch);
+    return rc;
+  }
+  *out = ch;
+  return 0;
+}
+
+static int chan_open(memport_chan_t **out, memport_port_t *port, const memport_chan_opts_t *o, uint64_t deadline) {
+  memport_chan_t *ch;
+  int rc = chan_start(&ch, port, o, deadline);
+  if (rc < 0)
+    return rc;
+  rc = chan_recv_hello(ch, deadline);
   if (rc < 0) {
     memport__chan_free(ch);
     return rc;
@@ -337,17 +361,8 @@ int memport__chan_handshake_start(memport_chan_t **out, memport_port_t *port, co
     memport_port_close(port);
     return rc;
   }
-  memport_chan_t *ch;
-  rc = chan_new(&ch, port, &o);
-  if (rc < 0)
-    return rc;
-  rc = chan_send_hello(ch, 0);
-  if (rc < 0) {
-    memport__chan_free(ch);
-    return rc == MEMPORT_ETIMEDOUT ? MEMPORT_EPEER : rc; /* a fresh connection that takes nothing */
-  }
-  *out = ch;
-  return 0;
+  rc = chan_start(out, port, &o, 0);
+  return rc == MEMPORT_ETIMEDOUT ? MEMPORT_EPEER : rc; /* a fresh connection that takes nothing */
 }
 
 int memport__chan_handshake_finish(memport_chan_t *ch, uint64_t deadline) { return chan_recv_hello(ch, deadline); }
@@ -465,6 +480,7 @@ int memport_chan_close(memport_chan_t *chan) {
     return 0;
   if (chan->broken == 0 && !chan->peer_gone)
     (void)memport__chan_pool_flush(chan);
+  memport__chan_close_announce(chan);
   memport__chan_free(chan);
   return 0;
 }
@@ -472,6 +488,16 @@ int memport_chan_close(memport_chan_t *chan) {
 /* ------------------------------------------------------------------------------------------ */
 /* Sending. The public calls compute their deadline once, and only when they must wait; NOWAIT  */
 /* becomes MEMPORT_EAGAIN here, at the edge.                                                    */
+
+/* A send path failed: after waiting in vain (or not at all), make the pollable handle wait for
+ * what it lacked; a peer gone after its orderly close gives MEMPORT_ECLOSED. */
+static int tx_fail(memport_chan_t *ch, int rc, int64_t timeout_ns) {
+  if (rc == MEMPORT_ETIMEDOUT || rc == MEMPORT_EAGAIN)
+    memport__chan_tx_idle(ch);
+  else
+    rc = memport__chan_tx_code(ch, rc);
+  return memport__nowait_code(rc, timeout_ns);
+}
 
 static int chan_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf, uint64_t deadline) {
   int rc = memport__chan_pool_alloc(ch, len, buf, deadline);
@@ -490,11 +516,11 @@ int memport_chan_alloc(memport_chan_t *chan, size_t len, memport_buf_t *buf, int
   memset(buf, 0, sizeof *buf);
   int rc = memport__chan_live(chan);
   if (rc < 0)
-    return rc;
+    return memport__chan_tx_code(chan, rc);
   /* Only a pool without a free buffer may wait. */
   bool may_wait = chan->tx_pool.count != 0 && len <= chan->tx_pool.buf_size && !memport__pool_has_free(&chan->tx_pool);
   rc = chan_alloc(chan, len, buf, may_wait ? memport__deadline(timeout_ns) : 0);
-  return memport__nowait_code(rc, timeout_ns);
+  return rc < 0 ? tx_fail(chan, rc, timeout_ns) : rc;
 }
 
 int memport_chan_free_buf(memport_chan_t *chan, memport_buf_t *buf) {
@@ -515,7 +541,7 @@ int memport_chan_send_buf(memport_chan_t *chan, memport_buf_t *buf, int64_t time
     return MEMPORT_EINVAL;
   int rc = memport__chan_live(chan);
   if (rc < 0)
-    return rc;
+    return memport__chan_tx_code(chan, rc);
   switch (MEMPORT__BUF_KIND(buf->priv[0])) {
   case MEMPORT__BUF_TX_POOL:
     rc = memport__chan_pool_send(chan, buf, 0); /* fails before changing anything when it must wait */
@@ -528,7 +554,7 @@ int memport_chan_send_buf(memport_chan_t *chan, memport_buf_t *buf, int64_t time
   default:
     return MEMPORT_EINVAL;
   }
-  return memport__nowait_code(rc, timeout_ns);
+  return rc < 0 ? tx_fail(chan, rc, timeout_ns) : rc;
 }
 
 int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsigned flags, int64_t timeout_ns) {
@@ -536,17 +562,20 @@ int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsign
     return MEMPORT_EINVAL;
   int rc = memport__chan_live(chan);
   if (rc < 0)
-    return rc;
+    return memport__chan_tx_code(chan, rc);
   if (MEMPORT__LIKELY(len <= chan->zerocopy_threshold && !(flags & MEMPORT_SEND_ZEROCOPY))) {
     void *p;
     rc = memport__ring_reserve(chan->tx_ring, len, &p, 0);
     if (MEMPORT__UNLIKELY(rc < 0)) {
-      if (rc == MEMPORT_ETIMEDOUT && timeout_ns != 0)
+      if (rc == MEMPORT_ETIMEDOUT && timeout_ns != 0) {
         rc = memport__chan_reserve(chan, len, &p, memport__deadline(timeout_ns));
-      else
+      } else {
+        if (rc == MEMPORT_ETIMEDOUT)
+          chan->tx_want_space = memport__ring_record_space(len);
         rc = memport__chan_ring_error(chan, rc);
+      }
       if (rc < 0)
-        return memport__nowait_code(rc, timeout_ns);
+        return tx_fail(chan, rc, timeout_ns);
     }
     if (len != 0)
       memcpy(p, data, len);
@@ -560,7 +589,7 @@ int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsign
   memset(&buf, 0, sizeof buf);
   rc = chan_alloc(chan, len, &buf, deadline);
   if (rc < 0)
-    return memport__nowait_code(rc, timeout_ns);
+    return tx_fail(chan, rc, timeout_ns);
   if (len != 0)
     memcpy(buf.data, data, len);
   if (MEMPORT__BUF_KIND(buf.priv[0]) == MEMPORT__BUF_TX_POOL)
@@ -569,40 +598,49 @@ int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsign
     rc = memport__chan_blob_send(chan, &buf, deadline);
   if (rc < 0 && MEMPORT__BUF_KIND(buf.priv[0]) != 0)
     memport_chan_free_buf(chan, &buf);
-  return memport__nowait_code(rc, timeout_ns);
+  return rc < 0 ? tx_fail(chan, rc, timeout_ns) : rc;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Receiving.                                                                                  */
 
-/* Wait for a record (none was there a moment ago), in slices that look at the port. */
+/* Wait for a record (none was there a moment ago), in slices that look at the port. After the
+ * last record the peer sent before closing comes MEMPORT_ECLOSED; after its death MEMPORT_EPEER. */
 static int chan_wait_record(memport_chan_t *ch, const void **p, size_t *len, uint32_t *type, uint64_t deadline) {
   int rc;
   /* Nothing waits: settle what we owe and learn what happened before sleeping or saying so. */
   if (ch->owed_count != 0 && !ch->peer_gone && (rc = memport__chan_pool_flush(ch)) < 0)
     return rc;
   if (deadline == 0 || ch->peer_gone) {
-    if (!ch->peer_gone) {
-      /* Ask for a wake through the port (the pollable handle), then look again. */
-      atomic_fetch_or_explicit(&ch->rx_link->port_wake, 1u, memory_order_seq_cst);
-      rc = memport__chan_drain(ch);
-      if (rc < 0 && rc != MEMPORT_EPEER)
-        return rc;
-    }
-    /* Anything committed before the peer died (or before we asked) is still delivered. */
+    /* Ask for a wake through the port (the pollable handle), then look again. */
+    memport__chan_rx_idle(ch);
+    if (ch->broken)
+      return ch->broken;
+    /* Anything committed before the peer closed or died (or before we asked) is still delivered. */
     rc = memport__ring_peek(ch->rx_ring, p, len, type, 0);
-    if (rc == MEMPORT_ETIMEDOUT && ch->peer_gone)
-      return MEMPORT_EPEER;
+    if (rc == MEMPORT_ETIMEDOUT) {
+      int end = memport__chan_rx_end(ch);
+      if (end < 0)
+        return end;
+      rc = memport__ring_peek(ch->rx_ring, p, len, type, 0);
+    }
     return rc;
   }
   for (;;) {
     uint64_t until = memport__slice_end(deadline, MEMPORT__CHAN_SLICE_NS);
     rc = memport__ring_peek(ch->rx_ring, p, len, type, until);
-    if (rc != MEMPORT_ETIMEDOUT || until == deadline)
+    if (rc != MEMPORT_ETIMEDOUT)
+      return rc;
+    int end = memport__chan_rx_end(ch);
+    if (end < 0)
+      return end;
+    if (until == deadline)
       return rc;
     rc = memport__chan_drain(ch);
     if (rc == MEMPORT_EPEER) {
       rc = memport__ring_peek(ch->rx_ring, p, len, type, 0);
+      if (rc == MEMPORT_ETIMEDOUT && (end = memport__chan_rx_end(ch)) < 0)
+        return end;
       return rc == MEMPORT_ETIMEDOUT ? MEMPORT_EPEER : rc;
     }
     if (rc < 0)
@@ -644,6 +682,15 @@ static int chan_next(memport_chan_t *ch, struct memport__chan_rec *rec, int64_t 
   return memport__chan_break(ch, MEMPORT_EPROTO);
 }
 
+/* Release the record at the head of the RX ring; a sender waiting for space is told. */
+static int chan_release_record(memport_chan_t *ch) {
+  int rc = memport__ring_release(ch->rx_ring);
+  if (MEMPORT__UNLIKELY(rc < 0))
+    return memport__chan_ring_error(ch, rc);
+  memport__chan_released(ch);
+  return 0;
+}
+
 int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
   if (chan == NULL || buf == NULL)
     return MEMPORT_EINVAL;
@@ -664,7 +711,7 @@ int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_
     memport__chan_pool_hold(chan, &rec);
     memport__chan_buf_set(chan, buf, (void *)(uintptr_t)rec.ptr, rec.len, MEMPORT__BUF_RX_POOL, rec.pool.index,
                           memport__chan_pool_hand_out(chan, rec.pool.index));
-    return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+    return chan_release_record(chan);
   default: {
     void *map;
     size_t maplen;
@@ -674,12 +721,12 @@ int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_
     rc = memport__chan_blob_hold(chan, map, maplen, rec.len, buf);
     if (rc < 0) { /* the record stays; the region is gone: this message is lost */
       memport_unmap(map);
-      (void)memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+      (void)chan_release_record(chan);
       return rc;
     }
     chan->stats.rx_msgs[2]++;
     chan->stats.rx_bytes[2] += rec.len;
-    return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+    return chan_release_record(chan);
   }
   }
 }
@@ -693,7 +740,7 @@ int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf) {
     if (!chan->holding_inline || buf->priv[1] != chan->rx_inline_ticket)
       return MEMPORT_EINVAL;
     chan->holding_inline = false;
-    rc = chan->broken ? 0 : memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+    rc = chan->broken ? 0 : chan_release_record(chan);
     break;
   case MEMPORT__BUF_RX_POOL: {
     uint32_t i;
@@ -729,12 +776,12 @@ int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *
       memcpy(dst, rec.ptr, rec.len);
     chan->stats.rx_msgs[0]++;
     chan->stats.rx_bytes[0] += rec.len;
-    return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+    return chan_release_record(chan);
   case MEMPORT__REC_POOL:
     if (rec.len != 0)
       memcpy(dst, rec.ptr, rec.len);
     memport__chan_pool_hold(chan, &rec);
-    rc = memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+    rc = chan_release_record(chan);
     if (rc < 0)
       return rc;
     return memport__chan_pool_release(chan, rec.pool.index);
@@ -749,7 +796,7 @@ int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *
     memport_unmap(map);
     chan->stats.rx_msgs[2]++;
     chan->stats.rx_bytes[2] += rec.len;
-    return memport__chan_ring_error(chan, memport__ring_release(chan->rx_ring));
+    return chan_release_record(chan);
   }
   }
 }
@@ -766,5 +813,9 @@ int memport_chan_pollable(memport_chan_t *chan, memport_os_handle_t *out) {
     return MEMPORT_EINVAL;
   if (chan->broken)
     return chan->broken;
-  return memport_port_pollable(chan->port, out);
+  int rc = memport__chan_ready_open(chan);
+  if (rc < 0)
+    return rc;
+  *out = chan->bell.handle;
+  return 0;
 }

@@ -105,6 +105,18 @@ struct memport_chan {
   uint32_t rx_blobs_head, rx_blobs_count;
   struct memport__chan_blob_held *blobs_held; /* one-off regions the application holds */
   uint32_t blobs_held_cap;
+
+  /* Readiness and orderly close (chan_ready.c). */
+  struct memport__bell bell; /* the pollable handle (made on first use): the port, or rung by us */
+  bool bell_rung;            /* we rang it and have not cleared it since */
+  bool tx_want_pool;         /* a send failed for want of a pool buffer ... */
+  uint64_t tx_want_space;    /* ... or of this many free ring bytes (0: none) */
+  int tx_end;                /* 0, or MEMPORT_ECLOSED once we shut our sending down */
+  bool rx_closed;            /* the peer closed its direction (its link page said so) ... */
+  bool peer_closed_all;      /* ... and the whole channel */
+  uint64_t rx_close_pos;     /* where its records end */
+  pid_t owner;               /* the process whose memport_chan_close announces a close (0: none,
+                                for memport_chan_pair ends: fork decides who uses them) */
 };
 
 /* A fresh ticket for a buffer handed to the application. */
@@ -160,14 +172,44 @@ MEMPORT_HIDDEN int memport__chan_drain(memport_chan_t *ch);
 /* The send paths notice a dead peer without a system call per message. */
 MEMPORT_HIDDEN int memport__chan_live_slow(memport_chan_t *ch, uint64_t now);
 static inline int memport__chan_live(memport_chan_t *ch) {
-  if (MEMPORT__UNLIKELY(ch->broken))
-    return ch->broken;
+  if (MEMPORT__UNLIKELY(ch->broken | ch->tx_end | (ch->tx_want_space != 0) | ch->tx_want_pool)) {
+    if (ch->broken | ch->tx_end)
+      return ch->broken ? ch->broken : ch->tx_end;
+    ch->tx_want_space = 0; /* a new attempt: what the last one lacked no longer makes the handle ready */
+    ch->tx_want_pool = false;
+  }
   if (MEMPORT__UNLIKELY(ch->peer_gone))
     return MEMPORT_EPEER;
   uint64_t now = memport__now_ns();
   if (MEMPORT__LIKELY(now < ch->next_liveness_check))
     return 0;
   return memport__chan_live_slow(ch, now);
+}
+
+/* chan_ready.c: the pollable handle, level-triggered in effect, and the orderly close. */
+/* Make the handle (once; memport_chan_pollable). */
+MEMPORT_HIDDEN int memport__chan_ready_open(memport_chan_t *ch);
+MEMPORT_HIDDEN void memport__chan_ready_close(memport_chan_t *ch);
+/* Derive the handle's readiness from the state (call after reading the port): ring it when a
+ * message waits, the receiving side has ended, or the send that failed could now succeed. */
+MEMPORT_HIDDEN void memport__chan_ready_update(memport_chan_t *ch);
+/* Nothing to receive now: ask for a wake, clear the handle, read the port, derive readiness. */
+MEMPORT_HIDDEN void memport__chan_rx_idle(memport_chan_t *ch);
+/* A send failed for want of what tx_want_* says: the same for the sending side. */
+MEMPORT_HIDDEN void memport__chan_tx_idle(memport_chan_t *ch);
+/* The RX ring is empty: MEMPORT_ECLOSED when the peer closed its direction and everything before
+ * was received, MEMPORT_EPEER when it is gone, MEMPORT_EPROTO for a bogus close, 0 otherwise. */
+MEMPORT_HIDDEN int memport__chan_rx_end(memport_chan_t *ch);
+/* The code for a send to a peer that is gone: MEMPORT_ECLOSED after its orderly close, else rc. */
+MEMPORT_HIDDEN int memport__chan_tx_code(memport_chan_t *ch, int rc);
+/* memport_chan_close: tell the peer, through the link page, where our records end. */
+MEMPORT_HIDDEN void memport__chan_close_announce(memport_chan_t *ch);
+/* After releasing RX records: wake the sender through the port if it waits for space. */
+static inline void memport__chan_released(memport_chan_t *ch) {
+  _Atomic uint32_t *w = &ch->rx_link->space_wake;
+  if (MEMPORT__UNLIKELY(atomic_load_explicit(w, memory_order_seq_cst) != 0) &&
+      atomic_exchange_explicit(w, 0, memory_order_seq_cst) != 0)
+    memport__chan_send_wake(ch);
 }
 
 /* chan_pool.c: zero-copy through pool buffers. */

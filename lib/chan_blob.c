@@ -225,8 +225,11 @@ int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *
   struct memport__chan_blob *s = &ch->rx_blobs[ch->rx_blobs_head];
   if (s->region == NULL) { /* its region never arrived (memport__chan_pump): this message is lost */
     pop(ch);
-    int rc = memport__chan_ring_error(ch, memport__ring_release(ch->rx_ring));
-    return rc < 0 ? rc : MEMPORT_EMFILE;
+    int rc = memport__ring_release(ch->rx_ring);
+    if (rc < 0)
+      return memport__chan_ring_error(ch, rc);
+    memport__chan_released(ch);
+    return MEMPORT_EMFILE;
   }
   if (s->len != rec->blob.len)
     return memport__chan_break(ch, MEMPORT_EPROTO);

@@ -32,7 +32,7 @@ int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, ui
  * its handle ready, and a dead peer is found by the next call, so this never waits or fails. */
 void memport__chan_send_wake(memport_chan_t *ch) {
   struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
-  if (memport__chan_ctl_send(ch, &h, sizeof h, 0) == 0)
+  if (ch->port != NULL && memport__chan_ctl_send(ch, &h, sizeof h, 0) == 0)
     ch->stats.wakes_sent++;
 }
 
@@ -85,6 +85,7 @@ int memport__chan_pump(memport_chan_t *ch, uint64_t deadline) {
   if (rc == MEMPORT_EPEER) {
     ch->port_eof = true;
     memport__chan_peer_gone(ch);
+    memport__chan_ready_update(ch);
     return rc;
   }
   if (ch->peer_gone && (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT))
@@ -104,6 +105,8 @@ int memport__chan_pump(memport_chan_t *ch, uint64_t deadline) {
   memport_msg_clear(ch->ctl_in);
   if (rc < 0)
     return memport__chan_break(ch, rc);
+  /* What we read may have been what kept the pollable handle ready: derive it again. */
+  memport__chan_ready_update(ch);
   return 0;
 }
 

@@ -161,8 +161,11 @@ int memport__chan_pool_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf,
   }
   if (!memport__pool_has_free(&ch->tx_pool)) {
     int rc = pool_wait(ch, deadline);
-    if (rc < 0)
+    if (rc < 0) {
+      if (rc == MEMPORT_ETIMEDOUT)
+        ch->tx_want_pool = true; /* for the pollable handle */
       return rc;
+    }
     if (MEMPORT__UNLIKELY(ch->peer_gone)) /* the reclaimed pool cannot be sent from */
       return MEMPORT_EPEER;
   }

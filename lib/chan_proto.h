@@ -24,7 +24,18 @@ struct memport__chan_link {
   /* The receiver gives the sender's pool buffers back through this queue (lib/pool.h); the
    * sender, waiting for one, sets its owner_wait and is woken with MEMPORT__CTL_WAKE. */
   struct memport__relq_shared pool_releases;
+  /* Set (nonzero) by the sender when a send failed for want of ring space and it waits on its
+   * port; the receiver, after releasing a record, clears it by exchange and sends MEMPORT__CTL_WAKE. */
+  _Atomic uint32_t space_wake;
+  unsigned char pad1[MEMPORT__CHAN_LINE - 4];
+  /* Written once by the sender when it closes its direction: 0 while open, else the TX ring
+   * position after its last record, with MEMPORT__CHAN_CLOSED_SEND (it sends no more) and
+   * MEMPORT__CHAN_CLOSED_ALL (it closed the channel) in the low bits (positions are multiples of
+   * 16). The receiver loads it once, checks it against the ring and latches it. */
+  _Atomic uint64_t closed;
 };
+#define MEMPORT__CHAN_CLOSED_SEND 1u
+#define MEMPORT__CHAN_CLOSED_ALL 2u
 
 /* Channel record types (the ring's record type field). */
 #define MEMPORT__REC_INLINE 1u /* channel: the payload is the message */
@@ -48,7 +59,7 @@ struct memport__rec_blob {
 /* Channel control messages over the port. All start with this header.                        */
 
 #define MEMPORT__CTL_MAGIC 0x4843504du /* "MPCH" */
-#define MEMPORT__CHAN_VERSION 3u /* 2: the link page (wake request, release queue); 3: MEMPORT__CTL_POOL */
+#define MEMPORT__CHAN_VERSION 4u /* 2: the link page (wake request, release queue); 3: MEMPORT__CTL_POOL; 4: space wake, close position */
 #define MEMPORT__CTL_HELLO   1u /* handshake: ring handles (4), the pool when pool_buffers > 0 (1), the link page (1) */
 #define MEMPORT__CTL_WAKE    2u /* a record or a release waits (asked for through the link page) */
 #define MEMPORT__CTL_RELEASE 3u /* pool buffers given back to their owner */

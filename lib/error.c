@@ -23,7 +23,8 @@
   X(EPROTO, "protocol error: the peer sent malformed data")                          \
   X(EMSGSIZE, "message too long")                                                    \
   X(ENOTSUP, "not supported on this platform")                                       \
-  X(ETIMEDOUT, "timed out")
+  X(ETIMEDOUT, "timed out")                                                          \
+  X(ECLOSED, "channel closed in order")
 
 const char *memport_strerror(int err) {
   if (err == 0)

@@ -213,6 +213,21 @@ MEMPORT_HIDDEN int memport__os_recv_finish(int kind, void *object);
 MEMPORT_HIDDEN void memport__os_recv_release(const struct memport__raw_handle *raw);
 MEMPORT_HIDDEN void memport__os_msg_free(memport_msg_t *msg);
 
+/* A readiness handle ("bell") for one port: a single OS handle an event loop waits on, ready while
+ * the port has a message (or its peer is gone) or while this process has rung the bell. Linux: an
+ * epoll descriptor watching the socket and an eventfd; Darwin: a port set holding the port's receive
+ * right and a receive right of our own. The port must outlive the bell's use; closing the port
+ * takes it out of the bell. */
+struct memport__bell {
+  memport_os_handle_t handle; /* (os) what event loops wait on */
+  memport_os_handle_t self;   /* (os) what ring/clear act on */
+};
+MEMPORT_HIDDEN int memport__os_bell_open(struct memport__bell *b, const memport_port_t *p);
+MEMPORT_HIDDEN void memport__os_bell_close(struct memport__bell *b);
+/* Make the handle ready (until memport__os_bell_clear), never waiting; ringing twice is one ring. */
+MEMPORT_HIDDEN void memport__os_bell_ring(struct memport__bell *b);
+MEMPORT_HIDDEN void memport__os_bell_clear(struct memport__bell *b);
+
 MEMPORT_HIDDEN int memport__os_service_create(memport_service_t *s);
 MEMPORT_HIDDEN void memport__os_service_close(memport_service_t *s);
 MEMPORT_HIDDEN int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline);

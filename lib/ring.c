@@ -527,3 +527,42 @@ uint64_t memport__ring_rx_fill(const memport_ring_t *r) {
 }
 
 uint64_t memport__ring_capacity(const memport_ring_t *r) { return r->cap; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Readiness and the end of a stream, for users that wait elsewhere than on the ring.          */
+
+uint64_t memport__ring_record_space(size_t len) { return rec_total(len); }
+
+int memport__ring_writable(memport_ring_t *r, uint64_t space) {
+  if (ring_broken(r))
+    return MEMPORT_EPROTO;
+  return space_ready(r, space);
+}
+
+uint64_t memport__ring_space_after(const memport_ring_t *r, uint64_t pos) {
+  return pos > r->p.pos || r->p.pos - pos > r->cap ? r->cap : r->cap - (r->p.pos - pos);
+}
+
+int memport__ring_end_check(memport_ring_t *r, uint64_t end) {
+  if (ring_broken(r))
+    return MEMPORT_EPROTO;
+  int rc = refresh_prod(r);
+  if (rc < 0)
+    return rc;
+  if ((end & (MEMPORT__RING_ALIGN - 1)) != 0 || end < r->c.pos || end > r->c.peer)
+    return ring_break(r);
+  return 0;
+}
+
+int memport__ring_at_end(memport_ring_t *r, uint64_t end) {
+  if (ring_broken(r))
+    return MEMPORT_EPROTO;
+  int rc = refresh_prod(r);
+  if (rc < 0)
+    return rc;
+  if (r->c.pos < end)
+    return 0;
+  if (r->c.pos > end || r->c.peer != end)
+    return ring_break(r);
+  return 1;
+}

@@ -73,6 +73,17 @@ MEMPORT_HIDDEN int memport__ring_wait_consumed(struct memport_ring *r, uint64_t 
 MEMPORT_HIDDEN uint64_t memport__ring_tx_fill(const struct memport_ring *r);
 MEMPORT_HIDDEN uint64_t memport__ring_rx_fill(const struct memport_ring *r);
 MEMPORT_HIDDEN uint64_t memport__ring_capacity(const struct memport_ring *r);
+/* Producer: bytes of ring a record of `len` bytes takes; 1 when `space` bytes are free now, 0 if
+ * not, or an error; the free bytes once the consumer is past `pos` (a position we reached). */
+MEMPORT_HIDDEN uint64_t memport__ring_record_space(size_t len);
+MEMPORT_HIDDEN int memport__ring_writable(struct memport_ring *r, uint64_t space);
+MEMPORT_HIDDEN uint64_t memport__ring_space_after(const struct memport_ring *r, uint64_t pos);
+/* Consumer: where the producer said its records end (`end`, peer-given): MEMPORT_EPROTO when it is
+ * misaligned, behind what we released or ahead of what was produced; 1 when everything before it
+ * is released and nothing more was produced, 0 when records before it remain, MEMPORT_EPROTO when
+ * records were produced after it. */
+MEMPORT_HIDDEN int memport__ring_end_check(struct memport_ring *r, uint64_t end);
+MEMPORT_HIDDEN int memport__ring_at_end(struct memport_ring *r, uint64_t end);
 MEMPORT_HIDDEN void memport__ring_set_policy(struct memport_ring *r, int policy, uint64_t spin_ns);
 /* Export for a peer that only consumes (a read-only data region), and that peer's import (the
  * data area mapped read-only; the object must never produce). */

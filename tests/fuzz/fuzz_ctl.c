@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* fuzz_ctl.c: libFuzzer harness: a channel whose peer is hostile: any HELLO, WAKE, RELEASE, BLOB and POOL control messages (with any handles), any ring records and release-queue entries. */
+/* fuzz_ctl.c: libFuzzer harness: a channel whose peer is hostile: any HELLO, WAKE, RELEASE, BLOB and POOL control messages (with any handles), any ring records and release-queue entries, any close position and space-wake request in the link page. */
 #include "fuzz.h"
 
 #include "chan_proto.h"
@@ -17,10 +17,10 @@
  *   peer: control messages (WAKE / RELEASE / BLOB / POOL / raw, with any handles); records in its ring
  *         of any type with any payload (INLINE bytes, POOL and BLOB descriptors); entries in the
  *         release queue in the channel's link page; consuming (or scribbling) the channel's TX
- *         ring positions, the release-queue head in its own link page, wait words and wake
- *         requests; reading the channel's control messages; hanging up;
+ *         ring positions, the release-queue head in its own link page, wait words, wake
+ *         requests and its close position; reading the channel's control messages; hanging up;
  *   channel: recv / release / recv_copy / send (inline and zero-copy) / alloc + send_buf or
- *         free_buf / pollable, every one with MEMPORT_NOWAIT.
+ *         free_buf / pollable / shutdown, every one with MEMPORT_NOWAIT.
  *
  * Time is virtual (the link wraps memport__now_ns, memport__deadline and memport__expired): it
  * moves only when the input says so, so the channel's periodic look at the port happens at the
@@ -349,7 +349,7 @@ static void peer_shm(struct peer *p, struct fz *f) {
   struct memport__relq_shared *q = &p->vlink->pool_releases; /* the channel's pool comes back here */
   struct memport__relq_shared *ours = &p->link->pool_releases; /* ... and ours here */
   uint8_t what = fz_u8(f);
-  switch (what % 8u) {
+  switch (what % 10u) {
   case 0: { /* queue a release of the channel's pool buffer (index, gen) */
     uint64_t t = atomic_load(&q->tail);
     uint64_t index = fz_u8(f) % 4u;
@@ -379,8 +379,26 @@ static void peer_shm(struct peer *p, struct fz *f) {
     atomic_store(&q->owner_wait, fz_u32(f));
     atomic_store(&p->vlink->port_wake, fz_u32(f));
     break;
-  default:
+  case 7:
     atomic_store(&rx->prod, fz_num(f, atomic_load(&rx->prod)));
+    break;
+  case 8: { /* close our direction: where our records end (true or not), and how */
+    uint64_t end = atomic_load(&rx->prod);
+    uint8_t k = fz_u8(f);
+    uint64_t v = k & 1u ? end | MEMPORT__CHAN_CLOSED_SEND | (k & 2u ? MEMPORT__CHAN_CLOSED_ALL : 0u)
+                        : fz_num(f, end + 64) ^ (uint64_t)(k >> 4);
+    atomic_store(&p->link->closed, v);
+    if (p->port != NULL && (k & 8u)) {
+      struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
+      memport_msg_clear(p->msg);
+      (void)memport_msg_set_bytes(p->msg, &h, sizeof h);
+      (void)memport_port_send(p->port, p->msg, MEMPORT_NOWAIT);
+    }
+    break;
+  }
+  default: /* the space-wake requests, ours and the channel's */
+    atomic_store(&p->link->space_wake, fz_u32(f));
+    atomic_store(&p->vlink->space_wake, fz_u32(f));
     break;
   }
 }
@@ -405,10 +423,13 @@ static void drain_peer(struct peer *p, int max) {
 
 /* The peer stops reading: fill the channel's outgoing queue (junk records, as if the channel had
  * sent many messages), so the channel's next sends find the port full. */
+static memport_os_handle_t chan_sock = MEMPORT_OS_HANDLE_INVALID; /* the channel's end of the port */
+
 static void stall_peer(memport_chan_t *ch) {
   memport_os_handle_t h;
-  if (memport_chan_pollable(ch, &h) != 0)
-    return;
+  if (memport_chan_pollable(ch, &h) != 0 || chan_sock == MEMPORT_OS_HANDLE_INVALID)
+    return; /* broken: the socket is closed */
+  h = chan_sock;
   unsigned char junk = 0;
   for (int i = 0; i < 4096; i++)
     if (send(h, &junk, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
@@ -482,6 +503,7 @@ static void run(struct fz *f) {
   memset(&txb, 0, sizeof txb);
 
   (void)send_hello(&p, f, pool_n);
+  (void)memport_port_pollable(mine, &chan_sock); /* the channel's pollable handle is not the socket */
   int rc = memport_chan_open(&ch, mine, &o, MEMPORT_NOWAIT);
   fz_debug("open: %s\n", memport_err_name(rc));
   if (rc != 0)
@@ -577,7 +599,10 @@ static void run(struct fz *f) {
       break;
     case 13: {
       memport_os_handle_t h;
-      rc = memport_chan_pollable(ch, &h);
+      if ((fz_u8(f) & 3u) == 3u)
+        rc = memport_chan_shutdown(ch, MEMPORT_CHAN_SHUT_SEND);
+      else
+        rc = memport_chan_pollable(ch, &h);
       break;
     }
     case 14:
