@@ -315,7 +315,7 @@ static int producer_child(void *varg) {
   for (uint32_t i = 0; i < FORK_RECORDS; i++) {
     size_t n = rec_size(i);
     void *p;
-    int rc = memport_ring_reserve(a->ring, n, &p, 5000000000);
+    int rc = memport_ring_reserve(a->ring, n, &p, 30000000000);
     if (rc != 0) {
       fprintf(stderr, "producer: reserve %u: %s\n", i, memport_err_name(rc));
       return 11;
@@ -342,7 +342,7 @@ static void run_fork_stream(int policy) {
   for (uint32_t i = 0; i < FORK_RECORDS; i++) {
     const void *q;
     size_t len;
-    int rc = memport_ring_peek(r, &q, &len, 5000000000);
+    int rc = memport_ring_peek(r, &q, &len, 30000000000); /* generous: both sides may spin on a loaded 2-CPU machine */
     if (rc != 0)
       fail_msg("consumer: peek %u: %s", i, memport_err_name(rc));
     if (len != rec_size(i))
