@@ -27,10 +27,11 @@
  *
  * The rules this follows, from memport_chan_pollable(3) and memport_chan_send(3) as they are today
  * (issue 8 items 1, 2 and 4 change them; each place is marked "today:"):
- *  1. The handle's readiness is armed by a receive that returns MEMPORT_EAGAIN, and any other
- *     call on the endpoint (a send included) may consume a pending wake-up. So every pass over
- *     the channel sends first and receives last, until MEMPORT_EAGAIN, before going back to the
- *     loop (service()).
+ *  1. When the handle is ready, receive until MEMPORT_EAGAIN, then wait again: that empty
+ *     receive is what arms the handle for the next message. A send made after it can consume
+ *     the wake-up it armed (the send also reads the channel's control port; issue 8 item 1). So
+ *     every pass over the channel sends first and receives last (service()), and the first pass
+ *     runs before the loop starts, since nothing has armed the handle yet.
  *  2. There is no handle that says "a send that failed with MEMPORT_EAGAIN would now succeed";
  *     the timer stands in for it (flush_ack()).
  *  3. MEMPORT_EPEER means "the peer closed the channel or died", after every message it
