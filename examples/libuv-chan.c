@@ -7,39 +7,30 @@
  *  - most are small (up to 1500 bytes) and copied through the ring (memport_chan_send);
  *  - every 8th is larger (8 to 200 KiB), written in place into a pool buffer
  *    (memport_chan_alloc) and handed over zero-copy (memport_chan_send_buf);
- *  - each starts with a header (sequence number, payload length, checksum); the last one is an
- *    end-of-stream message carrying the totals.
- * The loop never blocks on the channel. It watches two things:
- *  - a uv_poll_t on the channel's pollable handle (memport_chan_pollable): a message may wait;
- *  - a uv_timer_t ticking every 10 ms: it retries an acknowledgement that found no room, and is
- *    the watchdog.
+ *  - each starts with a header (sequence number, payload length, checksum).
+ * After its last message the child shuts its sending side (memport_chan_shutdown): the parent
+ * receives everything, then MEMPORT_ECLOSED, which is how it knows the stream ended in order
+ * (MEMPORT_EPEER would mean the child died).
+ *
+ * The loop never blocks on the channel. It watches
+ *  - a uv_poll_t on the channel's pollable handle (memport_chan_pollable), which is ready while a
+ *    message waits, once the stream has ended, and after a send failed with MEMPORT_EAGAIN, once
+ *    that send could succeed;
+ *  - a uv_timer_t: the watchdog, and the retry of the last ack (see on_ended()).
  * Every K messages (and at the end) the loop sends an acknowledgement back over the same channel
  * with MEMPORT_NOWAIT: "I have everything up to message X". Acks are cumulative, so when the ring
- * is full (MEMPORT_EAGAIN) nothing is queued: the loop remembers the latest count and sends it at
- * the next readiness or timer tick. The child reads its acks only between bursts of 1024 messages,
- * so the parent's small ring does fill up and that path really runs.
+ * is full (MEMPORT_EAGAIN) nothing is queued: the loop remembers the latest count and sends it
+ * when the handle says there is room. The child reads its acks only between bursts of 1024
+ * messages, so the parent's small ring does fill up and that path really runs.
  *
  *   libuv-chan [-n MESSAGES] [-k ACK_EVERY]      (defaults: 2000 messages, an ack every 4)
  *
- * Exit status 0 only if every message arrived intact and in order, the totals in the
- * end-of-stream message agree, both paths (ring and zero-copy) were used, and the child saw every
- * acknowledgement, in order, up to the last message.
+ * Exit status 0 only if every message arrived intact and in order, the stream ended in order
+ * after the last one, both paths (ring and zero-copy) were used, and the child saw every
+ * acknowledgement, in order, up to the last message, then the parent's orderly close.
  *
- * The rules this follows, from memport_chan_pollable(3) and memport_chan_send(3) as they are today
- * (issue 8 items 1, 2 and 4 change them; each place is marked "today:"):
- *  1. When the handle is ready, receive until MEMPORT_EAGAIN, then wait again: that empty
- *     receive is what arms the handle for the next message. A send made after it can consume
- *     the wake-up it armed (the send also reads the channel's control port; issue 8 item 1). So
- *     every pass over the channel sends first and receives last (service()), and the first pass
- *     runs before the loop starts, since nothing has armed the handle yet.
- *  2. There is no handle that says "a send that failed with MEMPORT_EAGAIN would now succeed";
- *     the timer stands in for it (flush_ack()).
- *  3. MEMPORT_EPEER means "the peer closed the channel or died", after every message it
- *     committed was delivered: it cannot tell a finished child from a crashed one. So the child
- *     ends its stream with a message of its own, and MEMPORT_EPEER before it is a failure.
- *
- * Darwin: the handle is a Mach receive right, which uv_poll cannot watch (it wants a file
- * descriptor). This program builds there but says so and exits.
+ * Darwin: the handle is a Mach port set, which uv_poll cannot watch (it wants a file descriptor;
+ * use a kqueue or a dispatch source there). This program builds there but says so and exits.
  */
 
 #include <inttypes.h>
@@ -61,21 +52,21 @@
 #define LARGE_MAX (200u << 10)      /* ... at most (below a pool buffer: no one-off region) */
 #define LARGE_EVERY 8               /* every 8th message goes zero-copy */
 #define CHILD_BURST 1024            /* the child reads its acks after this many sends */
-#define TICK_MS 10                  /* timer period: the retry delay of a deferred ack */
+#define TICK_MS 10                  /* timer period: the retry delay of the last ack */
 #define WATCHDOG_MS 30000           /* the parent gives up after this long */
 #define CHILD_TIMEOUT (10 * SECOND) /* the child's blocking calls give up after this long */
 
-enum { KIND_DATA = 1, KIND_END = 2, KIND_ACK = 3 };
+enum { KIND_DATA = 1, KIND_ACK = 2 };
 
 /* The start of every message from the child. */
 struct head {
   uint32_t kind;
-  uint32_t seq;    /* DATA: 1, 2, ...; END: the number of DATA messages */
-  uint64_t len;    /* DATA: payload bytes after this header; END: all payload bytes */
-  uint64_t sum;    /* DATA: checksum of the payload; END: 0 */
+  uint32_t seq; /* 1, 2, ... */
+  uint64_t len; /* payload bytes after this header */
+  uint64_t sum; /* checksum of the payload */
 };
 
-/* The parent's acknowledgement: every DATA message up to `upto` arrived intact. */
+/* The parent's acknowledgement: every message up to `upto` arrived intact. */
 struct ack {
   uint32_t kind;
   uint32_t upto;
@@ -106,15 +97,16 @@ static void fill(unsigned char *p, size_t n, uint32_t seq) {
 /* ------------------------------------------------------------------------------------------ */
 /* The child: a plain blocking producer, no event loop.                                         */
 
-/* Read the acks that are there (or, with a timeout, wait until `want` is acknowledged) and check
- * that they only move forward, by whole multiples of k except the last one. */
-static int child_acks(memport_chan_t *ch, uint32_t *acked, uint32_t want, uint32_t n, uint32_t k,
-                      int64_t timeout) {
-  while (*acked < want || timeout == MEMPORT_NOWAIT) {
+/* Read the acks that are there (MEMPORT_NOWAIT), or all of them until the parent closes, and
+ * check that they only move forward, by whole multiples of k except the last one. */
+static int child_acks(memport_chan_t *ch, uint32_t *acked, uint32_t n, uint32_t k, int64_t timeout) {
+  for (;;) {
     memport_buf_t m;
     int rc = memport_chan_recv(ch, &m, timeout);
     if (rc == MEMPORT_EAGAIN && timeout == MEMPORT_NOWAIT)
       return 0;
+    if (rc == MEMPORT_ECLOSED) /* the parent's orderly close: did it acknowledge everything? */
+      return *acked == n ? 0 : MEMPORT_EPROTO;
     if (rc != 0)
       return rc;
     struct ack a = {0, 0};
@@ -125,12 +117,10 @@ static int child_acks(memport_chan_t *ch, uint32_t *acked, uint32_t want, uint32
       return MEMPORT_EPROTO;
     *acked = a.upto;
   }
-  return 0;
 }
 
 static int child_main(memport_chan_t *ch, uint32_t n, uint32_t k) {
   static unsigned char small[sizeof(struct head) + SMALL_MAX];
-  uint64_t total = 0;
   uint32_t acked = 0;
   int rc = 0;
   for (uint32_t seq = 1; rc == 0 && seq <= n; seq++) {
@@ -154,18 +144,15 @@ static int child_main(memport_chan_t *ch, uint32_t n, uint32_t k) {
       memcpy(small, &h, sizeof h);
       rc = memport_chan_send(ch, small, sizeof h + len, 0, CHILD_TIMEOUT);
     }
-    total += len;
     if (rc == 0 && seq % CHILD_BURST == 0)
-      rc = child_acks(ch, &acked, 0, n, k, MEMPORT_NOWAIT);
+      rc = child_acks(ch, &acked, n, k, MEMPORT_NOWAIT);
   }
-  if (rc == 0) {
-    struct head end = {KIND_END, n, total, 0};
-    rc = memport_chan_send(ch, &end, sizeof end, 0, CHILD_TIMEOUT);
-  }
-  /* Stay until the last ack: then the parent has checked everything, and our close (a crash
-   * would look the same, see rule 3) tells it nothing it still needs. */
+  /* The end of the stream, in order: an end made by memport_chan_pair announces nothing when it
+   * is closed (a forked copy may still be in use), so say it. Acks still arrive after it. */
   if (rc == 0)
-    rc = child_acks(ch, &acked, n, n, k, CHILD_TIMEOUT);
+    rc = memport_chan_shutdown(ch, MEMPORT_CHAN_SHUT_SEND);
+  if (rc == 0)
+    rc = child_acks(ch, &acked, n, k, CHILD_TIMEOUT);
   if (rc != 0)
     fprintf(stderr, "libuv-chan: child: %s (acknowledged up to %" PRIu32 ")\n", memport_strerror(rc), acked);
   memport_chan_close(ch);
@@ -179,14 +166,14 @@ struct consumer {
   memport_chan_t *ch;
   uv_poll_t readable; /* the channel's pollable handle */
   uv_timer_t tick;
-  uint32_t k;
-  uint32_t received;  /* DATA messages checked, in order */
+  uint32_t n, k;
+  uint32_t received;  /* messages checked, in order */
   uint64_t bytes;     /* their payload bytes */
   uint32_t ack_due;   /* what we owe the child: received, rounded down to k (or all at the end) */
   uint32_t acked;     /* what the child has been sent */
-  int ack_waiting;     /* ack_due found the ring full at least once */
+  int ack_waiting;    /* ack_due found the ring full */
   unsigned acks_sent, ring_full, readiness, ticks;
-  int ended;          /* the end-of-stream message arrived and agreed */
+  int ended;          /* the child shut its sending side after its last message */
   int closing;
   const char *failure;
   uint64_t start_ms;
@@ -198,17 +185,15 @@ static void stop(struct consumer *c, const char *failure) {
   if (c->closing)
     return;
   c->closing = 1;
-  /* With both handles closed, uv_run returns. The descriptor behind `readable` belongs to the
-   * channel, so libuv must let go of it before memport_chan_close closes it (in main). */
+  /* With both handles closed, uv_run returns. The handle behind `readable` belongs to the
+   * channel, so libuv must let go of it before memport_chan_close closes it (in parent_main). */
   uv_close((uv_handle_t *)&c->readable, NULL);
   uv_close((uv_handle_t *)&c->tick, NULL);
 }
 
-/* Send the ack we owe, if any. Never waits: when the ring has no room, the debt stays in ack_due
- * and a later pass (readiness or tick) sends the newest value, which covers this one.
- * Today: no handle says when room frees, so that later pass may be a timer tick. With a
- * send-readiness handle (issue 8 item 2) one would poll it for UV_READABLE while ack_due > acked
- * and stop polling it once the ack is out; the timer would remain only as the watchdog. */
+/* Send the ack we owe, if any. Never waits: when the ring has no room, the debt stays in ack_due,
+ * and the failed send makes the channel's handle ready once the same send could succeed; the
+ * next pass then sends the newest value, which covers this one. */
 static void flush_ack(struct consumer *c) {
   if (c->ack_due == c->acked || c->closing)
     return;
@@ -237,14 +222,7 @@ static const char *check(struct consumer *c, const memport_buf_t *m) {
   /* The bytes are the sender's shared memory, which it could still change: copy the header once
    * and use only the copy. (A payload changed under us just fails the checksum.) */
   memcpy(&h, m->data, sizeof h);
-  if (h.kind == KIND_END) {
-    if (h.seq != c->received || h.len != c->bytes)
-      return "end-of-stream totals disagree with what arrived";
-    c->ended = 1;
-    c->ack_due = c->received;
-    return NULL;
-  }
-  if (h.kind != KIND_DATA || c->ended)
+  if (h.kind != KIND_DATA)
     return "a message of the wrong kind";
   if (h.seq != c->received + 1)
     return "a message out of order (or lost)";
@@ -259,27 +237,35 @@ static const char *check(struct consumer *c, const memport_buf_t *m) {
   return NULL;
 }
 
-/* Receive until the channel says MEMPORT_EAGAIN. That last, empty receive is what arms the
- * handle for the next message (today: rule 1 at the top), so it must come after any send of this
- * pass; the acks that fall due meanwhile are sent from inside the loop, which then goes on
- * receiving. With level-triggered readiness (issue 8 item 1) stopping early would be allowed (to
- * bound a pass, say), and the order of send and receive would no longer matter. */
+/* The child said it sends no more, after its last message. */
+static void on_ended(struct consumer *c) {
+  if (c->received != c->n) {
+    stop(c, "the child ended its stream early");
+    return;
+  }
+  c->ended = 1;
+  c->ack_due = c->received; /* the last ack, even if not a multiple of k */
+  /* From now on the handle stays ready (the receiving side has ended), so watching it would call
+   * us again and again. What is left is the last ack; if the ring is full, the timer retries it. */
+  uv_poll_stop(&c->readable);
+}
+
+/* Receive what waits. Going on until MEMPORT_EAGAIN is not required (the handle stays ready while
+ * a message waits, whatever else was called), but it takes a burst in one callback; a loop with
+ * other work to be fair to could stop after a few messages instead. */
 static void drain(struct consumer *c) {
-  while (!c->closing) {
+  while (!c->closing && !c->ended) {
     memport_buf_t m;
     int rc = memport_chan_recv(c->ch, &m, MEMPORT_NOWAIT);
     if (rc == MEMPORT_EAGAIN)
       return;
-    if (rc == MEMPORT_EPEER) {
-      /* Today: a closed and a crashed child look alike (rule 3). With a close code of its own
-       * (issue 8 item 4), that code after the last message would be the end of the stream and
-       * KIND_END could go; MEMPORT_EPEER would always be a failure. */
-      stop(c, c->ended ? NULL : "the child went away before the end of its stream");
+    if (rc == MEMPORT_ECLOSED) {
+      on_ended(c);
       return;
     }
-    if (rc != 0) {
+    if (rc != 0) { /* MEMPORT_EPEER: the child died (an orderly end is MEMPORT_ECLOSED) */
       fprintf(stderr, "libuv-chan: recv: %s\n", memport_strerror(rc));
-      stop(c, "receive failed");
+      stop(c, rc == MEMPORT_EPEER ? "the child died before the end of its stream" : "receive failed");
       return;
     }
     const char *bad = check(c, &m);
@@ -288,17 +274,17 @@ static void drain(struct consumer *c) {
       stop(c, bad);
       return;
     }
-    flush_ack(c);
+    flush_ack(c); /* now, not after the burst: the child is waiting for it */
   }
 }
 
-/* One pass over the channel, from either callback: first what could not be sent before, then
- * everything that waits. */
+/* One pass over the channel: what could not be sent before, then what waits. */
 static void service(struct consumer *c) {
   flush_ack(c);
   drain(c);
+  flush_ack(c);
   if (c->ended && c->acked == c->ack_due)
-    stop(c, NULL); /* the child has been told it is all here; it closes its side when it reads it */
+    stop(c, NULL); /* all here, and the child has been told so */
 }
 
 static void on_readable(uv_poll_t *p, int status, int events) {
@@ -316,11 +302,10 @@ static void on_readable(uv_poll_t *p, int status, int events) {
 static void on_tick(uv_timer_t *t) {
   struct consumer *c = t->data;
   c->ticks++;
-  if (uv_now(t->loop) - c->start_ms > WATCHDOG_MS) {
+  if (uv_now(t->loop) - c->start_ms > WATCHDOG_MS)
     stop(c, "timed out");
-    return;
-  }
-  service(c);
+  else if (c->ended)
+    service(c); /* the last ack, which no readiness will announce (see on_ended) */
 }
 
 /* The pollable handle as a descriptor for uv_poll (Linux); Darwin has none (see the top). */
@@ -337,6 +322,7 @@ static int parent_main(memport_chan_t *ch, uint32_t n, uint32_t k, pid_t child) 
   struct consumer c;
   memset(&c, 0, sizeof c);
   c.ch = ch;
+  c.n = n;
   c.k = k;
   memport_os_handle_t h;
   int rc = memport_chan_pollable(ch, &h);
@@ -358,8 +344,6 @@ static int parent_main(memport_chan_t *ch, uint32_t n, uint32_t k, pid_t child) 
   uint64_t t0 = uv_hrtime();
   uv_poll_start(&c.readable, UV_READABLE, on_readable);
   uv_timer_start(&c.tick, on_tick, TICK_MS, TICK_MS);
-  /* Messages may already wait, and nothing has armed the handle yet: one pass first. */
-  service(&c);
   uv_run(&loop, UV_RUN_DEFAULT);
   double elapsed = (double)(uv_hrtime() - t0) / 1e9;
   int loop_ok = uv_loop_close(&loop) == 0;
@@ -368,6 +352,9 @@ static int parent_main(memport_chan_t *ch, uint32_t n, uint32_t k, pid_t child) 
   memset(&st, 0, sizeof st);
   st.struct_size = sizeof st;
   memport_chan_stats(ch, &st);
+  /* An end made by memport_chan_pair announces nothing when closed (see the child): shut it, so
+   * that the child, reading its acks, gets MEMPORT_ECLOSED after the last one. */
+  memport_chan_shutdown(ch, MEMPORT_CHAN_SHUT_SEND);
   memport_chan_close(ch);
   if (c.failure != NULL)
     kill(child, SIGKILL); /* it may be waiting for an ack that will not come */
@@ -376,20 +363,20 @@ static int parent_main(memport_chan_t *ch, uint32_t n, uint32_t k, pid_t child) 
 
   printf("libuv-chan: %" PRIu32 " messages, %" PRIu64 " payload bytes in %.3f s (%.0f MB/s)\n", c.received,
          c.bytes, elapsed, elapsed > 0 ? (double)c.bytes / elapsed / 1e6 : 0.0);
-  printf("  received (end-of-stream included) through the ring: %" PRIu64 ", zero-copy from the pool: %" PRIu64
-         ", in one-off regions: %" PRIu64 "\n",
+  printf("  received through the ring: %" PRIu64 ", zero-copy from the pool: %" PRIu64 ", in one-off regions: %" PRIu64
+         "\n",
          st.recv_ring_msgs, st.recv_pool_msgs, st.recv_oneoff_msgs);
   printf("  loop: %u readiness callbacks, %u timer ticks; acks: %u sent (%u of them waited for room in the ring)\n",
          c.readiness, c.ticks, c.acks_sent, c.ring_full);
   if (c.failure == NULL && n >= LARGE_EVERY && (st.recv_ring_msgs == 0 || st.recv_pool_msgs == 0))
     c.failure = "one of the two paths (ring, zero-copy) was not used";
-  if (c.failure == NULL && c.received != n)
+  if (c.failure == NULL && (c.received != n || !c.ended))
     c.failure = "not every message arrived";
   if (c.failure == NULL && !child_ok)
     c.failure = "the child failed (see its message above)";
   if (c.failure == NULL && !loop_ok)
     c.failure = "the loop still had handles";
-  printf("libuv-chan: %s%s\n", c.failure == NULL ? "ok: every message intact and in order, every ack seen" : "FAILED: ",
+  printf("libuv-chan: %s%s\n", c.failure == NULL ? "ok: every message intact and in order, every ack seen, both ends closed in order" : "FAILED: ",
          c.failure == NULL ? "" : c.failure);
   return c.failure == NULL ? 0 : 1;
 }
