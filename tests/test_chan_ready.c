@@ -688,6 +688,40 @@ static void test_chan_ready_sender_after_half_close_does_not_spin(void **state) 
   memport_chan_close(b);
 }
 
+/* The peer closes the whole channel while its port lives on in another process (a fork holds
+ * it): the port does not end, yet a waiting sender is woken and its sends end with MEMPORT_ECLOSED. */
+static int hold_fds(void *arg) {
+  (void)arg;
+  th_sleep_ms(3000);
+  return 0;
+}
+
+static void test_chan_ready_full_close_with_port_held_elsewhere(void **state) {
+  (void)state;
+  memport_chan_opts_t o;
+  tiny_opts(&o);
+  memport_chan_t *a = NULL, *b = NULL;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  th_assert_ok(memport_chan_shutdown(b, MEMPORT_CHAN_SHUT_SEND)); /* this process speaks for b */
+  pid_t pid = th_fork(hold_fds, NULL, 10);
+  memport_os_handle_t h;
+  th_assert_ok(memport_chan_pollable(a, &h));
+  struct pollfd p = {.fd = h, .events = POLLIN};
+  char msg[400];
+  size_t len;
+  th_assert_rc(memport_chan_recv_copy(a, msg, sizeof msg, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  fill_ring(a);
+  assert_int_equal(poll(&p, 1, 0), 0);
+  memport_chan_close(b);
+  assert_int_equal(poll(&p, 1, 1000), 1);
+  th_assert_rc(memport_chan_send(a, msg, sizeof msg, 0, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  th_assert_rc(memport_chan_send(a, msg, sizeof msg, 0, 10 * MS), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&p, 1, 0), 1);
+  memport_chan_close(a);
+  kill(pid, SIGKILL);
+  (void)th_wait(pid, 10);
+}
+
 /* A hostile peer's close position (in its link page) that does not fit the ring breaks the
  * channel with MEMPORT_EPROTO, at once or when the receiver gets there; never a hang. */
 static void test_chan_ready_bogus_close_position_gives_eproto(void **state) {
@@ -734,6 +768,7 @@ int main(void) {
       cmocka_unit_test(test_chan_ready_after_half_close_handle_waits_for_room),
       cmocka_unit_test(test_chan_ready_both_half_close),
       cmocka_unit_test(test_chan_ready_sender_after_half_close_does_not_spin),
+      cmocka_unit_test(test_chan_ready_full_close_with_port_held_elsewhere),
       cmocka_unit_test(test_chan_ready_bogus_close_position_gives_eproto),
       cmocka_unit_test(test_chan_ready_random_event_loops_never_stall),
   };
