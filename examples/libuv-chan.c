@@ -14,9 +14,9 @@
  *
  * The loop never blocks on the channel. It watches
  *  - a uv_poll_t on the channel's pollable handle (memport_chan_pollable), which is ready while a
- *    message waits, once the stream has ended, and after a send failed with MEMPORT_EAGAIN, once
- *    that send could succeed;
- *  - a uv_timer_t: the watchdog, and the retry of the last ack (see on_ended()).
+ *    message waits, when the stream has ended (until a receive has said so), and after a send
+ *    failed with MEMPORT_EAGAIN, once that send could succeed;
+ *  - a uv_timer_t: the watchdog.
  * Every K messages (and at the end) the loop sends an acknowledgement back over the same channel
  * with MEMPORT_NOWAIT: "I have everything up to message X". Acks are cumulative, so when the ring
  * is full (MEMPORT_EAGAIN) nothing is queued: the loop remembers the latest count and sends it
@@ -245,9 +245,9 @@ static void on_ended(struct consumer *c) {
   }
   c->ended = 1;
   c->ack_due = c->received; /* the last ack, even if not a multiple of k */
-  /* From now on the handle stays ready (the receiving side has ended), so watching it would call
-   * us again and again. What is left is the last ack; if the ring is full, the timer retries it. */
-  uv_poll_stop(&c->readable);
+  /* Once a receive has returned MEMPORT_ECLOSED the handle is no longer ready for the ended
+   * stream: it only says when a send that failed with MEMPORT_EAGAIN could now succeed. So the
+   * same poll keeps serving the last ack if the ring is full. */
 }
 
 /* Receive what waits. Going on until MEMPORT_EAGAIN is not required (the handle stays ready while
@@ -304,8 +304,6 @@ static void on_tick(uv_timer_t *t) {
   c->ticks++;
   if (uv_now(t->loop) - c->start_ms > WATCHDOG_MS)
     stop(c, "timed out");
-  else if (c->ended)
-    service(c); /* the last ack, which no readiness will announce (see on_ended) */
 }
 
 /* The pollable handle as a descriptor for uv_poll (Linux); Darwin has none (see the top). */
