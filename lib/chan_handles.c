@@ -104,11 +104,11 @@ int memport_chan_send_msg(memport_chan_t *chan, const void *data, size_t len, me
       count += handles->handles[i].kind != 0;
   if (count == 0)
     return memport_chan_send(chan, data, len, 0, timeout_ns); /* a plain message */
-  if (len > memport_ring_max_record(chan->tx_ring) - sizeof(struct memport__rec_handles))
-    return MEMPORT_EMSGSIZE;
   int rc = memport__chan_live(chan);
   if (rc < 0)
     return memport__chan_tx_code(chan, rc);
+  if (len > memport_ring_max_record(chan->tx_ring) - sizeof(struct memport__rec_handles))
+    return MEMPORT_EMSGSIZE;
   rc = handles_send(chan, data, len, handles, count, flags, memport__deadline(timeout_ns));
   if (rc >= 0)
     return rc;
