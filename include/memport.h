@@ -352,6 +352,15 @@ MEMPORT_EXPORT int memport_chan_free_buf(memport_chan_t *chan, memport_buf_t *bu
 /* Receive the next message in place (read-only); hand it back with memport_chan_release. */
 MEMPORT_EXPORT int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns);
 MEMPORT_EXPORT int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf);
+/* Send `len` bytes and the handles of `handles` (its bytes are ignored) as one message, in order
+ * with the others. The handles are moved (gone from `handles` on success) unless flags has
+ * MEMPORT_ATTACH_COPY. The bytes go through the ring: at most memport_ring_max_record - 8. */
+MEMPORT_EXPORT int memport_chan_send_msg(memport_chan_t *chan, const void *data, size_t len, memport_msg_t *handles,
+                                         unsigned flags, int64_t timeout_ns);
+/* memport_chan_recv that also yields the message's handles into `handles` (cleared first; none for
+ * a message without). memport_chan_recv and memport_chan_recv_copy close them. */
+MEMPORT_EXPORT int memport_chan_recv_msg(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *handles,
+                                         int64_t timeout_ns);
 /* Receive by copying into dst; MEMPORT_EMSGSIZE (message kept) if cap is too small. */
 MEMPORT_EXPORT int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *len,
                                           int64_t timeout_ns);
@@ -375,6 +384,8 @@ typedef struct memport_chan_stats {
   uint32_t rx_pool_buffers;   /* the peer's pool (0 until it sends through it) */
   uint32_t rx_pool_held;      /* ... received here, not yet released */
   uint32_t reserved;
+  uint64_t sent_handle_msgs, sent_handles; /* messages with handles (memport_chan_send_msg), handles */
+  uint64_t recv_handle_msgs, recv_handles; /* ... received (also counted as ring messages) */
 } memport_chan_stats_t;
 /* Fill *stats (private counters: no system call, nothing shared written). Same thread rules as
  * the other calls on the endpoint. */

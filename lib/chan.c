@@ -677,6 +677,14 @@ static int chan_next(memport_chan_t *ch, struct memport__chan_rec *rec, int64_t 
       rec->len = (size_t)rec->blob.len;
       return 0;
     }
+  } else if (type == MEMPORT__REC_HANDLES && len >= sizeof rec->handles) {
+    memcpy(&rec->handles, p, sizeof rec->handles); /* once */
+    if (rec->handles.seq == ch->rx_blob_seq && rec->handles.count != 0 &&
+        rec->handles.count <= MEMPORT_MSG_MAX_HANDLES) {
+      rec->ptr = (const unsigned char *)p + sizeof rec->handles;
+      rec->len = len - sizeof rec->handles;
+      return 0;
+    }
   }
   return memport__chan_break(ch, MEMPORT_EPROTO);
 }
@@ -690,7 +698,9 @@ static int chan_release_record(memport_chan_t *ch) {
   return 0;
 }
 
-int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
+/* memport_chan_recv, and memport_chan_recv_msg when `handles` is not NULL (the handles of a
+ * message that carries some go there; with NULL they are closed). */
+static int chan_recv(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *handles, int64_t timeout_ns) {
   if (chan == NULL || buf == NULL)
     return MEMPORT_EINVAL;
   struct memport__chan_rec rec;
@@ -698,6 +708,11 @@ int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_
   if (rc < 0)
     return rc;
   switch (rec.type) {
+  case MEMPORT__REC_HANDLES:
+    rc = memport__chan_handles_take(chan, &rec, handles);
+    if (rc < 0)
+      return rc;
+    /* fall through - its bytes are held in the ring as an inline message's */
   case MEMPORT__REC_INLINE:
     chan->holding_inline = true;
     chan->rx_inline_ticket = memport__chan_ticket(chan);
@@ -728,6 +743,17 @@ int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_
     return chan_release_record(chan);
   }
   }
+}
+
+int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
+  return chan_recv(chan, buf, NULL, timeout_ns);
+}
+
+int memport_chan_recv_msg(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *handles, int64_t timeout_ns) {
+  if (chan == NULL || buf == NULL || handles == NULL)
+    return MEMPORT_EINVAL;
+  memport_msg_clear(handles);
+  return chan_recv(chan, buf, handles, timeout_ns);
 }
 
 int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf) {
@@ -770,6 +796,11 @@ int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *
   if (rec.len > cap)
     return MEMPORT_EMSGSIZE; /* the record stays first in the ring */
   switch (rec.type) {
+  case MEMPORT__REC_HANDLES:
+    rc = memport__chan_handles_take(chan, &rec, NULL); /* closed: a copy takes the bytes only */
+    if (rc < 0)
+      return rc;
+    /* fall through */
   case MEMPORT__REC_INLINE:
     if (rec.len != 0)
       memcpy(dst, rec.ptr, rec.len);

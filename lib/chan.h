@@ -48,12 +48,22 @@ struct memport__chan_counters {
   uint64_t rx_msgs[3], rx_bytes[3];
   uint64_t oneoff_fallbacks, oneoff_refused;
   uint64_t wakes_sent, wakes_received;
+  uint64_t tx_handle_msgs, tx_handles, rx_handle_msgs, rx_handles;
 };
 
-/* An oversized message's region, received over the port ahead of its ring record. */
+/* The handles of one message, received over the port ahead of its ring record (chan_handles.c). */
+struct memport__chan_handles {
+  uint32_t count;
+  struct memport__handle h[]; /* count of them, owned */
+};
+
+/* What a message carried over the port brought, received ahead of its ring record: an oversized
+ * message's region, or a message's handles. */
 struct memport__chan_blob {
-  memport_region_t *region; /* NULL: lost for want of descriptors (memport__chan_pump) */
+  memport_region_t *region; /* a one-off region; NULL with handles NULL: lost for want of
+                               descriptors (memport__chan_pump), whatever it was */
   uint64_t len;
+  struct memport__chan_handles *handles; /* a message's handles (region NULL) */
 };
 
 struct memport_chan {
@@ -95,7 +105,8 @@ struct memport_chan {
   uint32_t tx_pool_want_count;                 /* our pool as configured: made when first needed */
   size_t tx_pool_want_size;
 
-  /* Oversized messages (chan_blob.c). */
+  /* Oversized messages (chan_blob.c) and messages with handles (chan_handles.c): both carried
+   * over the port, numbered and bounded together (chan_proto.h). */
   uint32_t tx_blob_seq;  /* sequence number of the next one we send */
   uint64_t tx_blobs_sent;
   uint64_t tx_blob_end[MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT]; /* TX ring position after each one's record */
@@ -139,6 +150,7 @@ struct memport__chan_rec {
   size_t len; /* of the message */
   struct memport__rec_pool pool;
   struct memport__rec_blob blob;
+  struct memport__rec_handles handles;
 };
 
 /* chan.c */
@@ -264,5 +276,19 @@ static inline bool memport__chan_blobs_full(const memport_chan_t *ch) {
 MEMPORT_HIDDEN int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *rec, void **map,
                                            size_t *maplen);
 MEMPORT_HIDDEN void memport__chan_blob_fini(memport_chan_t *ch);
+/* The entry at the head of rx_blobs is done with (its record's sequence number is passed). */
+MEMPORT_HIDDEN void memport__chan_blob_pop(memport_chan_t *ch);
+
+/* chan_handles.c: messages that carry handles. */
+/* Control message MEMPORT__CTL_HANDLES arrived with its handles. */
+MEMPORT_HIDDEN int memport__chan_handles_arrived(memport_chan_t *ch, memport_msg_t *m, const unsigned char *b,
+                                                 size_t len);
+/* The handles of the message `rec` (a MEMPORT__REC_HANDLES record at the head of the RX ring):
+ * moved into `out` (cleared first), or closed when out is NULL. MEMPORT_EMFILE: they were lost for
+ * want of descriptors, and the record is released (the message is lost). */
+MEMPORT_HIDDEN int memport__chan_handles_take(memport_chan_t *ch, const struct memport__chan_rec *rec,
+                                              memport_msg_t *out);
+/* Close a queued entry's handles. */
+MEMPORT_HIDDEN void memport__chan_handles_free(struct memport__chan_handles *h);
 
 #endif /* MEMPORT_CHAN_H */

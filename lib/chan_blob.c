@@ -188,6 +188,7 @@ int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t *m, const unsig
       &ch->rx_blobs[(ch->rx_blobs_head + ch->rx_blobs_count) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
   s->region = region;
   s->len = blob.len;
+  s->handles = NULL;
   ch->rx_blobs_count++;
   ch->rx_blob_announced++;
   return 0;
@@ -198,11 +199,12 @@ void memport__chan_blob_lost(memport_chan_t *ch) {
       &ch->rx_blobs[(ch->rx_blobs_head + ch->rx_blobs_count) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
   s->region = NULL;
   s->len = 0;
+  s->handles = NULL;
   ch->rx_blobs_count++;
   ch->rx_blob_announced++;
 }
 
-static void pop(memport_chan_t *ch) {
+void memport__chan_blob_pop(memport_chan_t *ch) {
   ch->rx_blobs_head = (ch->rx_blobs_head + 1) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT;
   ch->rx_blobs_count--;
   ch->rx_blob_seq++;
@@ -223,8 +225,10 @@ int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *
   if (ch->rx_blobs_count == 0)
     return memport__chan_break(ch, MEMPORT_EPROTO);
   struct memport__chan_blob *s = &ch->rx_blobs[ch->rx_blobs_head];
+  if (s->handles != NULL) /* a message's handles where a one-off region was announced */
+    return memport__chan_break(ch, MEMPORT_EPROTO);
   if (s->region == NULL) { /* its region never arrived (memport__chan_pump): this message is lost */
-    pop(ch);
+    memport__chan_blob_pop(ch);
     int rc = memport__ring_release(ch->rx_ring);
     if (rc < 0)
       return memport__chan_ring_error(ch, rc);
@@ -239,12 +243,17 @@ int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *
   *maplen = memport_region_size(s->region);
   memport_region_close(s->region);
   s->region = NULL;
-  pop(ch);
+  memport__chan_blob_pop(ch);
   return 0;
 }
 
 void memport__chan_blob_fini(memport_chan_t *ch) {
-  for (uint32_t i = 0; i < ch->rx_blobs_count; i++)
-    memport_region_close(ch->rx_blobs[(ch->rx_blobs_head + i) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT].region);
+  for (uint32_t i = 0; i < ch->rx_blobs_count; i++) {
+    struct memport__chan_blob *s = &ch->rx_blobs[(ch->rx_blobs_head + i) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
+    memport_region_close(s->region);
+    memport__chan_handles_free(s->handles);
+    s->region = NULL;
+    s->handles = NULL;
+  }
   ch->rx_blobs_count = 0;
 }

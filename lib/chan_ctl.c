@@ -58,6 +58,8 @@ static int handle_ctl(memport_chan_t *ch, memport_msg_t *m) {
     return memport__chan_blob_arrived(ch, m, b, len);
   case MEMPORT__CTL_POOL:
     return memport__chan_pool_arrived(ch, m, b, len);
+  case MEMPORT__CTL_HANDLES:
+    return memport__chan_handles_arrived(ch, m, b, len);
   default:
     return MEMPORT_EPROTO;
   }
@@ -94,8 +96,9 @@ int memport__chan_pump(memport_chan_t *ch, uint64_t deadline) {
     return memport__chan_break(ch, MEMPORT_EPROTO);
   if (rc == MEMPORT_EMFILE) {
     /* The port dropped a message whose handles we had no descriptors for. After the handshake
-     * only an oversized message's region travels that way: its record comes later, and that
-     * message is reported (MEMPORT_EMFILE) and skipped in its turn (memport__chan_blob_take). */
+     * only an oversized message's region or a message's handles travel that way (numbered
+     * together): its record comes later, and that message is reported (MEMPORT_EMFILE) and
+     * skipped in its turn (memport__chan_blob_take, memport__chan_handles_take). */
     memport__chan_blob_lost(ch);
     return MEMPORT_EAGAIN; /* read no further now: the next ones may find descriptors free */
   }

@@ -41,6 +41,8 @@ struct memport__chan_link {
 #define MEMPORT__REC_INLINE 1u /* channel: the payload is the message */
 #define MEMPORT__REC_POOL   2u /* channel: struct memport__rec_pool, the message is in the sender's pool */
 #define MEMPORT__REC_BLOB   3u /* channel: struct memport__rec_blob, the message is a one-off region */
+#define MEMPORT__REC_HANDLES 4u /* channel: struct memport__rec_handles then the message's bytes; its
+                                 * handles came over the port (MEMPORT__CTL_HANDLES) */
 
 struct memport__rec_pool {
   uint32_t index;  /* pool buffer */
@@ -49,17 +51,27 @@ struct memport__rec_pool {
   uint64_t len;    /* of the message */
 };
 
+/* Sequence numbers of BLOB and HANDLES records are one count per direction: the n-th message
+ * whose handles travel over the port (a one-off region, or the handles of a message), from 0. A
+ * port message dropped for want of descriptors is thereby matched with its record whatever its
+ * type. */
 struct memport__rec_blob {
-  uint32_t seq; /* n-th oversized message of this direction, from 0 */
+  uint32_t seq; /* n-th message of this direction carried over the port, from 0 */
   uint32_t reserved;
   uint64_t len; /* of the message */
+};
+
+struct memport__rec_handles {
+  uint32_t seq;   /* as struct memport__rec_blob's */
+  uint32_t count; /* handles (1 .. MEMPORT_MSG_MAX_HANDLES) */
+  /* the message's bytes follow */
 };
 
 /* ------------------------------------------------------------------------------------------ */
 /* Channel control messages over the port. All start with this header.                        */
 
 #define MEMPORT__CTL_MAGIC 0x4843504du /* "MPCH" */
-#define MEMPORT__CHAN_VERSION 4u /* 2: the link page (wake request, release queue); 3: MEMPORT__CTL_POOL; 4: space wake, close position */
+#define MEMPORT__CHAN_VERSION 5u /* 2: the link page (wake request, release queue); 3: MEMPORT__CTL_POOL; 4: space wake, close position; 5: MEMPORT__CTL_HANDLES, one sequence for BLOB and HANDLES */
 #define MEMPORT__CTL_HELLO   1u /* handshake: ring handles (4), the pool when pool_buffers > 0 (1), the link page (1) */
 #define MEMPORT__CTL_WAKE    2u /* a record or a release waits (asked for through the link page) */
 #define MEMPORT__CTL_RELEASE 3u /* pool buffers given back to their owner */
@@ -67,7 +79,10 @@ struct memport__rec_blob {
 #define MEMPORT__CTL_POOL    5u /* the sender's pool (one read-only region), made when first needed: sent
                                  * once, ahead of the first record naming one of its buffers, and only
                                  * when the HELLO carried no pool */
+#define MEMPORT__CTL_HANDLES 6u /* the handles (1 .. MEMPORT_MSG_MAX_HANDLES) of the message whose
+                                 * struct memport__rec_handles record follows in the ring */
 
+/* Messages carried over the port (one-off regions and handles together) sent and not yet consumed. */
 #define MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT 64u
 
 struct memport__ctl_hdr {
@@ -109,6 +124,13 @@ struct memport__ctl_pool {
   uint32_t buffers; /* as struct memport__ctl_hello's pool_buffers (never 0) */
   uint32_t reserved;
   uint64_t buffer_size;
+};
+
+struct memport__ctl_handles {
+  struct memport__ctl_hdr hdr;
+  uint32_t seq;   /* matches the struct memport__rec_handles record that follows in the ring */
+  uint32_t count; /* handles attached, and kind bytes that follow */
+  /* uint8_t kinds[count]: MEMPORT_HANDLE_* of each attached handle, in order */
 };
 
 #endif /* MEMPORT_CHAN_PROTO_H */

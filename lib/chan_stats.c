@@ -26,6 +26,10 @@ int memport_chan_stats(memport_chan_t *chan, memport_chan_stats_t *stats) {
   s.oneoff_refused = c->oneoff_refused;
   s.wakeups_sent = c->wakes_sent;
   s.wakeups_received = c->wakes_received;
+  s.sent_handle_msgs = c->tx_handle_msgs;
+  s.sent_handles = c->tx_handles;
+  s.recv_handle_msgs = c->rx_handle_msgs;
+  s.recv_handles = c->rx_handles;
   s.tx_ring_used = memport__ring_tx_fill(chan->tx_ring);
   s.tx_ring_capacity = memport__ring_capacity(chan->tx_ring);
   s.rx_ring_used = memport__ring_rx_fill(chan->rx_ring);

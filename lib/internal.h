@@ -116,6 +116,8 @@ MEMPORT_HIDDEN memport_port_t *memport__port_alloc(void);
 MEMPORT_HIDDEN int memport__msg_push(memport_msg_t *msg, int kind, void *object);
 /* Close and forget every handle in a message. */
 MEMPORT_HIDDEN void memport__msg_drop_handles(memport_msg_t *msg);
+/* Close n handles outside a message (kind 0: taken, skipped); each slot is left taken. */
+MEMPORT_HIDDEN void memport__handles_close(struct memport__handle *h, size_t n);
 /* memport_port_send(3) and memport_port_recv(3) on an absolute deadline, for portable code inside
  * the library (lib/port.c): MEMPORT_ETIMEDOUT when it passes, whatever the deadline. */
 MEMPORT_HIDDEN int memport__port_send(memport_port_t *p, memport_msg_t *msg, uint64_t deadline);

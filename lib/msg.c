@@ -68,6 +68,14 @@ void memport__msg_drop_handles(memport_msg_t *msg) {
   msg->nhandles = 0;
 }
 
+void memport__handles_close(struct memport__handle *h, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    handle_close(h[i].kind, handle_object(&h[i]));
+    h[i].kind = 0;
+    h[i].u.port = NULL;
+  }
+}
+
 /* Make the object of one raw received handle: portable fields from the record, the rest by the
  * backend. NULL with *err set on failure; the raw handle then still owns its OS handles. */
 static void *object_from_raw(const struct memport__raw_handle *rh, const memport_cred_t *sender, int *err) {

@@ -583,6 +583,102 @@ static void test_channel_receiver_out_of_descriptors_drops_one_oversized_message
   assert_int_equal(th_count_memport_maps(), maps);
 }
 
+/* A message's handles, or an oversized message's region, that arrive while the receiver has no
+ * descriptor free: that message alone is reported (MEMPORT_EMFILE) and dropped, whichever kind
+ * it was (both are numbered in one sequence); the others arrive whole, in order. */
+static int emfile_handles_child(void *arg) {
+  struct ends *e = arg;
+  memport_chan_close(e->mine);
+  memport_chan_t *c = e->theirs;
+  memport_msg_t *hm;
+  if (memport_msg_create(&hm) != 0 || !wait_at_least(&g_sh->stage, 1, 20 * SEC))
+    return 1;
+  memport_buf_t b;
+  if (memport_chan_recv_msg(c, &b, hm, SEC) != 0 || b.len != 2 || memport_chan_release(c, &b) != 0)
+    return 2;
+  int fds = th_count_fds();
+  for (int lost = 1; lost <= 3; lost += 2) { /* message 1 (handles), then message 3 (one-off) */
+    if (set_nofile(limit_with_free_slots(0)) != 0)
+      return 3;
+    int rc = memport_chan_recv_msg(c, &b, hm, SEC);
+    set_nofile(g_nofile0);
+    if (rc != MEMPORT_EMFILE || th_count_fds() != fds) {
+      fprintf(stderr, "message %d without descriptors: %s, %d fds (was %d)\n", lost, memport_err_name(rc),
+              th_count_fds(), fds);
+      return 4;
+    }
+    rc = memport_chan_recv_msg(c, &b, hm, SEC); /* the next one, whole */
+    if (rc != 0 || (lost == 1 && (b.len != 2 || memcmp(b.data, "m2", 2) != 0)) ||
+        (lost == 3 && (b.len != 4 || memcmp(b.data, "with", 4) != 0 || memport_msg_handle_count(hm) != 2))) {
+      fprintf(stderr, "after lost message %d: %s\n", lost, memport_err_name(rc));
+      return 5;
+    }
+    if (lost == 3) {
+      memport_region_t *r;
+      void *p;
+      if (memport_msg_take_region(hm, 1, &r) != 0 || memport_region_map(r, MEMPORT_MAP_READONLY, &p) != 0 ||
+          !pattern_ok(p, 4096, 4))
+        return 6;
+      memport_unmap(p);
+      memport_region_close(r);
+    }
+    memport_chan_release(c, &b);
+  }
+  int rc = memport_chan_recv_msg(c, &b, hm, SEC);
+  if (rc != 0 || b.len != msg_size(5, SZ_BIG) || !pattern_ok(b.data, b.len, 5) || memport_chan_release(c, &b) != 0)
+    return 7;
+  memport_msg_clear(hm);
+  rc = memport_chan_recv_msg(c, &b, hm, 10 * SEC);
+  memport_msg_close(hm);
+  return rc == MEMPORT_EPEER ? 0 : 8;
+}
+
+static void attach_pattern_region(memport_msg_t *hm, uint32_t seed) {
+  memport_region_t *r;
+  void *p;
+  th_assert_ok(memport_region_create(&r, 4096, 0));
+  th_assert_ok(memport_region_map(r, 0, &p));
+  pattern(p, 4096, seed);
+  memport_unmap(p);
+  th_assert_ok(memport_msg_attach_region(hm, r, 0));
+}
+
+static void test_channel_receiver_out_of_descriptors_drops_one_message_with_handles(void **state) {
+  (void)state;
+  if (th_under_valgrind())
+    skip();
+  reset_shared();
+  int fds = th_count_fds(), maps = th_count_memport_maps();
+  memport_chan_opts_t o;
+  small_opts(&o);
+  memport_chan_t *a, *b;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  struct ends e = {a, b};
+  pid_t pid = th_fork(emfile_handles_child, &e, 60);
+  memport_chan_close(b);
+  memport_msg_t *hm;
+  th_assert_ok(memport_msg_create(&hm));
+  static unsigned char big[BIG_MAX];
+  th_assert_ok(memport_chan_send(a, "m0", 2, 0, SEC));
+  attach_pattern_region(hm, 1);
+  attach_pattern_region(hm, 2);
+  th_assert_ok(memport_chan_send_msg(a, "lost", 4, hm, 0, SEC));
+  th_assert_ok(memport_chan_send(a, "m2", 2, 0, SEC));
+  pattern(big, msg_size(3, SZ_BIG), 3);
+  th_assert_ok(memport_chan_send(a, big, msg_size(3, SZ_BIG), 0, SEC));
+  attach_pattern_region(hm, 3);
+  attach_pattern_region(hm, 4);
+  th_assert_ok(memport_chan_send_msg(a, "with", 4, hm, 0, SEC));
+  pattern(big, msg_size(5, SZ_BIG), 5);
+  th_assert_ok(memport_chan_send(a, big, msg_size(5, SZ_BIG), 0, SEC));
+  atomic_store(&g_sh->stage, 1);
+  memport_msg_close(hm);
+  memport_chan_close(a);
+  assert_int_equal(th_wait(pid, 60), 0);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(th_count_memport_maps(), maps);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* A full pool.                                                                                 */
 
@@ -938,6 +1034,7 @@ int main(void) {
       cmocka_unit_test(test_too_few_descriptors_for_a_message_gives_emfile_and_the_port_goes_on),
       cmocka_unit_test(test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks),
       cmocka_unit_test(test_channel_receiver_out_of_descriptors_drops_one_oversized_message),
+      cmocka_unit_test(test_channel_receiver_out_of_descriptors_drops_one_message_with_handles),
       cmocka_unit_test(test_full_pool_waits_then_times_out_then_recovers),
       cmocka_unit_test(test_consumer_that_never_reads_gives_back_pressure_and_loses_nothing),
       cmocka_unit_test(test_flood_of_oversized_announcements_is_held_back),

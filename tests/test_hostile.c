@@ -1293,6 +1293,129 @@ static void test_hostile_announcement_flood_then_exit_gives_epeer(void **state) 
   assert_int_equal(th_count_memport_maps(), maps);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Messages that carry handles (MEMPORT__CTL_HANDLES and MEMPORT__REC_HANDLES).                 */
+
+/* Send a MEMPORT__CTL_HANDLES that says `count` and `kinds` (nkinds bytes) with `nregions`
+ * regions attached. */
+static void hp_handles_ctl(struct hpeer *h, uint32_t seq, uint32_t count, const uint8_t *kinds, size_t nkinds,
+                           unsigned nregions) {
+  unsigned char bytes[sizeof(struct memport__ctl_handles) + 80];
+  struct memport__ctl_handles c = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_HANDLES, 0}, seq, count};
+  memcpy(bytes, &c, sizeof c);
+  memcpy(bytes + sizeof c, kinds, nkinds);
+  memport_msg_clear(h->m);
+  memport_msg_set_bytes(h->m, bytes, sizeof c + nkinds);
+  for (unsigned i = 0; i < nregions; i++) {
+    memport_region_t *r;
+    th_assert_ok(memport_region_create(&r, 4096, 0));
+    th_assert_ok(memport_msg_attach_region(h->m, r, 0));
+  }
+  th_assert_ok(memport_port_send(h->port, h->m, SEC));
+}
+
+static bool hp_handles_record(struct hpeer *h, uint32_t seq, uint32_t count) {
+  unsigned char rec[sizeof(struct memport__rec_handles) + 3];
+  struct memport__rec_handles r = {seq, count};
+  memcpy(rec, &r, sizeof r);
+  memcpy(rec + sizeof r, "abc", 3);
+  return hp_record(h, MEMPORT__REC_HANDLES, rec, sizeof rec);
+}
+
+/* Announcements that do not match: handles that never come, wrong counts, wrong kinds, a record
+ * of the other kind, a wrong sequence number. Each gives MEMPORT_EPROTO (never a hang), an honest
+ * one delivers its handle, and nothing is left behind. */
+static void test_hostile_handles_mismatch_gives_eproto_without_leaks(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = th_count_memport_maps();
+  static const uint8_t region1[] = {MEMPORT_HANDLE_REGION}, region2[] = {MEMPORT_HANDLE_REGION, MEMPORT_HANDLE_REGION},
+                       sem1[] = {MEMPORT_HANDLE_SEM};
+  for (int k = 0; k < 9; k++) {
+    struct hpeer h;
+    memport_chan_t *c = open_victim(&h, NULL);
+    int want = MEMPORT_EPROTO;
+    switch (k) {
+    case 0: /* honest */
+      hp_handles_ctl(&h, 0, 1, region1, 1, 1);
+      assert_true(hp_handles_record(&h, 0, 1));
+      want = 0;
+      break;
+    case 1: /* a record announcing handles that never come */
+      assert_true(hp_handles_record(&h, 0, 1));
+      break;
+    case 2: /* the control message says 2, carries 1 */
+      hp_handles_ctl(&h, 0, 2, region2, 2, 1);
+      assert_true(hp_handles_record(&h, 0, 2));
+      break;
+    case 3: /* a semaphore announced, a region attached */
+      hp_handles_ctl(&h, 0, 1, sem1, 1, 1);
+      assert_true(hp_handles_record(&h, 0, 1));
+      break;
+    case 4: /* the record's count is not the control message's */
+      hp_handles_ctl(&h, 0, 1, region1, 1, 1);
+      assert_true(hp_handles_record(&h, 0, 2));
+      break;
+    case 5: { /* handles where a one-off region's record follows */
+      hp_handles_ctl(&h, 0, 1, region1, 1, 1);
+      struct memport__rec_blob d = {0, 0, 100};
+      assert_true(hp_record(&h, MEMPORT__REC_BLOB, &d, sizeof d));
+      break;
+    }
+    case 6: /* a one-off region where a handles record follows */
+      assert_true(hp_honest_blob(&h, 100));
+      h.prod -= rec_total(sizeof(struct memport__rec_blob)); /* overwrite its record */
+      assert_true(hp_handles_record(&h, 0, 1));
+      break;
+    case 7: /* a wrong sequence number */
+      hp_handles_ctl(&h, 0, 1, region1, 1, 1);
+      assert_true(hp_handles_record(&h, 1, 1));
+      break;
+    default: /* count 0 in both */
+      hp_handles_ctl(&h, 0, 0, region1, 0, 0);
+      assert_true(hp_handles_record(&h, 0, 0));
+      break;
+    }
+    memport_msg_t *got;
+    th_assert_ok(memport_msg_create(&got));
+    memport_buf_t b;
+    int rc = memport_chan_recv_msg(c, &b, got, 2 * SEC);
+    if (rc != want)
+      fail_msg("case %d: %s, expected %s", k, memport_err_name(rc), memport_err_name(want));
+    if (want == 0) {
+      assert_int_equal(b.len, 3);
+      assert_int_equal(memport_msg_handle_count(got), 1);
+      th_assert_ok(memport_chan_release(c, &b));
+    } else {
+      th_assert_rc(memport_chan_recv_msg(c, &b, got, 0), MEMPORT_EPROTO); /* sticky */
+    }
+    memport_msg_close(got);
+    memport_chan_close(c);
+    hp_fini(&h);
+  }
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(th_count_memport_maps(), maps);
+}
+
+/* Handles sent with no record, more than may be in flight, then the peer goes: the victim stops
+ * reading its port (back-pressure), still learns of the end, and closing returns every handle. */
+static void test_hostile_handles_flood_then_exit_gives_epeer(void **state) {
+  (void)state;
+  int fds = th_count_fds(), maps = th_count_memport_maps();
+  struct hpeer h;
+  memport_chan_t *c = open_victim(&h, NULL);
+  static const uint8_t kinds[4] = {MEMPORT_HANDLE_REGION, MEMPORT_HANDLE_REGION, MEMPORT_HANDLE_REGION,
+                                   MEMPORT_HANDLE_REGION};
+  for (unsigned i = 0; i < MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT + 8; i++)
+    hp_handles_ctl(&h, i, 4, kinds, 4, 4);
+  memport_buf_t b;
+  th_assert_rc(memport_chan_recv(c, &b, 50 * MS), MEMPORT_ETIMEDOUT); /* nothing in the ring */
+  hp_fini(&h);
+  th_assert_rc(memport_chan_recv(c, &b, 5 * SEC), MEMPORT_EPEER);
+  memport_chan_close(c);
+  assert_int_equal(th_count_fds(), fds);
+  assert_int_equal(th_count_memport_maps(), maps);
+}
+
 /* The peer's semaphores count up without limit and its wait words are garbage: a victim waiting
  * for data is woken for nothing over and over, yet returns MEMPORT_ETIMEDOUT at its deadline. */
 static void test_hostile_spurious_wakeups_do_not_stretch_a_deadline(void **state) {
@@ -1550,6 +1673,8 @@ int main(void) {
       cmocka_unit_test(test_hostile_pool_buffer_resent_while_release_owed_gives_eproto),
       cmocka_unit_test(test_hostile_spurious_wakeups_do_not_stretch_a_deadline),
       cmocka_unit_test(test_hostile_announcement_flood_then_exit_gives_epeer),
+      cmocka_unit_test(test_hostile_handles_mismatch_gives_eproto_without_leaks),
+      cmocka_unit_test(test_hostile_handles_flood_then_exit_gives_epeer),
       cmocka_unit_test(test_hostile_peer_randomized_rounds),
       cmocka_unit_test(test_hostile_ring_peer_randomized_rounds),
   };

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* fuzz_ctl.c: libFuzzer harness: a channel whose peer is hostile: any HELLO, WAKE, RELEASE, BLOB and POOL control messages (with any handles), any ring records and release-queue entries, any close position and space-wake request in the link page. */
+/* fuzz_ctl.c: libFuzzer harness: a channel whose peer is hostile: any HELLO, WAKE, RELEASE, BLOB, POOL and HANDLES control messages (with any handles), any ring records and release-queue entries, any close position and space-wake request in the link page. */
 #include "fuzz.h"
 
 #include "chan_proto.h"
@@ -14,12 +14,14 @@
  * the control page of the channel's TX ring and the channel's link page, writable, as a peer
  * can), then runs a schedule:
  *
- *   peer: control messages (WAKE / RELEASE / BLOB / POOL / raw, with any handles); records in its ring
- *         of any type with any payload (INLINE bytes, POOL and BLOB descriptors); entries in the
+ *   peer: control messages (WAKE / RELEASE / BLOB / POOL / HANDLES / raw, with any handles); records
+ *         in its ring of any type with any payload (INLINE bytes, POOL, BLOB and HANDLES
+ *         descriptors); entries in the
  *         release queue in the channel's link page; consuming (or scribbling) the channel's TX
  *         ring positions, the release-queue head in its own link page, wait words, wake
  *         requests and its close position; reading the channel's control messages; hanging up;
- *   channel: recv / release / recv_copy / send (inline and zero-copy) / alloc + send_buf or
+ *   channel: recv or recv_msg / release / recv_copy / send (inline and zero-copy) or send_msg
+ *         (with handles, moved or copied) / alloc + send_buf or
  *         free_buf / pollable / shutdown, every one with MEMPORT_NOWAIT.
  *
  * Time is virtual (the link wraps memport__now_ns, memport__deadline and memport__expired): it
@@ -227,7 +229,28 @@ static void send_ctl(struct peer *p, struct fz *f) {
   size_t len;
   uint8_t kind = fz_u8(f);
   memport_msg_clear(p->msg);
-  switch (kind % 6u) {
+  /* A message's handles for kind 0xf5 and 0xfb (which meant "anything" before HANDLES existed). */
+  switch (kind % 6u == 5u && kind >= 0xf0u ? 6u : kind % 6u) {
+  case 6: { /* a message's handles: count and kinds true unless perturbed, sequence numbers near */
+    uint32_t n = fz_u8(f) % 4u;
+    struct memport__ctl_handles c = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_HANDLES, 0}, fz_u8(f) % 4u, n};
+    uint8_t m = fz_u8(f);
+    for (uint32_t i = 0; i < n; i++) {
+      uint8_t tok = (m & 1u) ? fz_u8(f) : (uint8_t)(3u + i % 4u); /* regions, a semaphore, a port */
+      int before = memport_msg_handle_count(p->msg);
+      attach_token(p, p->msg, tok, f);
+      b[sizeof c + i] = (uint8_t)memport_msg_handle_kind(p->msg, (size_t)before);
+    }
+    if (m & 2u)
+      c.count = fz_u8(f) % 66u;
+    if (m & 4u && n != 0)
+      b[sizeof c + fz_u8(f) % n] = fz_u8(f) % 5u;
+    memcpy(b, &c, sizeof c);
+    len = sizeof c + n;
+    if (m & 8u)
+      len = fz_u8(f) % (sizeof c + 8);
+    break;
+  }
   case 4: { /* our pool, made when first needed: valid, perturbed, again, or with other handles */
     struct memport__ctl_pool c = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_POOL, 0}, p->pool_n, 0, POOL_BUF};
     uint8_t m = fz_u8(f);
@@ -297,7 +320,18 @@ static void put_record(struct peer *p, struct fz *f) {
   unsigned char d[256];
   size_t len;
   uint32_t type;
-  switch (kind % 4u) {
+  /* A HANDLES record for kind 0xf3, 0xf7 and 0xfb (which meant "anything" before it existed). */
+  switch (kind % 4u == 3u && kind >= 0xf0u && kind < 0xfcu ? 4u : kind % 4u) {
+  case 4: { /* a message with handles: the count and sequence number near the truth */
+    struct memport__rec_handles r;
+    r.seq = fz_u8(f) % 4u;
+    r.count = fz_u8(f) % 5u;
+    memcpy(d, &r, sizeof r);
+    len = sizeof r + fz_u8(f) % 32u;
+    memset(d + sizeof r, kind, len - sizeof r);
+    type = MEMPORT__REC_HANDLES;
+    break;
+  }
   case 0: {
     struct memport__rec_pool r;
     r.index = fz_u8(f) % 4u;
@@ -548,7 +582,15 @@ static void run(struct fz *f) {
         memset(&held[i], 0, sizeof held[i]);
       }
       if (rc == 0) {
-        rc = memport_chan_recv(ch, &held[i], MEMPORT_NOWAIT);
+        if (o8 >= 216u) { /* with the handles: used, then closed with the message */
+          rc = memport_chan_recv_msg(ch, &held[i], p.msg, MEMPORT_NOWAIT);
+          for (int k = 0; rc == 0 && k < memport_msg_handle_count(p.msg); k++)
+            if (memport_msg_handle_kind(p.msg, (size_t)k) <= 0)
+              abort();
+          memport_msg_clear(p.msg);
+        } else {
+          rc = memport_chan_recv(ch, &held[i], MEMPORT_NOWAIT);
+        }
         if (rc == 0)
           touch(&held[i]);
         else
@@ -575,7 +617,16 @@ static void run(struct fz *f) {
     case 11: {
       size_t n = fz_u16(f) % sizeof buf;
       memset(buf, o8, n);
-      rc = memport_chan_send(ch, buf, n, fz_u8(f) & 1u ? MEMPORT_SEND_ZEROCOPY : 0u, MEMPORT_NOWAIT);
+      if (o8 >= 216u) { /* with handles, moved or copied */
+        memport_msg_clear(p.msg);
+        uint8_t nh = fz_u8(f);
+        for (unsigned k = 0; k < nh % 4u; k++)
+          attach_token(&p, p.msg, (uint8_t)(3u + (nh >> 2) % 4u), f);
+        rc = memport_chan_send_msg(ch, buf, n, p.msg, (nh & 0x80u) ? MEMPORT_ATTACH_COPY : 0u, MEMPORT_NOWAIT);
+        memport_msg_clear(p.msg);
+      } else {
+        rc = memport_chan_send(ch, buf, n, fz_u8(f) & 1u ? MEMPORT_SEND_ZEROCOPY : 0u, MEMPORT_NOWAIT);
+      }
       break;
     }
     case 12:
