@@ -242,6 +242,7 @@ static void *hammer_recv(void *arg) {
     int rc = recv_one(r->ch, turn % 2 == 1, scratch, 50 * MS, &id, &seq);
     if (rc == MEMPORT_EBUSY || rc == MEMPORT_ETIMEDOUT) {
       busy += rc == MEMPORT_EBUSY;
+      sched_yield();
       continue;
     }
     if (rc != 0)
