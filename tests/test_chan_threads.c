@@ -239,7 +239,7 @@ static void *hammer_recv(void *arg) {
   unsigned long busy = 0;
   for (unsigned turn = 0; atomic_load(&r->received) < total && !FAILED(); turn++) {
     uint32_t id, seq;
-    int rc = recv_one(r->ch, turn % 2 == 1, scratch, 50 * MS, &id, &seq);
+    int rc = recv_one(r->ch, turn % 4 != 0, scratch, 50 * MS, &id, &seq);
     if (rc == MEMPORT_EBUSY || rc == MEMPORT_ETIMEDOUT) {
       busy += rc == MEMPORT_EBUSY;
       sched_yield();
