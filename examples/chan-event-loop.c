@@ -8,10 +8,12 @@
  * (memport_chan_alloc, memport_chan_send_buf). No call ever waits: every send and receive uses
  * MEMPORT_NOWAIT, and the only place the loop sleeps is poll() on the channel's pollable handle
  * (memport_chan_pollable). That handle is ready when
- *  - a message waits, or the peer's sending side has ended (receives then return
- *    MEMPORT_ECLOSED), or
+ *  - a message waits, or the peer's sending side has ended and no receive has said so yet
+ *    (receives then return MEMPORT_ECLOSED), or
  *  - a send, alloc or send_buf that failed with MEMPORT_EAGAIN could now succeed;
  * whatever calls were made in between, so the loop needs no particular call order before poll().
+ * Once a receive has returned MEMPORT_ECLOSED the ended side no longer makes the handle ready, so
+ * a side that still has messages to send after the peer's half-close waits for room as before.
  *
  * When a side has sent everything it says so with memport_chan_shutdown(MEMPORT_CHAN_SHUT_SEND)
  * and goes on receiving. A side is done when its own sending is done and its receives returned
@@ -40,7 +42,6 @@
 
 #define MESSAGES 3000
 #define WATCHDOG_S 60
-#define SEC 1000000000LL
 
 /* Every message starts with this header; the payload after it is derived from (side, seq). */
 struct hdr {
@@ -61,6 +62,7 @@ struct side {
   int shut;           /* our sending side is shut down */
   int peer_done;      /* receives returned MEMPORT_ECLOSED */
   unsigned polls, tx_eagain, zerocopy_sent;
+  unsigned late_polls, late_idle; /* polls after our receives ended; of them, wakes that found nothing to do */
 };
 
 static void on_alarm(int sig) {
@@ -111,19 +113,18 @@ static void fill(unsigned char *dst, uint32_t side_id, uint32_t seq) {
 }
 
 /* Try to send the next message without waiting: 0 sent, MEMPORT_EAGAIN no room now (the
- * pollable handle becomes ready when the same call could succeed), another code on failure.
- * timeout_ns is MEMPORT_NOWAIT in the event loop (see finish_sending for the one exception). */
-static int send_next(struct side *s, int64_t timeout_ns) {
+ * pollable handle becomes ready when the same call could succeed), another code on failure. */
+static int send_next(struct side *s) {
   uint32_t seq = s->next_tx;
   uint32_t len = msg_len(s->side_id, seq);
   int err;
   if (!is_zerocopy(seq)) {
     unsigned char small[sizeof(struct hdr) + 240];
     fill(small, s->side_id, seq);
-    err = memport_chan_send(s->ch, small, len, 0, timeout_ns); /* copied into the ring */
+    err = memport_chan_send(s->ch, small, len, 0, MEMPORT_NOWAIT); /* copied into the ring */
   } else {
     if (!s->have_buf) {
-      err = memport_chan_alloc(s->ch, len, &s->buf, timeout_ns); /* EAGAIN: no free pool buffer */
+      err = memport_chan_alloc(s->ch, len, &s->buf, MEMPORT_NOWAIT); /* EAGAIN: no free pool buffer */
       if (err != 0)
         return err;
       fill(s->buf.data, s->side_id, seq); /* built in place, in shared memory */
@@ -131,7 +132,7 @@ static int send_next(struct side *s, int64_t timeout_ns) {
     }
     /* A send_buf that fails with MEMPORT_EAGAIN (no room in the ring for its announcement) leaves
      * the filled buffer with us: keep it and send the same buffer again later. */
-    err = memport_chan_send_buf(s->ch, &s->buf, timeout_ns);
+    err = memport_chan_send_buf(s->ch, &s->buf, MEMPORT_NOWAIT);
     if (err == 0) {
       s->have_buf = 0;
       s->zerocopy_sent++;
@@ -186,20 +187,6 @@ static int receive_all(struct side *s) {
   }
 }
 
-/* Once the peer's side has ended, the handle stays ready for good (memport_chan_pollable(3)), so
- * it can no longer tell us when room frees up. The peer is still receiving and nothing else is
- * left to wait for, so finish sending with waiting calls (a bounded wait, not poll()). */
-static int finish_sending(struct side *s) {
-  while (s->next_tx < MESSAGES) {
-    int err = send_next(s, 10 * SEC);
-    if (err != 0) {
-      fprintf(stderr, "%s: send %u: %s\n", s->name, s->next_tx, memport_strerror(err));
-      return -1;
-    }
-  }
-  return 0;
-}
-
 static int run(struct side *s) {
   memport_os_handle_t h;
   int err = memport_chan_pollable(s->ch, &h); /* borrowed: never read or closed by us */
@@ -214,10 +201,12 @@ static int run(struct side *s) {
   int fd = h;
 #endif
   struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  int woke_late = 0; /* the last poll returned after our receives had ended */
   for (;;) {
     /* 1. Send while there is room. */
+    uint32_t tx_before = s->next_tx;
     while (s->next_tx < MESSAGES) {
-      err = send_next(s, MEMPORT_NOWAIT);
+      err = send_next(s);
       if (err == MEMPORT_EAGAIN) {
         s->tx_eagain++; /* the handle will be ready when this send could succeed */
         break;
@@ -241,15 +230,15 @@ static int run(struct side *s) {
       return -1;
     if (s->shut && s->peer_done)
       return 0;
-    if (s->peer_done) { /* still sending, but the handle is ready for good: see finish_sending */
-      if (finish_sending(s) != 0)
-        return -1;
-      continue;
-    }
+    if (woke_late && s->next_tx == tx_before)
+      s->late_idle++; /* woken, yet still no room: should be rare, not once per spin */
     /* 4. Nothing to do until a message comes, the peer ends its side, or room frees up for the
      * send that failed. No draining or call order is needed first: the handle stays ready while
-     * any of that holds. */
+     * any of that holds. After our receives returned MEMPORT_ECLOSED (the peer is done sending
+     * but still receiving), only room for our failed send makes it ready. */
     s->polls++;
+    woke_late = s->peer_done;
+    s->late_polls += (unsigned)woke_late;
     if (poll(&pfd, 1, -1) < 0) {
       perror("poll");
       return -1;
@@ -307,9 +296,18 @@ int main(void) {
     fprintf(stderr, "%s: received %u of %u messages\n", s.name, s.next_rx, MESSAGES);
     rc = -1;
   }
+  /* A handle that stayed ready after the peer's end would make the loop spin: each poll would
+   * return at once and find the same send still without room, thousands of times while the
+   * peer drains the ring. A correct handle wakes for nothing rarely (a stale wake request). */
+  if (rc == 0 && s.late_idle > 200) {
+    fprintf(stderr, "%s: %u of %u polls after the peer's end woke for nothing: the handle spins\n", s.name,
+            s.late_idle, s.late_polls);
+    rc = -1;
+  }
   if (rc == 0)
-    printf("%-6s: sent %u (%u zero-copy), received and verified %u; %u polls, %u sends found no room\n",
-           s.name, s.next_tx, s.zerocopy_sent, s.next_rx, s.polls, s.tx_eagain);
+    printf("%-6s: sent %u (%u zero-copy), received and verified %u; %u polls (%u after the peer's end, "
+           "%u of them for nothing), %u sends found no room\n",
+           s.name, s.next_tx, s.zerocopy_sent, s.next_rx, s.polls, s.late_polls, s.late_idle, s.tx_eagain);
   if (pid == 0) {
     fflush(stdout);
     _exit(rc == 0 ? 0 : 1);

@@ -36,7 +36,7 @@ extern "C" {
 #define MEMPORT_EINVAL       (-EINVAL)       /* invalid argument: NULL, misaligned, unknown flag, zero size */
 #define MEMPORT_EMFILE       (-EMFILE)       /* out of descriptors */
 #define MEMPORT_ENOSPC       (-ENOSPC)       /* no space (ring or pool full) */
-#define MEMPORT_EPEER        (-EPIPE)        /* the peer closed its end or died */
+#define MEMPORT_EPEER        (-EPIPE)        /* the peer closed its port, died, or broke off the channel (an orderly channel close is MEMPORT_ECLOSED) */
 #define MEMPORT_ENAMETOOLONG (-ENAMETOOLONG) /* name longer than MEMPORT_NAME_MAX */
 #define MEMPORT_EOVERFLOW    (-EOVERFLOW)    /* size arithmetic would overflow */
 #define MEMPORT_EPROTO       (-EPROTO)       /* the peer broke the protocol (bad message, hostile shared memory) */

@@ -507,8 +507,7 @@ int memport_chan_close(memport_chan_t *chan) {
 static int tx_fail(memport_chan_t *ch, int rc, int64_t timeout_ns) {
   if (rc == MEMPORT_ETIMEDOUT || rc == MEMPORT_EAGAIN)
     memport__chan_tx_idle(ch);
-  else
-    rc = memport__chan_tx_code(ch, rc);
+  rc = memport__chan_tx_code(ch, rc);
   return memport__nowait_code(rc, timeout_ns);
 }
 

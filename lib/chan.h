@@ -121,6 +121,8 @@ struct memport_chan {
   int tx_end;                /* 0, or MEMPORT_ECLOSED once we shut our sending down */
   bool rx_closed;            /* the peer closed its direction (its link page said so) ... */
   bool peer_closed_all;      /* ... and the whole channel */
+  bool rx_end_told;          /* a receive returned MEMPORT_ECLOSED: the ended side no longer makes
+                                the handle ready */
   uint64_t rx_close_pos;     /* where its records end */
   pid_t owner;               /* the process whose memport_chan_close announces a close (0: none,
                                 for memport_chan_pair ends: fork decides who uses them) */

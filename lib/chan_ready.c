@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* chan_ready.c: the channel's pollable handle, ready whenever a message waits, the receiving side ended or a failed send could now succeed, and the orderly close. */
+/* chan_ready.c: the channel's pollable handle, ready whenever a message waits, the receiving side ended (until a receive said so) or a failed send could now succeed, and the orderly close. */
 #include "chan.h"
 
 #include <unistd.h>
@@ -9,8 +9,15 @@
  * ready while the control port holds a message or the peer is gone, or while we rang it. The
  * invariant, between any two calls on the endpoint:
  *
- *   a record waits in the RX ring, or the peer closed or went away  =>  the handle is ready
- *   (and, after a send failed with MEMPORT_EAGAIN: that send could now succeed  =>  ready)
+ *   a record waits in the RX ring, or the peer went away, or it closed its sending side and no
+ *   receive has returned MEMPORT_ECLOSED yet  =>  the handle is ready
+ *   (and, after a send failed with MEMPORT_EAGAIN: that send could now succeed, or would now fail
+ *   with the end code  =>  ready)
+ *
+ * Once a receive has returned MEMPORT_ECLOSED, the ended side no longer counts (nothing more can
+ * come from it), so an end still sending after the peer's half-close waits on the handle for room
+ * like any sender; the peer's death or full close still wakes it (its port ends, or it sends a
+ * wake with its close), and the send then returns MEMPORT_EPEER or MEMPORT_ECLOSED.
  *
  * holds because:
  *  - the RX link page's port_wake is armed at creation and re-armed before every look at the ring
@@ -84,6 +91,16 @@ static int rx_close_latch(memport_chan_t *ch) {
   return 0;
 }
 
+static void rederive(memport_chan_t *ch); /* below, with idle */
+
+/* The application is being told that the receiving side ended (MEMPORT_ECLOSED): from now on that
+ * end no longer makes the handle ready, which reflects only what can still happen (a failed send
+ * that could now succeed, the peer's death or close); derive it again without it. */
+static void told_end(memport_chan_t *ch) {
+  ch->rx_end_told = true;
+  rederive(ch);
+}
+
 static int rx_end(memport_chan_t *ch) {
   if (ch->broken)
     return ch->broken;
@@ -94,7 +111,11 @@ static int rx_end(memport_chan_t *ch) {
     rc = memport__ring_at_end(ch->rx_ring, ch->rx_close_pos);
     if (rc < 0)
       return memport__chan_ring_error(ch, rc);
-    return rc > 0 ? MEMPORT_ECLOSED : 0;
+    if (rc == 0)
+      return 0;
+    if (!ch->rx_end_told)
+      told_end(ch);
+    return MEMPORT_ECLOSED;
   }
   return ch->peer_gone ? MEMPORT_EPEER : 0;
 }
@@ -108,13 +129,15 @@ int memport__chan_rx_end(memport_chan_t *ch) {
 }
 
 int memport__chan_tx_code(memport_chan_t *ch, int rc) {
-  if (rc != MEMPORT_EPEER || ch->broken)
+  if ((rc != MEMPORT_EPEER && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT) || ch->broken)
     return rc;
   memport__chan_lock(ch);
   if (rx_close_latch(ch) < 0)
     rc = ch->broken;
   else if (ch->peer_closed_all)
-    rc = MEMPORT_ECLOSED;
+    rc = MEMPORT_ECLOSED; /* closed the whole channel: nothing will be consumed or released any
+                             more, even while its port lives on (in a forked process), so a send
+                             that must wait never succeeds */
   memport__chan_unlock(ch);
   return rc;
 }
@@ -131,6 +154,8 @@ void memport__chan_tx_want(memport_chan_t *ch, uint64_t space, bool pool) {
  * direction's thread may ask (under ctl_lock), so it looks only at shared positions, never at the
  * sending side's private state: a release queued or read from the port, or ring space. */
 static bool tx_ready(memport_chan_t *ch) {
+  if ((ch->tx_want_pool || ch->tx_want_space != 0) && ch->peer_closed_all)
+    return true; /* it would now fail with MEMPORT_ECLOSED (memport__chan_tx_code) */
   if (ch->tx_want_pool) {
     memport__relq_arm(&ch->tx_pool_returns);
     if (ch->peer_gone || ch->port_returns_count != 0 || memport__relq_pending(&ch->tx_pool_returns)) {
@@ -152,8 +177,12 @@ static void ready_update(memport_chan_t *ch) {
   if (ch->broken || ch->rx_link == NULL) /* broken: the pollable call says so; no link: handshake */
     return;
   bool ready = false;
-  if (ch->peer_gone || (rx_close_latch(ch) == 0 && ch->rx_closed)) {
-    ready = true; /* the receiving side ends (or already ended): recv says so */
+  if (ch->peer_gone) {
+    ready = true; /* every call ends at once (recv once the ring is drained) */
+  } else if (rx_close_latch(ch) == 0 && ch->rx_closed) {
+    /* The receiving side ends: ready until a receive has said so. After that nothing more comes
+     * (records past the close position are refused), so no wake is asked for. */
+    ready = !ch->rx_end_told;
   } else if (ch->broken == 0) {
     _Atomic uint32_t *w = &ch->rx_link->port_wake;
     if (atomic_load_explicit(w, memory_order_seq_cst) == 0)
@@ -172,16 +201,29 @@ void memport__chan_ready_update(memport_chan_t *ch) {
   memport__chan_unlock(ch);
 }
 
-/* Clear the bell, read what the port holds now (the drain derives readiness again after each
- * message), and derive it once more for what was there before. */
-static void idle(memport_chan_t *ch) {
-  if (ch->broken)
-    return;
+/* Clear the bell and derive readiness again from the state (what the port holds keeps the
+ * handle ready by itself). */
+static void clear_bell(memport_chan_t *ch) {
   if (ch->bell_rung) {
     ch->bell_rung = false;
     if (bell_made(ch))
       memport__os_bell_clear(&ch->bell);
   }
+}
+
+static void rederive(memport_chan_t *ch) {
+  if (ch->broken)
+    return;
+  clear_bell(ch);
+  memport__chan_ready_update(ch);
+}
+
+/* Clear the bell, read what the port holds now (the drain derives readiness again after each
+ * message), and derive it once more for what was there before. */
+static void idle(memport_chan_t *ch) {
+  if (ch->broken)
+    return;
+  clear_bell(ch);
   if (!ch->peer_gone)
     (void)memport__chan_drain(ch);
   memport__chan_ready_update(ch);
@@ -223,6 +265,7 @@ int memport_chan_shutdown(memport_chan_t *chan, unsigned how) {
     rc = chan->broken;
   } else if (chan->tx_end == 0) {
     chan->tx_end = MEMPORT_ECLOSED;
+    memport__chan_tx_want(chan, 0, false); /* no send will succeed again: nothing to be ready for */
     chan->owner = getpid(); /* it is this process that speaks for the channel */
     announce_close(chan, 0);
   }

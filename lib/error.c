@@ -17,7 +17,7 @@
   X(EINVAL, "invalid argument")                                                      \
   X(EMFILE, "too many open descriptors")                                             \
   X(ENOSPC, "no space left in ring or pool")                                         \
-  X(EPEER, "peer closed or died")                                                    \
+  X(EPEER, "peer gone (port closed, process died or channel broken off)")            \
   X(ENAMETOOLONG, "name too long")                                                   \
   X(EOVERFLOW, "size overflow")                                                      \
   X(EPROTO, "protocol error: the peer sent malformed data")                          \

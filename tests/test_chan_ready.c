@@ -477,7 +477,10 @@ static void test_chan_ready_half_close_then_replies(void **state) {
   memport_os_handle_t h;
   th_assert_ok(memport_chan_pollable(a, &h));
   struct pollfd p = {.fd = h, .events = POLLIN};
-  assert_int_equal(poll(&p, 1, 0), 1);
+  /* told: the ended side no longer makes the handle ready (the peer's wake may still be queued;
+   * the next receive reads it) */
+  th_assert_rc(memport_chan_recv_copy(a, buf, sizeof buf, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&p, 1, 0), 0);
   for (int i = 0; i < 3; i++)
     th_assert_ok(memport_chan_send(a, "reply", 5, 0, SEC));
   assert_int_equal(th_wait(pid, 30), 0);
@@ -508,6 +511,215 @@ static void test_chan_ready_poll_waiter_sees_the_close(void **state) {
   assert_int_equal(th_wait(pid, 10), 0);
   memport_chan_close(a);
   memport_chan_close(b);
+}
+
+/* Fill our TX ring with NOWAIT sends: how many went. */
+static int fill_ring(memport_chan_t *ch) {
+  char msg[400] = {0};
+  int n = 0, rc;
+  while ((rc = memport_chan_send(ch, msg, sizeof msg, 0, MEMPORT_NOWAIT)) == 0)
+    n++;
+  th_assert_rc(rc, MEMPORT_EAGAIN);
+  return n;
+}
+
+/* After the peer's half-close and our MEMPORT_ECLOSED, the handle waits for what is still
+ * pending: room for a failed send, a pool buffer, the peer's full close. */
+static void test_chan_ready_after_half_close_handle_waits_for_room(void **state) {
+  (void)state;
+  memport_chan_opts_t o;
+  tiny_opts(&o);
+  memport_chan_t *a = NULL, *b = NULL;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  memport_os_handle_t h;
+  th_assert_ok(memport_chan_pollable(a, &h));
+  struct pollfd p = {.fd = h, .events = POLLIN};
+  th_assert_ok(memport_chan_shutdown(b, MEMPORT_CHAN_SHUT_SEND));
+  assert_int_equal(poll(&p, 1, 1000), 1); /* the end: ready until a receive says so */
+  assert_int_equal(poll(&p, 1, 0), 1);
+  char msg[400];
+  size_t len;
+  th_assert_rc(memport_chan_recv_copy(a, msg, sizeof msg, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&p, 1, 0), 0); /* told: nothing pending */
+  /* the ring */
+  assert_true(fill_ring(a) > 0);
+  assert_int_equal(poll(&p, 1, 0), 0);
+  assert_int_equal(poll(&p, 1, 50), 0);
+  th_assert_rc(memport_chan_recv_copy(a, msg, sizeof msg, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&p, 1, 0), 0); /* still told */
+  th_assert_ok(memport_chan_recv_copy(b, msg, sizeof msg, &len, MEMPORT_NOWAIT)); /* the peer consumes */
+  assert_int_equal(poll(&p, 1, 1000), 1);
+  th_assert_ok(memport_chan_send(a, msg, sizeof msg, 0, MEMPORT_NOWAIT));
+  while (memport_chan_recv_copy(b, msg, sizeof msg, &len, MEMPORT_NOWAIT) == 0)
+    ;
+  /* the pool: both buffers held by the peer */
+  memport_buf_t x, y, z, rx1, rx2;
+  th_assert_ok(memport_chan_alloc(a, 4000, &x, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_alloc(a, 4000, &y, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_send_buf(a, &x, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_send_buf(a, &y, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_recv(b, &rx1, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_recv(b, &rx2, MEMPORT_NOWAIT));
+  th_assert_rc(memport_chan_alloc(a, 4000, &z, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+  if (poll(&p, 1, 0) == 1) { /* at most one spurious wake (the wakes for the ring space above) */
+    th_assert_rc(memport_chan_alloc(a, 4000, &z, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+    assert_int_equal(poll(&p, 1, 0), 0);
+  }
+  assert_int_equal(poll(&p, 1, 50), 0);
+  th_assert_ok(memport_chan_release(b, &rx1));
+  assert_int_equal(poll(&p, 1, 1000), 1);
+  th_assert_ok(memport_chan_alloc(a, 4000, &z, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_free_buf(a, &z));
+  th_assert_ok(memport_chan_release(b, &rx2));
+  /* the peer's full close wakes a waiting sender, whose sends then end */
+  fill_ring(a);
+  assert_int_equal(poll(&p, 1, 0), 0);
+  memport_chan_close(b);
+  assert_int_equal(poll(&p, 1, 1000), 1);
+  th_assert_rc(memport_chan_send(a, msg, sizeof msg, 0, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&p, 1, 0), 1); /* and stays ready: every call ends at once */
+  memport_chan_close(a);
+}
+
+/* Both ends half-close at once: each is told, then neither handle is ready (nothing can happen but
+ * the peer's close), and the close of one wakes the other. */
+static void test_chan_ready_both_half_close(void **state) {
+  (void)state;
+  memport_chan_t *a = NULL, *b = NULL;
+  th_assert_ok(memport_chan_pair(&a, &b, NULL));
+  th_assert_ok(memport_chan_send(a, "a", 1, 0, MEMPORT_NOWAIT));
+  th_assert_ok(memport_chan_shutdown(a, MEMPORT_CHAN_SHUT_SEND));
+  th_assert_ok(memport_chan_shutdown(b, MEMPORT_CHAN_SHUT_SEND));
+  memport_os_handle_t ha, hb;
+  th_assert_ok(memport_chan_pollable(a, &ha));
+  th_assert_ok(memport_chan_pollable(b, &hb));
+  struct pollfd pa = {.fd = ha, .events = POLLIN}, pb = {.fd = hb, .events = POLLIN};
+  assert_int_equal(poll(&pa, 1, 0), 1);
+  assert_int_equal(poll(&pb, 1, 0), 1);
+  char c;
+  size_t len;
+  th_assert_rc(memport_chan_recv_copy(a, &c, 1, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  th_assert_ok(memport_chan_recv_copy(b, &c, 1, &len, MEMPORT_NOWAIT)); /* sent before the close */
+  assert_int_equal(c, 'a');
+  assert_int_equal(poll(&pb, 1, 0), 1);
+  th_assert_rc(memport_chan_recv_copy(b, &c, 1, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&pa, 1, 0), 0);
+  assert_int_equal(poll(&pb, 1, 0), 0);
+  th_assert_rc(memport_chan_send(a, "x", 1, 0, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  th_assert_rc(memport_chan_send(b, "x", 1, 0, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&pa, 1, 50), 0);
+  memport_chan_close(b);
+  assert_int_equal(poll(&pa, 1, 1000), 1);
+  th_assert_rc(memport_chan_recv_copy(a, &c, 1, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  memport_chan_close(a);
+}
+
+/* The close arriving while the other end sends: a peer half-closes after a few messages, then
+ * consumes the rest slowly; this end sends everything from an event loop (NOWAIT, poll(-1)). Its
+ * handle must neither stall nor stay ready for good (each wait is for room, woken by a release). */
+#define HALF_MSGS 300
+static int half_close_slow_reader(void *arg) {
+  memport_chan_t *c = arg;
+  char buf[400];
+  size_t len;
+  for (int i = 0; i < 3; i++)
+    if (memport_chan_recv_copy(c, buf, sizeof buf, &len, 5 * SEC) != 0)
+      return 110;
+  if (memport_chan_shutdown(c, MEMPORT_CHAN_SHUT_SEND) != 0)
+    return 111;
+  for (uint32_t i = 3; i < HALF_MSGS; i++) {
+    if (i % 8 == 0)
+      th_sleep_ms(1);
+    if (memport_chan_recv_copy(c, buf, sizeof buf, &len, 5 * SEC) != 0)
+      return 112;
+    uint32_t seq;
+    memcpy(&seq, buf, 4);
+    if (len != sizeof buf || seq != i)
+      return 113;
+  }
+  return 0;
+}
+
+static void test_chan_ready_sender_after_half_close_does_not_spin(void **state) {
+  (void)state;
+  memport_chan_opts_t o;
+  tiny_opts(&o);
+  memport_chan_t *a = NULL, *b = NULL;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  pid_t pid = th_fork(half_close_slow_reader, b, 60);
+  watchdog(60);
+  unsigned polls = 0, eclosed = 0;
+  uint32_t sent = 0;
+  char msg[400] = {0};
+  int bad = 0;
+  while (sent < HALF_MSGS && !bad) {
+    memcpy(msg, &sent, 4);
+    int rc = memport_chan_send(a, msg, sizeof msg, 0, MEMPORT_NOWAIT);
+    if (rc == 0) {
+      sent++;
+      continue;
+    }
+    if (rc != MEMPORT_EAGAIN) {
+      bad = rc;
+      break;
+    }
+    size_t len;
+    char in[4];
+    rc = memport_chan_recv_copy(a, in, sizeof in, &len, MEMPORT_NOWAIT);
+    if (rc == MEMPORT_ECLOSED)
+      eclosed++;
+    else if (rc != MEMPORT_EAGAIN)
+      bad = rc;
+    polls++;
+    if (wait_ready(a) != 0)
+      bad = 1; /* stalled */
+  }
+  watchdog_off();
+  int child = th_wait(pid, 60);
+  printf("# sent %u, polls %u, ECLOSED seen %u\n", sent, polls, eclosed);
+  assert_int_equal(bad, 0);
+  assert_int_equal(child, 0);
+  assert_int_equal(sent, HALF_MSGS);
+  /* one wait per release at most, and a few spurious ones: a handle stuck ready would loop here
+   * hundreds of thousands of times while the reader sleeps */
+  assert_true(polls <= 2 * HALF_MSGS);
+  th_assert_rc(memport_chan_recv_copy(a, msg, sizeof msg, &(size_t){0}, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  memport_chan_close(a);
+  memport_chan_close(b);
+}
+
+/* The peer closes the whole channel while its port lives on in another process (a fork holds
+ * it): the port does not end, yet a waiting sender is woken and its sends end with MEMPORT_ECLOSED. */
+static int hold_fds(void *arg) {
+  (void)arg;
+  th_sleep_ms(3000);
+  return 0;
+}
+
+static void test_chan_ready_full_close_with_port_held_elsewhere(void **state) {
+  (void)state;
+  memport_chan_opts_t o;
+  tiny_opts(&o);
+  memport_chan_t *a = NULL, *b = NULL;
+  th_assert_ok(memport_chan_pair(&a, &b, &o));
+  th_assert_ok(memport_chan_shutdown(b, MEMPORT_CHAN_SHUT_SEND)); /* this process speaks for b */
+  pid_t pid = th_fork(hold_fds, NULL, 10);
+  memport_os_handle_t h;
+  th_assert_ok(memport_chan_pollable(a, &h));
+  struct pollfd p = {.fd = h, .events = POLLIN};
+  char msg[400];
+  size_t len;
+  th_assert_rc(memport_chan_recv_copy(a, msg, sizeof msg, &len, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  fill_ring(a);
+  assert_int_equal(poll(&p, 1, 0), 0);
+  memport_chan_close(b);
+  assert_int_equal(poll(&p, 1, 1000), 1);
+  th_assert_rc(memport_chan_send(a, msg, sizeof msg, 0, MEMPORT_NOWAIT), MEMPORT_ECLOSED);
+  th_assert_rc(memport_chan_send(a, msg, sizeof msg, 0, 10 * MS), MEMPORT_ECLOSED);
+  assert_int_equal(poll(&p, 1, 0), 1);
+  memport_chan_close(a);
+  kill(pid, SIGKILL);
+  (void)th_wait(pid, 10);
 }
 
 /* A hostile peer's close position (in its link page) that does not fit the ring breaks the
@@ -553,6 +765,10 @@ int main(void) {
       cmocka_unit_test(test_chan_ready_close_delivers_everything_then_eclosed),
       cmocka_unit_test(test_chan_ready_half_close_then_replies),
       cmocka_unit_test(test_chan_ready_poll_waiter_sees_the_close),
+      cmocka_unit_test(test_chan_ready_after_half_close_handle_waits_for_room),
+      cmocka_unit_test(test_chan_ready_both_half_close),
+      cmocka_unit_test(test_chan_ready_sender_after_half_close_does_not_spin),
+      cmocka_unit_test(test_chan_ready_full_close_with_port_held_elsewhere),
       cmocka_unit_test(test_chan_ready_bogus_close_position_gives_eproto),
       cmocka_unit_test(test_chan_ready_random_event_loops_never_stall),
   };
