@@ -104,6 +104,7 @@ int memport_chan_opts_check(const memport_chan_opts_t *opts, const char **field)
 /* Teardown and failure.                                                                       */
 
 void memport__chan_free(memport_chan_t *ch) {
+  memport__chan_lock_fini(ch);
   memport__chan_ready_close(ch);
   memport_ring_close(ch->tx_ring);
   memport_ring_close(ch->rx_ring);
@@ -117,6 +118,7 @@ void memport__chan_free(memport_chan_t *ch) {
   memport__chan_blob_held_fini(ch);
   memport_port_close(ch->port);
   memport_msg_close(ch->ctl_out);
+  memport_msg_close(ch->ctl_small);
   memport_msg_close(ch->ctl_in);
   free(ch);
 }
@@ -124,11 +126,13 @@ void memport__chan_free(memport_chan_t *ch) {
 /* Every later call fails with `err`; the port is closed at once so the peer sees MEMPORT_EPEER.
  * Mappings stay until memport_chan_close (buffers may point there). */
 int memport__chan_break(memport_chan_t *ch, int err) {
+  memport__chan_lock(ch);
   if (ch->broken == 0)
     ch->broken = err;
   memport_port_close(ch->port);
   ch->port = NULL;
   ch->owed_count = 0;
+  memport__chan_unlock(ch);
   return ch->broken;
 }
 
@@ -168,7 +172,7 @@ int memport__chan_reserve(memport_chan_t *ch, size_t len, void **slot, uint64_t 
       rc = MEMPORT_ETIMEDOUT;
   }
   if (rc == MEMPORT_ETIMEDOUT)
-    ch->tx_want_space = memport__ring_record_space(len); /* for the pollable handle */
+    memport__chan_tx_want(ch, memport__ring_record_space(len), false); /* for the pollable handle */
   return memport__chan_ring_error(ch, rc);
 }
 
@@ -184,7 +188,7 @@ int memport__chan_wait_consumed(memport_chan_t *ch, uint64_t pos, uint64_t deadl
       rc = MEMPORT_ETIMEDOUT;
   }
   if (rc == MEMPORT_ETIMEDOUT)
-    ch->tx_want_space = memport__ring_space_after(ch->tx_ring, pos); /* for the pollable handle */
+    memport__chan_tx_want(ch, memport__ring_space_after(ch->tx_ring, pos), false); /* for the pollable handle */
   return memport__chan_ring_error(ch, rc);
 }
 
@@ -209,9 +213,18 @@ static int chan_new(memport_chan_t **out, memport_port_t *port, const memport_ch
   ch->bell.handle = ch->bell.self = MEMPORT_OS_HANDLE_INVALID;
   ch->zerocopy_threshold = o->zerocopy_threshold;
   ch->flags = o->flags;
-  ch->next_ticket = memport__chan_ticket_base();
+  ch->next_tx_ticket = memport__chan_ticket_base();
+  ch->next_rx_ticket = ch->next_tx_ticket | ((uint64_t)1 << 39);
   memport__wait_policy_set(&ch->wait, o->wait_policy, (uint64_t)o->spin_ns);
-  int rc = memport_msg_create(&ch->ctl_out);
+  int rc = memport__chan_lock_init(ch);
+  if (rc < 0) {
+    memport_port_close(port);
+    free(ch);
+    return rc;
+  }
+  rc = memport_msg_create(&ch->ctl_out);
+  if (rc == 0)
+    rc = memport_msg_create(&ch->ctl_small);
   if (rc == 0)
     rc = memport_msg_create(&ch->ctl_in);
   if (rc == 0)
@@ -259,7 +272,7 @@ static int chan_send_hello(memport_chan_t *ch, uint64_t deadline) {
   if (rc == 0)
     rc = memport_msg_attach_region(ch->ctl_out, ch->tx_link_region, MEMPORT_ATTACH_COPY);
   if (rc == 0)
-    rc = memport__chan_ctl_send(ch, &h, sizeof h, deadline);
+    rc = memport__chan_ctl_send(ch, ch->ctl_out, &h, sizeof h, deadline);
   memport_msg_clear(ch->ctl_out);
   return rc;
 }
@@ -509,7 +522,7 @@ static int chan_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf, uint64
   return memport__chan_blob_alloc(ch, len, buf); /* oversized (or no pool) */
 }
 
-int memport_chan_alloc(memport_chan_t *chan, size_t len, memport_buf_t *buf, int64_t timeout_ns) {
+static int chan_alloc_impl(memport_chan_t *chan, size_t len, memport_buf_t *buf, int64_t timeout_ns) {
   if (chan == NULL || buf == NULL)
     return MEMPORT_EINVAL;
   memset(buf, 0, sizeof *buf);
@@ -522,7 +535,7 @@ int memport_chan_alloc(memport_chan_t *chan, size_t len, memport_buf_t *buf, int
   return rc < 0 ? tx_fail(chan, rc, timeout_ns) : rc;
 }
 
-int memport_chan_free_buf(memport_chan_t *chan, memport_buf_t *buf) {
+static int chan_free_buf_impl(memport_chan_t *chan, memport_buf_t *buf) {
   if (chan == NULL || buf == NULL)
     return MEMPORT_EINVAL;
   switch (MEMPORT__BUF_KIND(buf->priv[0])) {
@@ -535,7 +548,7 @@ int memport_chan_free_buf(memport_chan_t *chan, memport_buf_t *buf) {
   }
 }
 
-int memport_chan_send_buf(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
+static int chan_send_buf_impl(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
   if (chan == NULL || buf == NULL)
     return MEMPORT_EINVAL;
   int rc = memport__chan_live(chan);
@@ -556,7 +569,7 @@ int memport_chan_send_buf(memport_chan_t *chan, memport_buf_t *buf, int64_t time
   return rc < 0 ? tx_fail(chan, rc, timeout_ns) : rc;
 }
 
-int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsigned flags, int64_t timeout_ns) {
+int memport__chan_send_impl(memport_chan_t *chan, const void *data, size_t len, unsigned flags, int64_t timeout_ns) {
   if (chan == NULL || (data == NULL && len != 0) || (flags & ~MEMPORT_SEND_ZEROCOPY) != 0)
     return MEMPORT_EINVAL;
   int rc = memport__chan_live(chan);
@@ -570,7 +583,7 @@ int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsign
         rc = memport__chan_reserve(chan, len, &p, memport__deadline(timeout_ns));
       } else {
         if (rc == MEMPORT_ETIMEDOUT)
-          chan->tx_want_space = memport__ring_record_space(len);
+          memport__chan_tx_want(chan, memport__ring_record_space(len), false);
         rc = memport__chan_ring_error(chan, rc);
       }
       if (rc < 0)
@@ -596,7 +609,7 @@ int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsign
   else
     rc = memport__chan_blob_send(chan, &buf, deadline);
   if (rc < 0 && MEMPORT__BUF_KIND(buf.priv[0]) != 0)
-    memport_chan_free_buf(chan, &buf);
+    chan_free_buf_impl(chan, &buf);
   return rc < 0 ? tx_fail(chan, rc, timeout_ns) : rc;
 }
 
@@ -700,7 +713,7 @@ static int chan_release_record(memport_chan_t *ch) {
 
 /* memport_chan_recv, and memport_chan_recv_msg when `handles` is not NULL (the handles of a
  * message that carries some go there; with NULL they are closed). */
-static int chan_recv(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *handles, int64_t timeout_ns) {
+static int chan_recv_impl(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *handles, int64_t timeout_ns) {
   if (chan == NULL || buf == NULL)
     return MEMPORT_EINVAL;
   struct memport__chan_rec rec;
@@ -715,7 +728,7 @@ static int chan_recv(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *ha
     /* fall through - its bytes are held in the ring as an inline message's */
   case MEMPORT__REC_INLINE:
     chan->holding_inline = true;
-    chan->rx_inline_ticket = memport__chan_ticket(chan);
+    chan->rx_inline_ticket = memport__chan_rx_ticket(chan);
     memport__chan_buf_set(chan, buf, (void *)(uintptr_t)rec.ptr, rec.len, MEMPORT__BUF_RX_INLINE, 0,
                           chan->rx_inline_ticket);
     chan->stats.rx_msgs[0]++;
@@ -745,18 +758,7 @@ static int chan_recv(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *ha
   }
 }
 
-int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
-  return chan_recv(chan, buf, NULL, timeout_ns);
-}
-
-int memport_chan_recv_msg(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *handles, int64_t timeout_ns) {
-  if (chan == NULL || buf == NULL || handles == NULL)
-    return MEMPORT_EINVAL;
-  memport_msg_clear(handles);
-  return chan_recv(chan, buf, handles, timeout_ns);
-}
-
-int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf) {
+static int chan_release_impl(memport_chan_t *chan, memport_buf_t *buf) {
   if (chan == NULL || buf == NULL || buf->priv[2] != (uintptr_t)chan)
     return MEMPORT_EINVAL;
   int rc = 0;
@@ -785,7 +787,7 @@ int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf) {
   return rc;
 }
 
-int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *len, int64_t timeout_ns) {
+static int chan_recv_copy_impl(memport_chan_t *chan, void *dst, size_t cap, size_t *len, int64_t timeout_ns) {
   if (chan == NULL || len == NULL || (dst == NULL && cap != 0))
     return MEMPORT_EINVAL;
   struct memport__chan_rec rec;
@@ -843,9 +845,79 @@ int memport_chan_pollable(memport_chan_t *chan, memport_os_handle_t *out) {
     return MEMPORT_EINVAL;
   if (chan->broken)
     return chan->broken;
+  memport__chan_lock(chan);
   int rc = memport__chan_ready_open(chan);
-  if (rc < 0)
-    return rc;
-  *out = chan->bell.handle;
-  return 0;
+  if (rc == 0)
+    *out = chan->bell.handle;
+  memport__chan_unlock(chan);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* One thread per direction (chan_lock.c): a second call of the same direction is refused.      */
+
+#define CHAN_ONE_AT_A_TIME(busy, call)   \
+  do {                                   \
+    int rc_ = memport__chan_enter(busy); \
+    if (rc_ == 0) {                      \
+      rc_ = (call);                      \
+      memport__chan_leave(busy);         \
+    }                                    \
+    return rc_;                          \
+  } while (0)
+
+int memport_chan_alloc(memport_chan_t *chan, size_t len, memport_buf_t *buf, int64_t timeout_ns) {
+  if (chan == NULL || buf == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->tx_busy, chan_alloc_impl(chan, len, buf, timeout_ns));
+}
+
+int memport_chan_free_buf(memport_chan_t *chan, memport_buf_t *buf) {
+  if (chan == NULL || buf == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->tx_busy, chan_free_buf_impl(chan, buf));
+}
+
+int memport_chan_send_buf(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
+  if (chan == NULL || buf == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->tx_busy, chan_send_buf_impl(chan, buf, timeout_ns));
+}
+
+int memport_chan_send(memport_chan_t *chan, const void *data, size_t len, unsigned flags, int64_t timeout_ns) {
+  if (chan == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->tx_busy, memport__chan_send_impl(chan, data, len, flags, timeout_ns));
+}
+
+int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns) {
+  if (chan == NULL || buf == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->rx_busy, chan_recv_impl(chan, buf, NULL, timeout_ns));
+}
+
+int memport_chan_recv_msg(memport_chan_t *chan, memport_buf_t *buf, memport_msg_t *handles, int64_t timeout_ns) {
+  if (chan == NULL || buf == NULL || handles == NULL)
+    return MEMPORT_EINVAL;
+  memport_msg_clear(handles);
+  CHAN_ONE_AT_A_TIME(&chan->rx_busy, chan_recv_impl(chan, buf, handles, timeout_ns));
+}
+
+int memport_chan_send_msg(memport_chan_t *chan, const void *data, size_t len, memport_msg_t *handles, unsigned flags,
+                          int64_t timeout_ns) {
+  if (chan == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->tx_busy, memport__chan_send_msg_impl(chan, data, len, handles, flags, timeout_ns));
+}
+
+int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf) {
+  if (chan == NULL || buf == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->rx_busy, chan_release_impl(chan, buf));
+}
+
+int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *len, int64_t timeout_ns) {
+  if (chan == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->rx_busy, chan_recv_copy_impl(chan, dst, cap, len, timeout_ns));
 }

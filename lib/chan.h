@@ -70,11 +70,12 @@ struct memport_chan {
   /* Control traffic over the port (chan_ctl.c). */
   memport_port_t *port;
   memport_cred_t peer;    /* the port's peer, as it was when the channel was made */
-  memport_msg_t *ctl_out; /* control messages we send */
-  memport_msg_t *ctl_in;  /* control messages we receive */
-  int broken;             /* MEMPORT_EPROTO once the peer broke the protocol */
-  bool peer_gone;         /* a send or a receive on the port said the peer is gone */
-  bool port_eof;          /* ... and everything it sent over the port has been read */
+  memport_msg_t *ctl_out;   /* control messages with handles we send (HELLO, POOL, BLOB: sending side) */
+  memport_msg_t *ctl_small; /* control messages without handles we send (WAKE, RELEASE: either side) */
+  memport_msg_t *ctl_in;    /* control messages we receive */
+  _Atomic int broken;       /* MEMPORT_EPROTO once the peer broke the protocol */
+  _Atomic bool peer_gone;   /* a send or a receive on the port said the peer is gone */
+  bool port_eof;            /* ... and everything it sent over the port has been read */
   uint64_t next_liveness_check; /* sends look at the port no more often than this */
   uint64_t next_probe;          /* when the port is not read (back-pressure): next liveness probe */
 
@@ -88,7 +89,8 @@ struct memport_chan {
   struct memport__wait_policy wait;
   bool holding_inline; /* the application holds the record at the head of rx_ring */
   uint64_t rx_inline_ticket; /* ... under this ticket */
-  uint64_t next_ticket;      /* the last ticket handed out */
+  uint64_t next_tx_ticket;   /* the last ticket handed out by the sending side */
+  uint64_t next_rx_ticket;   /* ... and by the receiving side */
   struct memport__chan_counters stats;
   unsigned flags; /* MEMPORT_CHAN_* of the options */
 
@@ -99,7 +101,12 @@ struct memport_chan {
   struct memport__pool_view rx_pool;
   struct memport__relq_borrower rx_pool_returns; /* in rx_link */
   struct memport__ctl_release_entry *owed_releases; /* not yet sent (the queue was full) */
-  uint32_t owed_count;
+  _Atomic uint32_t owed_count;                      /* written under ctl_lock */
+  _Atomic bool rx_pool_ready;                       /* rx_pool adopted (written under ctl_lock) */
+  struct memport__ctl_release_entry *port_returns;  /* releases of our pool read from the port ... */
+  uint32_t port_returns_count;                      /* ... (under ctl_lock), applied by the sending side */
+  _Atomic bool port_returns_pending;
+  bool tx_pool_reclaimed;                           /* the sending side took the pool back (peer gone) */
   struct memport__chan_tx_loan *tx_pool_loans; /* per buffer of tx_pool */
   uint64_t *rx_pool_tickets;                   /* per buffer of rx_pool held by the application */
   uint32_t tx_pool_want_count;                 /* our pool as configured: made when first needed */
@@ -130,10 +137,34 @@ struct memport_chan {
   uint64_t rx_close_pos;     /* where its records end */
   pid_t owner;               /* the process whose memport_chan_close announces a close (0: none,
                                 for memport_chan_pair ends: fork decides who uses them) */
+
+  /* Threads (chan_lock.c): one sending and one receiving thread may use the endpoint at once. */
+  _Atomic unsigned tx_busy, rx_busy; /* a call of that direction is running (MEMPORT_EBUSY) */
+  pthread_mutex_t ctl_lock;          /* recursive: the port, the bell, the state both sides share */
+  unsigned ctl_depth;                /* under ctl_lock: its recursion depth */
+  _Atomic bool wake_owed;            /* a wake could not take ctl_lock: its holder sends it */
 };
 
-/* A fresh ticket for a buffer handed to the application. */
-static inline uint64_t memport__chan_ticket(memport_chan_t *ch) { return ++ch->next_ticket; }
+/* A fresh ticket for a buffer handed to the application, by the sending or the receiving side. */
+static inline uint64_t memport__chan_tx_ticket(memport_chan_t *ch) { return ++ch->next_tx_ticket; }
+static inline uint64_t memport__chan_rx_ticket(memport_chan_t *ch) { return ++ch->next_rx_ticket; }
+
+/* chan_lock.c: threads. Each public call of a direction holds that direction's busy flag (one
+ * uncontended atomic exchange; a second call of the same direction gets MEMPORT_EBUSY); state both
+ * directions touch (the port and its messages, the bell, the close, the one-off table, releases
+ * read from the port, the pool announcement) is used under ctl_lock, a recursive mutex taken only
+ * off the fast path. Nothing under ctl_lock waits longer than a short slice. */
+MEMPORT_HIDDEN int memport__chan_lock_init(memport_chan_t *ch);
+MEMPORT_HIDDEN void memport__chan_lock_fini(memport_chan_t *ch);
+MEMPORT_HIDDEN void memport__chan_lock(memport_chan_t *ch);
+/* Unlock; the outermost unlock sends a wake another thread could not send (wake_owed). */
+MEMPORT_HIDDEN void memport__chan_unlock(memport_chan_t *ch);
+static inline int memport__chan_enter(_Atomic unsigned *busy) {
+  return atomic_exchange_explicit(busy, 1u, memory_order_acquire) != 0 ? MEMPORT_EBUSY : 0;
+}
+static inline void memport__chan_leave(_Atomic unsigned *busy) { atomic_store_explicit(busy, 0u, memory_order_release); }
+/* Blocking port sends and receives under ctl_lock wait at most this long at a time. */
+#define MEMPORT__CHAN_LOCK_SLICE_NS 1000000u
 static inline void memport__chan_buf_set(memport_chan_t *ch, memport_buf_t *buf, void *data, size_t len,
                                          unsigned kind, uint32_t index, uint64_t ticket) {
   buf->data = data;
@@ -175,7 +206,8 @@ MEMPORT_HIDDEN int memport__chan_handshake_finish(memport_chan_t *ch, uint64_t d
 MEMPORT_HIDDEN int memport__chan_opts_valid(const memport_chan_opts_t *opts);
 
 /* chan_ctl.c: control traffic. */
-MEMPORT_HIDDEN int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, uint64_t deadline);
+MEMPORT_HIDDEN int memport__chan_ctl_send(memport_chan_t *ch, memport_msg_t *msg, const void *bytes, size_t len,
+                                          uint64_t deadline);
 MEMPORT_HIDDEN void memport__chan_send_wake(memport_chan_t *ch);
 MEMPORT_HIDDEN void memport__chan_peer_gone(memport_chan_t *ch);
 /* Receive one control message (until deadline) and act on it: 0, MEMPORT_ETIMEDOUT/EAGAIN when
@@ -183,14 +215,16 @@ MEMPORT_HIDDEN void memport__chan_peer_gone(memport_chan_t *ch);
 MEMPORT_HIDDEN int memport__chan_pump(memport_chan_t *ch, uint64_t deadline);
 /* Read the control messages waiting now (bounded), send what we owe: 0, MEMPORT_EPEER or an error. */
 MEMPORT_HIDDEN int memport__chan_drain(memport_chan_t *ch);
+/* What the send that failed lacked (sending side; read by either under ctl_lock). */
+MEMPORT_HIDDEN void memport__chan_tx_want(memport_chan_t *ch, uint64_t space, bool pool);
 /* The send paths notice a dead peer without a system call per message. */
 MEMPORT_HIDDEN int memport__chan_live_slow(memport_chan_t *ch, uint64_t now);
 static inline int memport__chan_live(memport_chan_t *ch) {
   if (MEMPORT__UNLIKELY(ch->broken | ch->tx_end | (ch->tx_want_space != 0) | ch->tx_want_pool)) {
-    if (ch->broken | ch->tx_end)
-      return ch->broken ? ch->broken : ch->tx_end;
-    ch->tx_want_space = 0; /* a new attempt: what the last one lacked no longer makes the handle ready */
-    ch->tx_want_pool = false;
+    int broken = ch->broken;
+    if (broken | ch->tx_end)
+      return broken ? broken : ch->tx_end;
+    memport__chan_tx_want(ch, 0, false); /* a new attempt: what the last one lacked no longer makes the handle ready */
   }
   if (MEMPORT__UNLIKELY(ch->peer_gone))
     return MEMPORT_EPEER;
@@ -269,7 +303,7 @@ MEMPORT_HIDDEN int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t 
                                               size_t len);
 /* The port dropped a message for want of descriptors: its oversized message is lost. */
 MEMPORT_HIDDEN void memport__chan_blob_lost(memport_chan_t *ch);
-static inline bool memport__chan_blobs_full(const memport_chan_t *ch) {
+static inline bool memport__chan_blobs_full(const memport_chan_t *ch) { /* under ctl_lock */
   return ch->rx_blobs_count >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT;
 }
 /* The region of the oversized message `rec`, mapped. */
@@ -290,5 +324,11 @@ MEMPORT_HIDDEN int memport__chan_handles_take(memport_chan_t *ch, const struct m
                                               memport_msg_t *out);
 /* Close a queued entry's handles. */
 MEMPORT_HIDDEN void memport__chan_handles_free(struct memport__chan_handles *h);
+/* memport_chan_send_msg and memport_chan_send without the one-sender check (lib/chan.c holds the
+ * send direction around them). */
+MEMPORT_HIDDEN int memport__chan_send_msg_impl(memport_chan_t *chan, const void *data, size_t len,
+                                               memport_msg_t *handles, unsigned flags, int64_t timeout_ns);
+MEMPORT_HIDDEN int memport__chan_send_impl(memport_chan_t *chan, const void *data, size_t len, unsigned flags,
+                                           int64_t timeout_ns);
 
 #endif /* MEMPORT_CHAN_H */

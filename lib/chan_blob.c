@@ -10,6 +10,7 @@
 /* ------------------------------------------------------------------------------------------ */
 /* One-off regions the application holds: a table private to the endpoint, indexed by the       */
 /* buffer's tag and checked against its ticket, so a stale copy never unmaps or closes anything. */
+/* Both directions use it (received and allocated regions): under ctl_lock.                    */
 
 static int held_slot(memport_chan_t *ch, uint32_t *out) {
   for (uint32_t i = 0; i < ch->blobs_held_cap; i++)
@@ -52,25 +53,34 @@ static void held_drop(struct memport__chan_blob_held *h) {
 
 int memport__chan_blob_hold(memport_chan_t *ch, void *map, size_t maplen, size_t len, memport_buf_t *buf) {
   uint32_t i;
+  memport__chan_lock(ch);
   int rc = held_slot(ch, &i);
-  if (rc < 0)
+  if (rc < 0) {
+    memport__chan_unlock(ch);
     return rc;
+  }
   struct memport__chan_blob_held *h = &ch->blobs_held[i];
-  h->ticket = memport__chan_ticket(ch);
+  h->ticket = memport__chan_rx_ticket(ch);
   h->kind = MEMPORT__BUF_RX_BLOB;
   h->map = map;
   h->maplen = maplen;
   h->len = len;
   memport__chan_buf_set(ch, buf, map, len, MEMPORT__BUF_RX_BLOB, i, h->ticket);
+  memport__chan_unlock(ch);
   return 0;
 }
 
+static int held_find_drop(memport_chan_t *ch, const memport_buf_t *buf, unsigned kind) {
+  memport__chan_lock(ch);
+  struct memport__chan_blob_held *h = held_find(ch, buf, kind);
+  if (h != NULL)
+    held_drop(h);
+  memport__chan_unlock(ch);
+  return h == NULL ? MEMPORT_EINVAL : 0;
+}
+
 int memport__chan_blob_release(memport_chan_t *ch, memport_buf_t *buf) {
-  struct memport__chan_blob_held *h = held_find(ch, buf, MEMPORT__BUF_RX_BLOB);
-  if (h == NULL)
-    return MEMPORT_EINVAL;
-  held_drop(h);
-  return 0;
+  return held_find_drop(ch, buf, MEMPORT__BUF_RX_BLOB);
 }
 
 void memport__chan_blob_held_fini(memport_chan_t *ch) {
@@ -85,11 +95,8 @@ void memport__chan_blob_held_fini(memport_chan_t *ch) {
 int memport__chan_blob_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf) {
   /* A one-off region, sealed read-only when sent. */
   uint32_t i;
-  int rc = held_slot(ch, &i);
-  if (rc < 0)
-    return rc;
   memport_region_t *region;
-  rc = memport_region_create(&region, len != 0 ? len : 1, 0);
+  int rc = memport_region_create(&region, len != 0 ? len : 1, 0);
   if (rc < 0)
     return rc;
   void *map;
@@ -98,30 +105,44 @@ int memport__chan_blob_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf)
     memport_region_close(region);
     return rc;
   }
+  memport__chan_lock(ch);
+  rc = held_slot(ch, &i);
+  if (rc < 0) {
+    memport__chan_unlock(ch);
+    memport_unmap(map);
+    memport_region_close(region);
+    return rc;
+  }
   struct memport__chan_blob_held *h = &ch->blobs_held[i];
-  h->ticket = memport__chan_ticket(ch);
+  h->ticket = memport__chan_tx_ticket(ch);
   h->kind = MEMPORT__BUF_TX_BLOB;
   h->map = map;
   h->maplen = memport_region_size(region);
   h->len = len;
   h->region = region;
   memport__chan_buf_set(ch, buf, map, len, MEMPORT__BUF_TX_BLOB, i, h->ticket);
+  memport__chan_unlock(ch);
   return 0;
 }
 
 int memport__chan_blob_free(memport_chan_t *ch, memport_buf_t *buf) {
-  struct memport__chan_blob_held *h = held_find(ch, buf, MEMPORT__BUF_TX_BLOB);
-  if (h == NULL)
+  if (held_find_drop(ch, buf, MEMPORT__BUF_TX_BLOB) < 0)
     return MEMPORT_EINVAL;
-  held_drop(h);
   memset(buf, 0, sizeof *buf);
   return 0;
 }
 
 int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline) {
+  /* The slot stays ours (only the sending side touches TX entries) but the table may move while
+   * the receiving side adds to it: hold its index, not a pointer. */
+  memport__chan_lock(ch);
   struct memport__chan_blob_held *h = held_find(ch, buf, MEMPORT__BUF_TX_BLOB);
-  if (h == NULL || buf->len > h->len)
+  bool bad = h == NULL || buf->len > h->len;
+  memport_region_t *region = bad ? NULL : h->region;
+  memport__chan_unlock(ch);
+  if (bad)
     return MEMPORT_EINVAL;
+  uint32_t held_index = MEMPORT__BUF_INDEX(buf->priv[0]);
   size_t len = buf->len;
   /* At most MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT oversized messages the consumer has not taken yet:
    * a consumer that does not read pins that many regions, not as many as its port holds. */
@@ -133,7 +154,6 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
       return rc;
   }
   /* Reserve the ring record first so nothing can fail after the region has gone out. */
-  memport_region_t *region = h->region;
   void *slot;
   rc = memport__chan_reserve(ch, sizeof(struct memport__rec_blob), &slot, deadline);
   if (rc < 0)
@@ -149,7 +169,7 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
   if (rc == 0)
     rc = memport_msg_attach_region(ch->ctl_out, ro, 0);
   if (rc == 0)
-    rc = memport__chan_ctl_send(ch, &b, sizeof b, deadline);
+    rc = memport__chan_ctl_send(ch, ch->ctl_out, &b, sizeof b, deadline);
   memport_msg_clear(ch->ctl_out);
   if (rc < 0) {
     memport__ring_unreserve(ch->tx_ring);
@@ -159,7 +179,9 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
   memcpy(slot, &d, sizeof d);
   rc = memport__chan_commit(ch, sizeof d, MEMPORT__REC_BLOB);
   ch->tx_blob_end[ch->tx_blobs_sent++ % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT] = memport__ring_produced(ch->tx_ring);
-  held_drop(h);
+  memport__chan_lock(ch);
+  held_drop(&ch->blobs_held[held_index]);
+  memport__chan_unlock(ch);
   memset(buf, 0, sizeof *buf);
   ch->stats.tx_msgs[2]++;
   if (ch->tx_pool_want_count != 0)
@@ -210,7 +232,7 @@ void memport__chan_blob_pop(memport_chan_t *ch) {
   ch->rx_blob_seq++;
 }
 
-int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *rec, void **map, size_t *maplen) {
+static int blob_take(memport_chan_t *ch, const struct memport__chan_rec *rec, void **map, size_t *maplen) {
   /* Its region was sent before its record was committed, so it is in the port, but it may sit
    * behind more control messages than one drain reads (a release per pool buffer, sent while the
    * release queue was full): read on until it is there or the port is empty. The bound only
@@ -245,6 +267,13 @@ int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *
   s->region = NULL;
   memport__chan_blob_pop(ch);
   return 0;
+}
+
+int memport__chan_blob_take(memport_chan_t *ch, const struct memport__chan_rec *rec, void **map, size_t *maplen) {
+  memport__chan_lock(ch);
+  int rc = blob_take(ch, rec, map, maplen);
+  memport__chan_unlock(ch);
+  return rc;
 }
 
 void memport__chan_blob_fini(memport_chan_t *ch) {

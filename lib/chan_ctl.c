@@ -2,6 +2,7 @@
 /* chan_ctl.c: the channel's control traffic over its port: sending, reading and acting on control messages, the peer's death. */
 #include "chan.h"
 
+#include <sched.h>
 #include <string.h>
 
 #define CHAN_LIVE_INTERVAL_NS 10000000u /* sends look at the port at most this often */
@@ -12,28 +13,50 @@
  * again: the buffers lent to the peer are reclaimed, since no release will ever come; the channel
  * reports MEMPORT_EPEER to alloc and send, and memport_chan_close unmaps the whole pool. */
 void memport__chan_peer_gone(memport_chan_t *ch) {
-  if (ch->peer_gone)
-    return;
-  ch->peer_gone = true;
-  ch->owed_count = 0;
-  memport__pool_reclaim(&ch->tx_pool);
+  memport__chan_lock(ch);
+  if (!ch->peer_gone) {
+    ch->peer_gone = true;
+    ch->owed_count = 0;
+    ch->port_returns_count = 0; /* the sending side reclaims the whole pool (memport__chan_pool_alloc) */
+  }
+  memport__chan_unlock(ch);
 }
 
-int memport__chan_ctl_send(memport_chan_t *ch, const void *bytes, size_t len, uint64_t deadline) {
-  int rc = memport_msg_set_bytes(ch->ctl_out, bytes, len);
-  if (rc == 0)
-    rc = memport__port_send(ch->port, ch->ctl_out, deadline);
+/* Under ctl_lock, in slices of MEMPORT__CHAN_LOCK_SLICE_NS so that a full port never keeps the
+ * other direction's thread from the lock for long. */
+int memport__chan_ctl_send(memport_chan_t *ch, memport_msg_t *msg, const void *bytes, size_t len, uint64_t deadline) {
+  int rc = memport_msg_set_bytes(msg, bytes, len);
+  for (bool first = true; rc == 0; first = false) {
+    if (!first)
+      sched_yield();
+    uint64_t until = deadline == 0 ? 0 : memport__slice_end(deadline, MEMPORT__CHAN_LOCK_SLICE_NS);
+    memport__chan_lock(ch);
+    rc = ch->port == NULL ? (ch->broken ? ch->broken : MEMPORT_EPEER) : memport__port_send(ch->port, msg, until);
+    memport__chan_unlock(ch);
+    if ((rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EAGAIN) || until == deadline)
+      break;
+    rc = 0;
+  }
   if (rc == MEMPORT_EPEER)
     memport__chan_peer_gone(ch);
   return rc;
 }
 
 /* The peer asked (in a link page) to be told of a record or a release: a full port already makes
- * its handle ready, and a dead peer is found by the next call, so this never waits or fails. */
+ * its handle ready, and a dead peer is found by the next call, so this never waits or fails. When
+ * the other direction's thread holds ctl_lock, the wake is left to it (memport__chan_unlock). */
 void memport__chan_send_wake(memport_chan_t *ch) {
+  if (pthread_mutex_trylock(&ch->ctl_lock) != 0) {
+    atomic_store_explicit(&ch->wake_owed, true, memory_order_seq_cst);
+    if (pthread_mutex_trylock(&ch->ctl_lock) != 0)
+      return;
+    atomic_store_explicit(&ch->wake_owed, false, memory_order_relaxed);
+  }
+  ch->ctl_depth++;
   struct memport__ctl_hdr h = {MEMPORT__CTL_MAGIC, MEMPORT__CTL_WAKE, 0};
-  if (ch->port != NULL && memport__chan_ctl_send(ch, &h, sizeof h, 0) == 0)
+  if (ch->port != NULL && memport__chan_ctl_send(ch, ch->ctl_small, &h, sizeof h, 0) == 0)
     ch->stats.wakes_sent++;
+  memport__chan_unlock(ch);
 }
 
 /* Act on one received control message (after the handshake). */
@@ -65,7 +88,7 @@ static int handle_ctl(memport_chan_t *ch, memport_msg_t *m) {
   }
 }
 
-int memport__chan_pump(memport_chan_t *ch, uint64_t deadline) {
+static int pump(memport_chan_t *ch, uint64_t deadline) {
   if (ch->broken)
     return ch->broken;
   if (ch->port_eof)
@@ -113,16 +136,30 @@ int memport__chan_pump(memport_chan_t *ch, uint64_t deadline) {
   return 0;
 }
 
-int memport__chan_drain(memport_chan_t *ch) {
+int memport__chan_pump(memport_chan_t *ch, uint64_t deadline) {
+  memport__chan_lock(ch);
+  int rc = pump(ch, deadline);
+  memport__chan_unlock(ch);
+  return rc;
+}
+
+static int drain(memport_chan_t *ch) {
   int rc = 0;
   for (unsigned n = 0; n < CHAN_DRAIN_MAX && rc == 0; n++)
-    rc = memport__chan_pump(ch, 0);
+    rc = pump(ch, 0);
   if (rc != 0 && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT)
     return rc;
   rc = memport__chan_pool_flush(ch);
   if (rc < 0)
     return rc;
   return ch->peer_gone ? MEMPORT_EPEER : 0;
+}
+
+int memport__chan_drain(memport_chan_t *ch) {
+  memport__chan_lock(ch);
+  int rc = drain(ch);
+  memport__chan_unlock(ch);
+  return rc;
 }
 
 int memport__chan_live_slow(memport_chan_t *ch, uint64_t now) {

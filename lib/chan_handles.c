@@ -65,7 +65,7 @@ static int handles_send(memport_chan_t *ch, const void *data, size_t len, mempor
       out->handles[out->nhandles++] = *h; /* lent: still the caller's until the send succeeds */
   }
   if (rc == 0)
-    rc = memport__chan_ctl_send(ch, bytes, sizeof c + count, deadline);
+    rc = memport__chan_ctl_send(ch, out, bytes, sizeof c + count, deadline);
   if (rc < 0) {
     if (!copy)
       out->nhandles = 0; /* the caller's again, untouched */
@@ -94,8 +94,9 @@ static int handles_send(memport_chan_t *ch, const void *data, size_t len, mempor
   return rc;
 }
 
-int memport_chan_send_msg(memport_chan_t *chan, const void *data, size_t len, memport_msg_t *handles, unsigned flags,
-                          int64_t timeout_ns) {
+/* memport_chan_send_msg, called with the send direction held (lib/chan.c). */
+int memport__chan_send_msg_impl(memport_chan_t *chan, const void *data, size_t len, memport_msg_t *handles,
+                                unsigned flags, int64_t timeout_ns) {
   if (chan == NULL || (data == NULL && len != 0) || (flags & ~MEMPORT_ATTACH_COPY) != 0)
     return MEMPORT_EINVAL;
   uint32_t count = 0;
@@ -103,7 +104,7 @@ int memport_chan_send_msg(memport_chan_t *chan, const void *data, size_t len, me
     for (size_t i = 0; i < handles->nhandles; i++)
       count += handles->handles[i].kind != 0;
   if (count == 0)
-    return memport_chan_send(chan, data, len, 0, timeout_ns); /* a plain message */
+    return memport__chan_send_impl(chan, data, len, 0, timeout_ns); /* a plain message */
   int rc = memport__chan_live(chan);
   if (rc < 0)
     return memport__chan_tx_code(chan, rc);
@@ -151,7 +152,7 @@ int memport__chan_handles_arrived(memport_chan_t *ch, memport_msg_t *m, const un
   return 0;
 }
 
-int memport__chan_handles_take(memport_chan_t *ch, const struct memport__chan_rec *rec, memport_msg_t *out) {
+static int handles_take(memport_chan_t *ch, const struct memport__chan_rec *rec, memport_msg_t *out) {
   /* Sent before the record was committed, so in the port, maybe behind more control messages
    * than one drain reads: read on until they are there or the port is empty. The bound only
    * stops a peer that floods the port without ever sending them. */
@@ -192,4 +193,13 @@ int memport__chan_handles_take(memport_chan_t *ch, const struct memport__chan_re
   }
   memport__chan_handles_free(h);
   return 0;
+}
+
+/* Under the control lock: the queue of announced messages is filled by whichever thread reads the
+ * port (memport__chan_pump), as for one-off regions (memport__chan_blob_take). */
+int memport__chan_handles_take(memport_chan_t *ch, const struct memport__chan_rec *rec, memport_msg_t *out) {
+  memport__chan_lock(ch);
+  int rc = handles_take(ch, rec, out);
+  memport__chan_unlock(ch);
+  return rc;
 }

@@ -14,16 +14,28 @@ int memport__chan_pool_setup(memport_chan_t *ch, uint32_t count, size_t buf_size
   return 0;
 }
 
-static int pool_make(memport_chan_t *ch) {
+/* Under ctl_lock: the receiving side's thread reads tx_pool.count and port_returns
+ * (memport__chan_pool_returned). */
+static int pool_make_locked(memport_chan_t *ch) {
   uint32_t count = ch->tx_pool_want_count;
   ch->tx_pool_loans = calloc(count, sizeof ch->tx_pool_loans[0]);
-  if (ch->tx_pool_loans == NULL)
-    return MEMPORT_ENOMEM;
-  int rc = memport__pool_create(&ch->tx_pool, count, ch->tx_pool_want_size, &ch->tx_pool_lend);
+  ch->port_returns = calloc(count, sizeof ch->port_returns[0]);
+  int rc = ch->tx_pool_loans == NULL || ch->port_returns == NULL
+               ? MEMPORT_ENOMEM
+               : memport__pool_create(&ch->tx_pool, count, ch->tx_pool_want_size, &ch->tx_pool_lend);
   if (rc < 0) {
     free(ch->tx_pool_loans);
+    free(ch->port_returns);
     ch->tx_pool_loans = NULL;
+    ch->port_returns = NULL;
   }
+  return rc;
+}
+
+static int pool_make(memport_chan_t *ch) {
+  memport__chan_lock(ch);
+  int rc = pool_make_locked(ch);
+  memport__chan_unlock(ch);
   return rc;
 }
 
@@ -43,6 +55,8 @@ static int pool_adopt(memport_chan_t *ch, memport_region_t *region, uint32_t cou
     memport__pool_view_close(&ch->rx_pool);
     return MEMPORT_ENOMEM;
   }
+  /* The receiving side uses rx_pool without the lock once it sees this. */
+  atomic_store_explicit(&ch->rx_pool_ready, true, memory_order_release);
   return 0;
 }
 
@@ -82,6 +96,8 @@ void memport__chan_pool_fini(memport_chan_t *ch) {
   ch->owed_releases = NULL;
   free(ch->tx_pool_loans);
   ch->tx_pool_loans = NULL;
+  free(ch->port_returns);
+  ch->port_returns = NULL;
   free(ch->rx_pool_tickets);
   ch->rx_pool_tickets = NULL;
 }
@@ -89,12 +105,41 @@ void memport__chan_pool_fini(memport_chan_t *ch) {
 /* ------------------------------------------------------------------------------------------ */
 /* Our pool.                                                                                   */
 
-/* Take back the buffers the peer queued in our link page (after its death the pool is ours). */
+/* Releases the peer sent over the port (read by either side's thread, kept under ctl_lock). */
+static int take_port_returns(memport_chan_t *ch) {
+  int rc = 0;
+  memport__chan_lock(ch);
+  for (uint32_t i = 0; i < ch->port_returns_count && rc == 0; i++)
+    rc = memport__pool_return(&ch->tx_pool, ch->port_returns[i].index, ch->port_returns[i].gen);
+  ch->port_returns_count = 0;
+  atomic_store_explicit(&ch->port_returns_pending, false, memory_order_relaxed);
+  memport__chan_unlock(ch);
+  return rc;
+}
+
+/* Take back the buffers the peer queued in our link page or sent over the port (after its death
+ * the pool is ours: the sending side takes it back here, once). */
 static int collect(memport_chan_t *ch) {
-  if (ch->peer_gone)
+  if (ch->peer_gone) {
+    if (!ch->tx_pool_reclaimed) {
+      ch->tx_pool_reclaimed = true;
+      memport__pool_reclaim(&ch->tx_pool);
+    }
     return 0;
-  int rc = memport__pool_collect(&ch->tx_pool, &ch->tx_pool_returns);
+  }
+  int rc = 0;
+  if (MEMPORT__UNLIKELY(atomic_load_explicit(&ch->port_returns_pending, memory_order_relaxed)))
+    rc = take_port_returns(ch);
+  if (rc == 0)
+    rc = memport__pool_collect(&ch->tx_pool, &ch->tx_pool_returns);
   return rc < 0 ? memport__chan_break(ch, rc) : 0;
+}
+
+static bool blobs_full(memport_chan_t *ch) {
+  memport__chan_lock(ch);
+  bool full = memport__chan_blobs_full(ch);
+  memport__chan_unlock(ch);
+  return full;
 }
 
 static int pool_ready(void *arg) {
@@ -136,13 +181,14 @@ static int pool_wait(memport_chan_t *ch, uint64_t deadline) {
       return rc;
     }
     rc = memport__chan_pool_flush(ch);
-    if (rc == 0 && MEMPORT__UNLIKELY(memport__chan_blobs_full(ch))) {
+    if (rc == 0 && MEMPORT__UNLIKELY(blobs_full(ch))) {
       /* The port is not read (see memport__chan_pump): poll the queue for a slice instead. */
       rc = memport__wait_spin(&spin, pool_ready, ch, memport__slice_end(deadline, MEMPORT__CHAN_SLICE_NS));
       if (rc == MEMPORT_ETIMEDOUT)
         rc = memport__chan_pump(ch, 0); /* is the peer still there? */
     } else if (rc == 0) {
-      rc = memport__chan_pump(ch, deadline);
+      /* In slices: the other direction's thread needs ctl_lock meanwhile. */
+      rc = memport__chan_pump(ch, memport__slice_end(deadline, MEMPORT__CHAN_LOCK_SLICE_NS));
     }
     if (rc < 0 && rc != MEMPORT_ETIMEDOUT && rc != MEMPORT_EAGAIN) {
       memport__relq_disarm(&ch->tx_pool_returns);
@@ -163,14 +209,14 @@ int memport__chan_pool_alloc(memport_chan_t *ch, size_t len, memport_buf_t *buf,
     int rc = pool_wait(ch, deadline);
     if (rc < 0) {
       if (rc == MEMPORT_ETIMEDOUT)
-        ch->tx_want_pool = true; /* for the pollable handle */
+        memport__chan_tx_want(ch, 0, true); /* for the pollable handle */
       return rc;
     }
     if (MEMPORT__UNLIKELY(ch->peer_gone)) /* the reclaimed pool cannot be sent from */
       return MEMPORT_EPEER;
   }
   uint32_t i = memport__pool_alloc(&ch->tx_pool);
-  uint64_t ticket = memport__chan_ticket(ch);
+  uint64_t ticket = memport__chan_tx_ticket(ch);
   ch->tx_pool_loans[i].ticket = ticket;
   ch->tx_pool_loans[i].len = len;
   memport__chan_buf_set(ch, buf, memport__pool_buf(&ch->tx_pool, i), len, MEMPORT__BUF_TX_POOL, i, ticket);
@@ -204,7 +250,7 @@ static int pool_announce(memport_chan_t *ch, uint64_t deadline) {
   memport_msg_clear(ch->ctl_out);
   int rc = memport_msg_attach_region(ch->ctl_out, ch->tx_pool_lend, MEMPORT_ATTACH_COPY);
   if (rc == 0)
-    rc = memport__chan_ctl_send(ch, &c, sizeof c, deadline);
+    rc = memport__chan_ctl_send(ch, ch->ctl_out, &c, sizeof c, deadline);
   memport_msg_clear(ch->ctl_out);
   if (rc == MEMPORT_EAGAIN)
     rc = MEMPORT_ETIMEDOUT;
@@ -249,21 +295,22 @@ int memport__chan_pool_returned(memport_chan_t *ch, const unsigned char *b, size
       len != sizeof r + (size_t)r.count * sizeof(struct memport__ctl_release_entry))
     return MEMPORT_EPROTO;
   if (ch->peer_gone)
-    return 0; /* sent before it died: the pool was reclaimed already (memport__chan_peer_gone) */
-  for (uint32_t i = 0; i < r.count; i++) {
-    struct memport__ctl_release_entry e;
-    memcpy(&e, b + sizeof r + i * sizeof e, sizeof e);
-    int rc = memport__pool_return(&ch->tx_pool, e.index, e.gen);
-    if (rc < 0)
-      return rc;
-  }
+    return 0; /* sent before it died: the pool is reclaimed (memport__chan_peer_gone) */
+  /* Under ctl_lock, maybe on the receiving side's thread: kept for the sending side (collect),
+   * which owns tx_pool. Each is a distinct lent buffer: more than count is a lie. */
+  if (r.count > ch->tx_pool.count - ch->port_returns_count)
+    return MEMPORT_EPROTO;
+  for (uint32_t i = 0; i < r.count; i++)
+    memcpy(&ch->port_returns[ch->port_returns_count++], b + sizeof r + i * sizeof(struct memport__ctl_release_entry),
+           sizeof(struct memport__ctl_release_entry));
+  atomic_store_explicit(&ch->port_returns_pending, true, memory_order_relaxed);
   return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* The peer's pool.                                                                            */
 
-int memport__chan_pool_flush(memport_chan_t *ch) {
+static int flush(memport_chan_t *ch) {
   while (ch->owed_count > 0 && !ch->peer_gone && ch->broken == 0) {
     unsigned char buf[4096];
     uint32_t per = (uint32_t)((sizeof buf - sizeof(struct memport__ctl_release)) /
@@ -272,7 +319,7 @@ int memport__chan_pool_flush(memport_chan_t *ch) {
     struct memport__ctl_release hdr = {{MEMPORT__CTL_MAGIC, MEMPORT__CTL_RELEASE, 0}, n, 0};
     memcpy(buf, &hdr, sizeof hdr);
     memcpy(buf + sizeof hdr, ch->owed_releases, n * sizeof ch->owed_releases[0]);
-    int rc = memport__chan_ctl_send(ch, buf, sizeof hdr + n * sizeof ch->owed_releases[0], 0);
+    int rc = memport__chan_ctl_send(ch, ch->ctl_small, buf, sizeof hdr + n * sizeof ch->owed_releases[0], 0);
     if (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT)
       return 0; /* a full port keeps them for the next try */
     if (rc == MEMPORT_EPEER) {
@@ -287,16 +334,27 @@ int memport__chan_pool_flush(memport_chan_t *ch) {
   return 0;
 }
 
+int memport__chan_pool_flush(memport_chan_t *ch) {
+  memport__chan_lock(ch);
+  int rc = flush(ch);
+  memport__chan_unlock(ch);
+  return rc;
+}
+
 #define CHAN_POOL_DRAIN_MAX 65536u /* control messages read while looking for the peer's pool */
 
 int memport__chan_pool_find(memport_chan_t *ch, struct memport__chan_rec *rec, const void *p) {
   memcpy(&rec->pool, p, sizeof rec->pool); /* once: the peer may change the ring under us */
   /* The peer's first zero-copy message: its pool was sent over the port before the record was
    * committed (as an oversized message's region, memport__chan_blob_take). */
-  for (unsigned n = 0; MEMPORT__UNLIKELY(ch->rx_pool.count == 0) && n < CHAN_POOL_DRAIN_MAX; n++) {
-    int rc = memport__chan_pump(ch, 0);
-    if (rc < 0)
-      break; /* nothing more (or broken): the record is then a protocol error */
+  if (MEMPORT__UNLIKELY(!atomic_load_explicit(&ch->rx_pool_ready, memory_order_acquire))) {
+    memport__chan_lock(ch);
+    for (unsigned n = 0; ch->rx_pool.count == 0 && n < CHAN_POOL_DRAIN_MAX; n++) {
+      int rc = memport__chan_pump(ch, 0);
+      if (rc < 0)
+        break; /* nothing more (or broken): the record is then a protocol error */
+    }
+    memport__chan_unlock(ch);
   }
   const void *at = memport__pool_view_find(&ch->rx_pool, rec->pool.index, rec->pool.offset, rec->pool.len);
   if (at == NULL)
@@ -313,7 +371,7 @@ void memport__chan_pool_hold(memport_chan_t *ch, const struct memport__chan_rec 
 }
 
 uint64_t memport__chan_pool_hand_out(memport_chan_t *ch, uint32_t i) {
-  uint64_t ticket = memport__chan_ticket(ch);
+  uint64_t ticket = memport__chan_rx_ticket(ch);
   ch->rx_pool_tickets[i] = ticket;
   return ticket;
 }
@@ -340,12 +398,17 @@ int memport__chan_pool_release(memport_chan_t *ch, uint32_t i) {
   }
   /* Each owed release is a distinct buffer the peer still counts as lent, so at most count are
    * owed; more means the peer sent a buffer again before getting it back. */
-  if (MEMPORT__UNLIKELY(ch->owed_count >= ch->rx_pool.count))
-    return memport__chan_break(ch, MEMPORT_EPROTO);
-  ch->owed_releases[ch->owed_count].index = i;
-  ch->owed_releases[ch->owed_count].gen = gen;
-  ch->owed_count++;
-  if (ch->owed_count * 2 >= ch->rx_pool.count || memport__ring_readable(ch->rx_ring) <= 0)
-    return memport__chan_pool_flush(ch);
-  return 0;
+  memport__chan_lock(ch);
+  int rc = 0;
+  if (MEMPORT__UNLIKELY(ch->owed_count >= ch->rx_pool.count)) {
+    rc = memport__chan_break(ch, MEMPORT_EPROTO);
+  } else if (!ch->peer_gone && ch->broken == 0) {
+    ch->owed_releases[ch->owed_count].index = i;
+    ch->owed_releases[ch->owed_count].gen = gen;
+    ch->owed_count++;
+    if (ch->owed_count * 2 >= ch->rx_pool.count || memport__ring_readable(ch->rx_ring) <= 0)
+      rc = flush(ch);
+  }
+  memport__chan_unlock(ch);
+  return rc;
 }

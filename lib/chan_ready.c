@@ -65,7 +65,8 @@ static void ring_bell(memport_chan_t *ch) {
   }
 }
 
-/* Latch the peer's close from its link page (loaded once, checked against the ring). */
+/* Latch the peer's close from its link page (loaded once, checked against the ring's shared
+ * positions: either direction's thread may latch it, under ctl_lock). */
 static int rx_close_latch(memport_chan_t *ch) {
   if (ch->peer_closed_all || ch->rx_link == NULL)
     return 0;
@@ -81,7 +82,7 @@ static int rx_close_latch(memport_chan_t *ch) {
   uint64_t how = v & (MEMPORT__RING_ALIGN - 1);
   if (how != MEMPORT__CHAN_CLOSED_SEND && how != (MEMPORT__CHAN_CLOSED_SEND | MEMPORT__CHAN_CLOSED_ALL))
     return memport__chan_break(ch, MEMPORT_EPROTO);
-  int rc = memport__ring_end_check(ch->rx_ring, pos);
+  int rc = memport__ring_end_check_shared(ch->rx_ring, pos);
   if (rc < 0)
     return memport__chan_ring_error(ch, rc);
   ch->rx_closed = true;
@@ -100,7 +101,7 @@ static void told_end(memport_chan_t *ch) {
   rederive(ch);
 }
 
-int memport__chan_rx_end(memport_chan_t *ch) {
+static int rx_end(memport_chan_t *ch) {
   if (ch->broken)
     return ch->broken;
   int rc = rx_close_latch(ch);
@@ -119,32 +120,52 @@ int memport__chan_rx_end(memport_chan_t *ch) {
   return ch->peer_gone ? MEMPORT_EPEER : 0;
 }
 
+/* Called by the receiving side only (the ring's private positions are its own). */
+int memport__chan_rx_end(memport_chan_t *ch) {
+  memport__chan_lock(ch);
+  int rc = rx_end(ch);
+  memport__chan_unlock(ch);
+  return rc;
+}
+
 int memport__chan_tx_code(memport_chan_t *ch, int rc) {
   if ((rc != MEMPORT_EPEER && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT) || ch->broken)
     return rc;
+  memport__chan_lock(ch);
   if (rx_close_latch(ch) < 0)
-    return ch->broken;
-  /* Closed the whole channel: nothing will be consumed or released any more, even while its port
-   * lives on (in a forked process), so a send that must wait never succeeds. */
-  return ch->peer_closed_all ? MEMPORT_ECLOSED : rc;
+    rc = ch->broken;
+  else if (ch->peer_closed_all)
+    rc = MEMPORT_ECLOSED; /* closed the whole channel: nothing will be consumed or released any
+                             more, even while its port lives on (in a forked process), so a send
+                             that must wait never succeeds */
+  memport__chan_unlock(ch);
+  return rc;
+}
+
+void memport__chan_tx_want(memport_chan_t *ch, uint64_t space, bool pool) {
+  memport__chan_lock(ch);
+  ch->tx_want_space = space;
+  ch->tx_want_pool = pool;
+  memport__chan_unlock(ch);
 }
 
 /* Would the send that failed succeed now? Arms the wake requests first, then looks. What it
- * lacked stays wanted (the handle stays ready) until the next send, alloc or send_buf. */
+ * lacked stays wanted (the handle stays ready) until the next send, alloc or send_buf. Either
+ * direction's thread may ask (under ctl_lock), so it looks only at shared positions, never at the
+ * sending side's private state: a release queued or read from the port, or ring space. */
 static bool tx_ready(memport_chan_t *ch) {
   if ((ch->tx_want_pool || ch->tx_want_space != 0) && ch->peer_closed_all)
     return true; /* it would now fail with MEMPORT_ECLOSED (memport__chan_tx_code) */
   if (ch->tx_want_pool) {
     memport__relq_arm(&ch->tx_pool_returns);
-    if (ch->peer_gone || memport__pool_collect(&ch->tx_pool, &ch->tx_pool_returns) < 0 ||
-        memport__pool_has_free(&ch->tx_pool)) {
+    if (ch->peer_gone || ch->port_returns_count != 0 || memport__relq_pending(&ch->tx_pool_returns)) {
       memport__relq_disarm(&ch->tx_pool_returns);
-      return true; /* (a failed collect breaks the channel at the next call) */
+      return true; /* (a bogus release breaks the channel at the next call) */
     }
   }
   if (ch->tx_want_space != 0) {
     atomic_store_explicit(&ch->tx_link->space_wake, 1u, memory_order_seq_cst);
-    if (ch->peer_gone || memport__ring_writable(ch->tx_ring, ch->tx_want_space) != 0) {
+    if (ch->peer_gone || memport__ring_writable_shared(ch->tx_ring, ch->tx_want_space) != 0) {
       atomic_store_explicit(&ch->tx_link->space_wake, 0u, memory_order_relaxed);
       return true;
     }
@@ -152,7 +173,7 @@ static bool tx_ready(memport_chan_t *ch) {
   return false;
 }
 
-void memport__chan_ready_update(memport_chan_t *ch) {
+static void ready_update(memport_chan_t *ch) {
   if (ch->broken || ch->rx_link == NULL) /* broken: the pollable call says so; no link: handshake */
     return;
   bool ready = false;
@@ -166,12 +187,18 @@ void memport__chan_ready_update(memport_chan_t *ch) {
     _Atomic uint32_t *w = &ch->rx_link->port_wake;
     if (atomic_load_explicit(w, memory_order_seq_cst) == 0)
       atomic_fetch_or_explicit(w, 1u, memory_order_seq_cst);
-    ready = memport__ring_readable(ch->rx_ring) != 0; /* a record, or a broken ring */
+    ready = memport__ring_readable_shared(ch->rx_ring) != 0; /* a record, or a broken ring */
   }
   if (tx_ready(ch))
     ready = true;
   if (ready || ch->broken)
     ring_bell(ch);
+}
+
+void memport__chan_ready_update(memport_chan_t *ch) {
+  memport__chan_lock(ch);
+  ready_update(ch);
+  memport__chan_unlock(ch);
 }
 
 /* Clear the bell and derive readiness again from the state (what the port holds keeps the
@@ -205,10 +232,16 @@ static void idle(memport_chan_t *ch) {
 void memport__chan_rx_idle(memport_chan_t *ch) {
   if (!ch->peer_gone)
     atomic_fetch_or_explicit(&ch->rx_link->port_wake, 1u, memory_order_seq_cst);
+  memport__chan_lock(ch);
   idle(ch);
+  memport__chan_unlock(ch);
 }
 
-void memport__chan_tx_idle(memport_chan_t *ch) { idle(ch); }
+void memport__chan_tx_idle(memport_chan_t *ch) {
+  memport__chan_lock(ch);
+  idle(ch);
+  memport__chan_unlock(ch);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Orderly close.                                                                              */
@@ -225,16 +258,19 @@ static void announce_close(memport_chan_t *ch, unsigned how) {
 int memport_chan_shutdown(memport_chan_t *chan, unsigned how) {
   if (chan == NULL || how != MEMPORT_CHAN_SHUT_SEND)
     return MEMPORT_EINVAL;
-  if (chan->broken)
-    return chan->broken;
-  if (chan->tx_end != 0)
-    return 0;
-  chan->tx_end = MEMPORT_ECLOSED;
-  chan->tx_want_space = 0; /* no send will succeed again: nothing to be ready for */
-  chan->tx_want_pool = false;
-  chan->owner = getpid(); /* it is this process that speaks for the channel */
-  announce_close(chan, 0);
-  return 0;
+  int rc = memport__chan_enter(&chan->tx_busy); /* a sending-side call */
+  if (rc < 0)
+    return rc;
+  if (chan->broken) {
+    rc = chan->broken;
+  } else if (chan->tx_end == 0) {
+    chan->tx_end = MEMPORT_ECLOSED;
+    memport__chan_tx_want(chan, 0, false); /* no send will succeed again: nothing to be ready for */
+    chan->owner = getpid(); /* it is this process that speaks for the channel */
+    announce_close(chan, 0);
+  }
+  memport__chan_leave(&chan->tx_busy);
+  return rc;
 }
 
 void memport__chan_close_announce(memport_chan_t *ch) {

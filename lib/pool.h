@@ -94,6 +94,12 @@ static inline void memport__relq_arm(struct memport__relq_owner *q) {
 static inline void memport__relq_disarm(struct memport__relq_owner *q) {
   atomic_store_explicit(&q->sh->owner_wait, 0, memory_order_relaxed);
 }
+/* Entries queued and not yet taken, from the shared positions alone (another thread than the
+ * owner's may ask; a hostile borrower can only make it say yes). */
+static inline bool memport__relq_pending(const struct memport__relq_owner *q) {
+  return atomic_load_explicit(&q->sh->tail, memory_order_seq_cst) !=
+         atomic_load_explicit(&q->sh->head, memory_order_seq_cst);
+}
 
 /* The borrower's end of a release queue. */
 struct memport__relq_borrower {

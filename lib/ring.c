@@ -566,3 +566,34 @@ int memport__ring_at_end(memport_ring_t *r, uint64_t end) {
     return ring_break(r);
   return 1;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* From another thread than the ring's producer or consumer: shared positions only.             */
+
+int memport__ring_readable_shared(memport_ring_t *r) {
+  if (ring_broken(r))
+    return MEMPORT_EPROTO;
+  uint64_t c = atomic_load_explicit(&r->sh->cons, memory_order_seq_cst);
+  uint64_t p = atomic_load_explicit(&r->sh->prod, memory_order_seq_cst);
+  return p != c;
+}
+
+int memport__ring_writable_shared(memport_ring_t *r, uint64_t space) {
+  if (ring_broken(r))
+    return MEMPORT_EPROTO;
+  uint64_t p = atomic_load_explicit(&r->sh->prod, memory_order_seq_cst);
+  uint64_t c = atomic_load_explicit(&r->sh->cons, memory_order_seq_cst);
+  if (c > p || p - c > r->cap)
+    return 1; /* impossible: the producer's next call says so */
+  return r->cap - (p - c) >= space;
+}
+
+int memport__ring_end_check_shared(memport_ring_t *r, uint64_t end) {
+  if (ring_broken(r))
+    return MEMPORT_EPROTO;
+  uint64_t c = atomic_load_explicit(&r->sh->cons, memory_order_seq_cst);
+  uint64_t p = atomic_load_explicit(&r->sh->prod, memory_order_seq_cst);
+  if ((end & (MEMPORT__RING_ALIGN - 1)) != 0 || end < c || end > p || p - c > r->cap)
+    return ring_break(r);
+  return 0;
+}

@@ -83,6 +83,13 @@ MEMPORT_HIDDEN uint64_t memport__ring_space_after(const struct memport_ring *r, 
  * is released and nothing more was produced, 0 when records before it remain, MEMPORT_EPROTO when
  * records were produced after it. */
 MEMPORT_HIDDEN int memport__ring_end_check(struct memport_ring *r, uint64_t end);
+/* The same questions from another thread than the one that produces (or consumes): the shared
+ * positions alone, never the private ones. Readable / writable may answer yes spuriously when the
+ * other end is hostile (the next call of the owning thread finds the error); end_check is as
+ * above but against the shared positions. */
+MEMPORT_HIDDEN int memport__ring_readable_shared(struct memport_ring *r);
+MEMPORT_HIDDEN int memport__ring_writable_shared(struct memport_ring *r, uint64_t space);
+MEMPORT_HIDDEN int memport__ring_end_check_shared(struct memport_ring *r, uint64_t end);
 MEMPORT_HIDDEN int memport__ring_at_end(struct memport_ring *r, uint64_t end);
 MEMPORT_HIDDEN void memport__ring_set_policy(struct memport_ring *r, int policy, uint64_t spin_ns);
 /* Export for a peer that only consumes (a read-only data region), and that peer's import (the
