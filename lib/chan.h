@@ -303,6 +303,10 @@ MEMPORT_HIDDEN int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t 
                                               size_t len);
 /* The port dropped a message for want of descriptors: its oversized message is lost. */
 MEMPORT_HIDDEN void memport__chan_blob_lost(memport_chan_t *ch);
+/* Queue what the next port message in sequence carried (a one-off region, a message's handles,
+ * or neither when the port lost it), for the ring record that announces it. */
+MEMPORT_HIDDEN void memport__chan_announced_push(memport_chan_t *ch, memport_region_t *region, size_t len,
+                                                 struct memport__chan_handles *handles);
 static inline bool memport__chan_blobs_full(const memport_chan_t *ch) { /* under ctl_lock */
   return ch->rx_blobs_count >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT;
 }

@@ -206,25 +206,22 @@ int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t *m, const unsig
     memport_region_close(region);
     return MEMPORT_EPROTO;
   }
-  struct memport__chan_blob *s =
-      &ch->rx_blobs[(ch->rx_blobs_head + ch->rx_blobs_count) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
-  s->region = region;
-  s->len = blob.len;
-  s->handles = NULL;
-  ch->rx_blobs_count++;
-  ch->rx_blob_announced++;
+  memport__chan_announced_push(ch, region, (size_t)blob.len, NULL);
   return 0;
 }
 
-void memport__chan_blob_lost(memport_chan_t *ch) {
+void memport__chan_announced_push(memport_chan_t *ch, memport_region_t *region, size_t len,
+                                  struct memport__chan_handles *handles) {
   struct memport__chan_blob *s =
       &ch->rx_blobs[(ch->rx_blobs_head + ch->rx_blobs_count) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
-  s->region = NULL;
-  s->len = 0;
-  s->handles = NULL;
+  s->region = region;
+  s->len = len;
+  s->handles = handles;
   ch->rx_blobs_count++;
   ch->rx_blob_announced++;
 }
+
+void memport__chan_blob_lost(memport_chan_t *ch) { memport__chan_announced_push(ch, NULL, 0, NULL); }
 
 void memport__chan_blob_pop(memport_chan_t *ch) {
   ch->rx_blobs_head = (ch->rx_blobs_head + 1) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT;

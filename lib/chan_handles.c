@@ -142,13 +142,7 @@ int memport__chan_handles_arrived(memport_chan_t *ch, memport_msg_t *m, const un
   h->count = c.count;
   memcpy(h->h, m->handles, c.count * sizeof h->h[0]);
   m->nhandles = 0; /* moved into h */
-  struct memport__chan_blob *s =
-      &ch->rx_blobs[(ch->rx_blobs_head + ch->rx_blobs_count) % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT];
-  s->region = NULL;
-  s->len = 0;
-  s->handles = h;
-  ch->rx_blobs_count++;
-  ch->rx_blob_announced++;
+  memport__chan_announced_push(ch, NULL, 0, h);
   return 0;
 }
 

@@ -317,20 +317,27 @@ int memport__registry_lookup(int dirfd, const char *name, int *kind, memport_cre
   return lookup_entry(dirfd, entry, kind, owner);
 }
 
-int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg), void *arg) {
-  /* A descriptor of our own for the listing: a fresh open file description (its own offset, so a
-   * listing never moves or is moved by another user of dirfd) that is close-on-exec (dup() is
-   * not: a fork+exec in another thread meanwhile would leak it into the new program). */
+/* A directory stream of our own over dirfd: a fresh open file description (its own offset, so a
+ * listing never moves or is moved by another user of dirfd) that is close-on-exec (dup() is not: a
+ * fork+exec in another thread meanwhile would leak it into the new program). */
+static int open_listing(int dirfd, DIR **out) {
   int listfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (listfd < 0)
     return neg_errno(errno, MEMPORT_EMFILE);
-  DIR *dir = fdopendir(listfd);
-  if (dir == NULL) {
+  *out = fdopendir(listfd);
+  if (*out == NULL) {
     int rc = neg_errno(errno, MEMPORT_ENOMEM);
     close(listfd);
     return rc;
   }
-  int rc = 0;
+  return 0;
+}
+
+int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *info, void *arg), void *arg) {
+  DIR *dir;
+  int rc = open_listing(dirfd, &dir);
+  if (rc < 0)
+    return rc;
   const size_t sl = sizeof LOCK_SUFFIX - 1;
   struct dirent *e;
   while ((e = readdir(dir)) != NULL) {
@@ -383,15 +390,10 @@ out:
 }
 
 int memport__registry_sweep(int dirfd, size_t max_entries, void (*drop)(int dirfd, const char *name)) {
-  int listfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* as in foreach */
-  if (listfd < 0)
-    return neg_errno(errno, MEMPORT_EMFILE);
-  DIR *dir = fdopendir(listfd);
-  if (dir == NULL) {
-    int rc = neg_errno(errno, MEMPORT_ENOMEM);
-    close(listfd);
+  DIR *dir;
+  int rc = open_listing(dirfd, &dir);
+  if (rc < 0)
     return rc;
-  }
   const size_t sl = sizeof LOCK_SUFFIX - 1;
   size_t seen = 0, looked = 0;
   int removed = 0;
