@@ -303,6 +303,10 @@ MEMPORT_HIDDEN int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t 
                                               size_t len);
 /* The port dropped a message for want of descriptors: its oversized message is lost. */
 MEMPORT_HIDDEN void memport__chan_blob_lost(memport_chan_t *ch);
+/* Sending side of the bound on port messages in flight (chan_blob.c): wait for room, then note
+ * where the announcing record of a message just sent ends. */
+MEMPORT_HIDDEN int memport__chan_port_msg_room(memport_chan_t *ch, uint64_t deadline);
+MEMPORT_HIDDEN void memport__chan_port_msg_sent(memport_chan_t *ch);
 /* Queue what the next port message in sequence carried (a one-off region, a message's handles,
  * or neither when the port lost it), for the ring record that announces it. */
 MEMPORT_HIDDEN void memport__chan_announced_push(memport_chan_t *ch, memport_region_t *region, size_t len,

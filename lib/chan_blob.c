@@ -144,15 +144,9 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
     return MEMPORT_EINVAL;
   uint32_t held_index = MEMPORT__BUF_INDEX(buf->priv[0]);
   size_t len = buf->len;
-  /* At most MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT oversized messages the consumer has not taken yet:
-   * a consumer that does not read pins that many regions, not as many as its port holds. */
-  int rc;
-  if (ch->tx_blobs_sent >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT) {
-    rc = memport__chan_wait_consumed(ch, ch->tx_blob_end[ch->tx_blobs_sent % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT],
-                                     deadline);
-    if (rc < 0)
-      return rc;
-  }
+  int rc = memport__chan_port_msg_room(ch, deadline);
+  if (rc < 0)
+    return rc;
   /* Reserve the ring record first so nothing can fail after the region has gone out. */
   void *slot;
   rc = memport__chan_reserve(ch, sizeof(struct memport__rec_blob), &slot, deadline);
@@ -178,7 +172,7 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
   struct memport__rec_blob d = {ch->tx_blob_seq++, 0, len};
   memcpy(slot, &d, sizeof d);
   rc = memport__chan_commit(ch, sizeof d, MEMPORT__REC_BLOB);
-  ch->tx_blob_end[ch->tx_blobs_sent++ % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT] = memport__ring_produced(ch->tx_ring);
+  memport__chan_port_msg_sent(ch);
   memport__chan_lock(ch);
   held_drop(&ch->blobs_held[held_index]);
   memport__chan_unlock(ch);
@@ -188,6 +182,21 @@ int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t dea
     ch->stats.oneoff_fallbacks++; /* larger than a pool buffer */
   ch->stats.tx_bytes[2] += len;
   return rc;
+}
+
+/* At most MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT messages carried over the port (one-off regions and
+ * handles) that the consumer has not taken yet: a consumer that does not read pins that many, not
+ * as many as its port holds. Waits until the oldest of them was consumed. */
+int memport__chan_port_msg_room(memport_chan_t *ch, uint64_t deadline) {
+  if (ch->tx_blobs_sent < MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT)
+    return 0;
+  return memport__chan_wait_consumed(ch, ch->tx_blob_end[ch->tx_blobs_sent % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT],
+                                     deadline);
+}
+
+/* The record announcing the port message just sent ends here: the bound above waits for it. */
+void memport__chan_port_msg_sent(memport_chan_t *ch) {
+  ch->tx_blob_end[ch->tx_blobs_sent++ % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT] = memport__ring_produced(ch->tx_ring);
 }
 
 int memport__chan_blob_arrived(memport_chan_t *ch, memport_msg_t *m, const unsigned char *b, size_t len) {

@@ -33,15 +33,9 @@ static int attach_copy(memport_msg_t *out, const struct memport__handle *h) {
  * can fail once the handles have gone out, and the port message precedes its record. */
 static int handles_send(memport_chan_t *ch, const void *data, size_t len, memport_msg_t *src, uint32_t count,
                         unsigned flags, uint64_t deadline) {
-  /* At most MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT messages carried over the port that the consumer
-   * has not taken yet (one-off regions included): a consumer that does not read pins that many. */
-  int rc;
-  if (ch->tx_blobs_sent >= MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT) {
-    rc = memport__chan_wait_consumed(ch, ch->tx_blob_end[ch->tx_blobs_sent % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT],
-                                     deadline);
-    if (rc < 0)
-      return rc;
-  }
+  int rc = memport__chan_port_msg_room(ch, deadline); /* shares the bound with one-off regions */
+  if (rc < 0)
+    return rc;
   size_t reclen = sizeof(struct memport__rec_handles) + len;
   void *slot;
   rc = memport__chan_reserve(ch, reclen, &slot, deadline);
@@ -86,7 +80,7 @@ static int handles_send(memport_chan_t *ch, const void *data, size_t len, mempor
   if (len != 0)
     memcpy((unsigned char *)slot + sizeof r, data, len);
   rc = memport__chan_commit(ch, reclen, MEMPORT__REC_HANDLES);
-  ch->tx_blob_end[ch->tx_blobs_sent++ % MEMPORT__CHAN_MAX_BLOBS_IN_FLIGHT] = memport__ring_produced(ch->tx_ring);
+  memport__chan_port_msg_sent(ch);
   ch->stats.tx_msgs[0]++;
   ch->stats.tx_bytes[0] += len;
   ch->stats.tx_handle_msgs++;
