@@ -151,6 +151,15 @@ int th_wait(pid_t pid, unsigned timeout_s) {
   }
 }
 
+bool th_exited(pid_t pid, int *status) {
+  int st;
+  pid_t r = waitpid(pid, &st, WNOHANG);
+  if (r == 0)
+    return false;
+  *status = r != pid ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
+  return true;
+}
+
 int th_run_child(int (*fn)(void *arg), void *arg, unsigned timeout_s) {
   return th_wait(th_fork(fn, arg, timeout_s), timeout_s + 5);
 }

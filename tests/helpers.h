@@ -59,6 +59,10 @@ pid_t th_fork(int (*fn)(void *arg), void *arg, unsigned timeout_s);
 /* Wait up to timeout_s seconds for pid; returns its exit status, 128+signal if killed by a
  * signal, or -1 if it had to be killed on timeout. */
 int th_wait(pid_t pid, unsigned timeout_s);
+/* Whether pid has ended, without waiting: then *status is what th_wait would have returned and
+ * the child is reaped. For a parent's loop that waits for a child's progress: a child that failed
+ * early must end the loop, never leave it spinning. */
+bool th_exited(pid_t pid, int *status);
 /* Fork and wait: the child's exit status, as th_wait. */
 int th_run_child(int (*fn)(void *arg), void *arg, unsigned timeout_s);
 

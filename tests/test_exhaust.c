@@ -365,8 +365,8 @@ static int emfile_channel_child(void *arg) {
       if (set_nofile(limit_with_free_slots(free)) != 0)
         return 1;
       int rc = what == 0   ? memport_chan_pair(&x, &y, &o)
-               : what == 1 ? memport_chan_connect(&x, c->name, &o, 2 * SEC)
-                           : memport_region_open(&r, c->region_name, 2 * SEC);
+               : what == 1 ? memport_chan_connect(&x, c->name, &o, 10 * SEC)
+                           : memport_region_open(&r, c->region_name, 10 * SEC);
       set_nofile(g_nofile0);
       if (rc == 0) {
         ok++;
@@ -472,7 +472,12 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   memport_chan_opts_t o;
   small_opts(&o);
   unsigned served = 0;
-  while (atomic_load(&g_sh->stage) == 0) {
+  int status = -1;
+  bool ended = false; /* the child failed early: its status says how, the loop must not spin */
+  uint64_t deadline = th_now_ns() + 150 * (uint64_t)SEC;
+  while (atomic_load(&g_sh->stage) == 0 && !(ended = th_exited(pid, &status))) {
+    if (th_now_ns() > deadline)
+      fail_msg("the connecting child made no progress for 150 s");
     memport_chan_t *c = NULL;
     int rc = memport_chan_accept(&c, svc, &o, 20 * MS);
     if (rc == 0) {
@@ -488,7 +493,7 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
       fail_msg("accept: %s", memport_err_name(rc));
     }
   }
-  assert_int_equal(th_wait(pid, 120), 0);
+  assert_int_equal(ended ? status : th_wait(pid, 120), 0);
   assert_true(served > 0);
   memport_service_close(svc);
   memport_publication_close(pub);
@@ -500,7 +505,11 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   pid = th_fork(emfile_server_child, &ca, 120);
   assert_true(wait_at_least(&g_sh->stage, 1, 20 * SEC));
   served = 0;
-  while (atomic_load(&g_sh->stage) < 2) {
+  ended = false;
+  deadline = th_now_ns() + 150 * (uint64_t)SEC;
+  while (atomic_load(&g_sh->stage) < 2 && !(ended = th_exited(pid, &status))) {
+    if (th_now_ns() > deadline)
+      fail_msg("the serving child made no progress for 150 s");
     memport_chan_t *c = NULL;
     int rc = memport_chan_connect(&c, name, &o, 300 * MS);
     if (rc == 0) {
@@ -513,7 +522,7 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
       fail_msg("connect: %s", memport_err_name(rc));
     }
   }
-  assert_int_equal(th_wait(pid, 120), 0);
+  assert_int_equal(ended ? status : th_wait(pid, 120), 0);
   assert_true(served > 0);
   assert_int_equal(th_count_fds(), fds);
   assert_int_equal(th_count_memport_maps(), maps);
