@@ -115,5 +115,5 @@ static int chan_wait_ack(struct lat_ctx *c, uint64_t seq) {
   return got == seq ? 0 : ctx_fail(c, "ack %" PRIu64 ", expected %" PRIu64, got, seq);
 }
 
-const struct lat_ops lat_chan_ops = {chan_open, chan_side, chan_close, chan_send,
-                                     chan_recv, chan_release, chan_ack, chan_wait_ack};
+const struct lat_ops lat_chan_ops = {chan_open, chan_side,    chan_close, chan_send,
+                                     chan_recv, chan_release, chan_ack,   chan_wait_ack};

@@ -84,5 +84,5 @@ static int port_wait_ack(struct lat_ctx *c, uint64_t seq) {
   return got == seq ? 0 : ctx_fail(c, "ack %" PRIu64 ", expected %" PRIu64, got, seq);
 }
 
-const struct lat_ops lat_port_ops = {port_open,    port_side, port_close,   port_send,
-                                     port_recv,    port_release, port_ack, port_wait_ack};
+const struct lat_ops lat_port_ops = {port_open, port_side,    port_close, port_send,
+                                     port_recv, port_release, port_ack,   port_wait_ack};
