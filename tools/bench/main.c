@@ -166,18 +166,16 @@ static void print_header(void) {
   printf(", %d CPUs (%s)\n", online_cpus(), cpu);
   if (cpus[0] >= 0 && cfg.placement == PLACE_AUTO)
     printf("Placement (sched_setaffinity): blocking paths (pipe, unix, port, channel block, futex, stream block) run\n"
-           "both processes on CPU %d, where a hand-off is one context switch; spinning paths (channel adaptive/spin,\n"
-           "spin ping-pong, stream adaptive/spin) run them on CPUs %d and %d. --placement split|same to change.\n",
+           "both processes on CPU %d, where a hand-off is one context switch; spinning paths (channel adaptive/spin, spin\n"
+           "ping-pong, raw ring, stream adaptive/spin) run them on CPUs %d and %d. --placement split|same to change.\n",
            cpus[0], cpus[0], cpus[1]);
   else if (cpus[0] >= 0)
     printf("Placement (sched_setaffinity, --placement): every path runs %s\n",
            cfg.placement == PLACE_SAME ? "both processes on one CPU" : "sender/producer and receiver/consumer on two CPUs");
   else
-    printf("Processes not pinned (%s)\n",
-           !bench_can_pin ? "no CPU affinity on this platform"
-           : cfg.pin      ? "fewer than two CPUs allowed"
-                          : "--no-pin"
-    );
+    printf("Processes not pinned (%s)\n", !bench_can_pin ? "no CPU affinity on this platform"
+                                         : cfg.pin     ? "fewer than two CPUs allowed"
+                                                       : "--no-pin");
   printf("One-way latency = receiver's CLOCK_MONOTONIC after receive and header/mark check minus the\n"
          "sender's just before the send call (shared clock), one message in flight; see -h for details.\n");
   fflush(stdout);
