@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -112,11 +113,38 @@ bool th_can_duplicate_mappings(void) {
   return false;
 }
 
+/* A child out of time: print its stacks (gdb, where it is installed), then end as SIGALRM would
+ * have ended it (th_wait: 128 + SIGALRM). Not async-signal-safe throughout, but the process is
+ * ending anyway, and a timed-out child's stacks say what it waited for. */
+static void th_child_timed_out(int sig) {
+  static const char msg[] = "th_fork: a child ran out of time (SIGALRM); its stacks follow, if gdb is installed\n";
+  ssize_t w = write(2, msg, sizeof msg - 1);
+  (void)w;
+  char pid[24];
+  snprintf(pid, sizeof pid, "%ld", (long)getpid());
+  pid_t g = fork();
+  if (g == 0) {
+    struct rlimit rl; /* the test may have lowered the descriptor limit: gdb needs descriptors */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    dup2(2, 1);
+    execlp("gdb", "gdb", "-q", "-batch", "-p", pid, "-ex", "thread apply all bt", (char *)NULL);
+    _exit(127);
+  }
+  if (g > 0) {
+    int st;
+    waitpid(g, &st, 0);
+  }
+  _exit(128 + sig);
+}
+
 pid_t th_fork(int (*fn)(void *arg), void *arg, unsigned timeout_s) {
   fflush(NULL);
   pid_t pid = fork();
   if (pid == 0) {
-    signal(SIGALRM, SIG_DFL);
+    signal(SIGALRM, th_child_timed_out);
     alarm(timeout_s);
     _exit(fn(arg) & 0xff);
   }

@@ -356,6 +356,8 @@ struct conn_arg {
 
 static int emfile_channel_child(void *arg) {
   struct conn_arg *c = arg;
+  if (!wait_at_least(&g_sh->go, 1, 20 * SEC))
+    return 7;
   memport_chan_opts_t o;
   small_opts(&o);
   int fds = th_count_fds(), maps = th_count_memport_maps();
@@ -461,6 +463,11 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   snprintf(name, sizeof name, "%s", th_unique_name("exhaust"));
   char region_name[MEMPORT_NAME_MAX + 1];
   snprintf(region_name, sizeof region_name, "%s", th_unique_name("exhaust-reg"));
+  /* The child is forked first and told to start once the name and the region are served: a fork
+   * while the publication's thread is starting could copy a lock held by that thread (ASan's
+   * allocator, in GCC 12, takes no fork handler) and deadlock the child. */
+  struct conn_arg ca = {name, region_name};
+  pid_t pid = th_fork(emfile_channel_child, &ca, 120);
   memport_region_t *reg;
   void *map;
   memport_publication_t *pub;
@@ -470,8 +477,7 @@ static void test_too_few_descriptors_for_a_channel_gives_emfile_without_leaks(vo
   th_assert_ok(memport_region_publish(&pub, reg, region_name, NULL, NULL));
   memport_service_t *svc;
   th_assert_ok(memport_service_create(&svc, name, 0));
-  struct conn_arg ca = {name, region_name};
-  pid_t pid = th_fork(emfile_channel_child, &ca, 120);
+  atomic_store(&g_sh->go, 1);
   memport_chan_opts_t o;
   small_opts(&o);
   unsigned served = 0;
