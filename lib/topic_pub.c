@@ -145,7 +145,8 @@ static void lane_put(memport_pub_t *p, struct memport__topic_peer *s, uint32_t k
   sl->seq = seq;
   sl->offset = offset;
   if (kind == MEMPORT__SLOT_INLINE) {
-    memcpy(sl + 1, data, len);
+    if (len != 0)
+      memcpy(sl + 1, data, len);
     s->shadow[s->tail % p->depth] = MEMPORT__SHADOW_INLINE;
   } else {
     s->shadow[s->tail % p->depth] = index;
@@ -231,10 +232,12 @@ static void hist_push(memport_pub_t *p, uint32_t kind, uint32_t len, uint32_t in
   e->len = len;
   e->index = index;
   e->offset = offset;
-  if (kind == MEMPORT__SLOT_INLINE)
-    memcpy(e->data, data, len);
-  else
+  if (kind == MEMPORT__SLOT_INLINE) {
+    if (len != 0)
+      memcpy(e->data, data, len);
+  } else {
     p->refs[index]++;
+  }
   p->hist_count++;
 }
 

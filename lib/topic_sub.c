@@ -405,9 +405,13 @@ int memport_sub_connect(memport_sub_t **out, const char *name, const memport_top
     if (rc == 0)
       rc = memport__port_send(s->port, s->msg, deadline);
     memport_msg_clear(s->msg);
+    if (rc == MEMPORT_EPEER) { /* refused at once: its answer may wait in the port all the same */
+      int why = sub_welcome(s, deadline);
+      rc = why == MEMPORT_EPERM || why == MEMPORT_ENOSPC ? why : MEMPORT_EPEER;
+    } else if (rc == 0) {
+      rc = sub_welcome(s, deadline);
+    }
   }
-  if (rc == 0)
-    rc = sub_welcome(s, deadline);
   if (rc < 0) {
     sub_free(s);
     return memport__nowait_code(rc, timeout_ns);
