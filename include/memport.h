@@ -84,6 +84,8 @@ typedef struct memport_publication memport_publication_t;
 typedef struct memport_ring memport_ring_t;
 typedef struct memport_chan memport_chan_t;
 typedef struct memport_chan_pending memport_chan_pending_t;
+typedef struct memport_pub memport_pub_t;
+typedef struct memport_sub memport_sub_t;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Regions: shareable memory objects of fixed size (memfd on Linux, memory entry on Darwin).  */
@@ -396,6 +398,72 @@ MEMPORT_EXPORT int memport_chan_pollable(memport_chan_t *chan, memport_os_handle
 #define MEMPORT_CHAN_SHUT_SEND (1u << 0) /* this end sends no more */
 /* Half-close: the peer receives what was sent, then MEMPORT_ECLOSED; replies still arrive here. */
 MEMPORT_EXPORT int memport_chan_shutdown(memport_chan_t *chan, unsigned how);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Topic: one publisher, many subscribers; loaned pool buffers shared read-only with every     */
+/* subscriber, small messages copied into each subscriber's queue.                             */
+#define MEMPORT_TOPIC_BLOCK       0 /* publish waits for the slowest subscriber's queue (back-pressure) */
+#define MEMPORT_TOPIC_DROP_OLDEST 1 /* a full queue loses its oldest message; the subscriber counts it */
+
+typedef struct memport_topic_opts {
+  size_t struct_size;       /* sizeof(memport_topic_opts_t), set by memport_topic_opts_init */
+  unsigned depth;           /* per-subscriber queue depth, messages (default 64; 1..4096) */
+  int overflow;             /* MEMPORT_TOPIC_BLOCK (default) or MEMPORT_TOPIC_DROP_OLDEST */
+  unsigned history;         /* last K messages given to a subscriber that joins (default 0; <= depth, < buffers) */
+  size_t inline_max;        /* messages up to this size are copied into each queue (default 200; <= 4096) */
+  size_t buffer_size;       /* pool buffer size, a page multiple (default 1 MiB) */
+  unsigned buffers;         /* pool buffers (default 32; 1..4096) */
+  unsigned max_subscribers; /* default 64, at most 1024 */
+  int wait_policy;          /* MEMPORT_WAIT_* of this side's waits */
+  int64_t spin_ns;          /* bound on spinning for MEMPORT_WAIT_ADAPTIVE (0: the default) */
+} memport_topic_opts_t;
+MEMPORT_EXPORT void memport_topic_opts_init(memport_topic_opts_t *opts);
+/* Check options: 0, or MEMPORT_EINVAL with *field naming the first wrong one (field may be NULL). */
+MEMPORT_EXPORT int memport_topic_opts_check(const memport_topic_opts_t *opts, const char **field);
+
+/* Publisher: serves `name` (same uid by default). Not thread-safe: one thread at a time. Joins,
+ * releases and deaths are handled inside its calls; one that publishes rarely calls
+ * memport_pub_process when its pollable handle is ready. */
+MEMPORT_EXPORT int memport_pub_create(memport_pub_t **out, const char *name, const memport_topic_opts_t *opts);
+/* Also accept subscribers running as `uid`. */
+MEMPORT_EXPORT int memport_pub_allow_uid(memport_pub_t *pub, uid_t uid);
+/* Decide per subscriber at its join (MEMPORT_ACCESS_DENY refuses it; NULL: everyone allowed). */
+MEMPORT_EXPORT int memport_pub_set_access(memport_pub_t *pub, memport_access_fn fn, void *arg);
+/* Loan a pool buffer of `len` bytes to fill in place (MEMPORT_EMSGSIZE beyond buffer_size). */
+MEMPORT_EXPORT int memport_pub_loan(memport_pub_t *pub, size_t len, memport_buf_t *buf, int64_t timeout_ns);
+/* Publish a loaned buffer (buf->len may be lowered) to every subscriber; on failure the loan is
+ * still the caller's and nobody received anything. */
+MEMPORT_EXPORT int memport_pub_publish(memport_pub_t *pub, memport_buf_t *buf, int64_t timeout_ns);
+/* Give a loan back unpublished. */
+MEMPORT_EXPORT int memport_pub_discard(memport_pub_t *pub, memport_buf_t *buf);
+/* Copy-in publish of `len` bytes. */
+MEMPORT_EXPORT int memport_pub_send(memport_pub_t *pub, const void *data, size_t len, int64_t timeout_ns);
+/* Handle joins, releases and deaths now, never waiting. */
+MEMPORT_EXPORT int memport_pub_process(memport_pub_t *pub);
+/* Subscribers joined: a count, or an error. */
+MEMPORT_EXPORT int memport_pub_subscribers(memport_pub_t *pub);
+/* A handle ready when a join, a death or a release waits, and, after a loan or publish failed
+ * with MEMPORT_EAGAIN/ETIMEDOUT, once it could succeed. Borrowed. */
+MEMPORT_EXPORT int memport_pub_pollable(memport_pub_t *pub, memport_os_handle_t *out);
+/* Orderly close: subscribers receive everything published, then MEMPORT_ECLOSED. NULL: no-op. */
+MEMPORT_EXPORT int memport_pub_close(memport_pub_t *pub);
+
+/* Subscriber: connects to the publisher of `name` (which must be running its calls to answer).
+ * opts_or_null: only wait_policy and spin_ns are used. Not thread-safe: one thread at a time. */
+MEMPORT_EXPORT int memport_sub_connect(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts_or_null,
+                                       int64_t timeout_ns);
+/* The next message, a read-only view, until memport_sub_release. After the publisher is gone and
+ * everything was received: MEMPORT_ECLOSED (it closed) or MEMPORT_EPEER (it died). */
+MEMPORT_EXPORT int memport_sub_recv(memport_sub_t *sub, memport_buf_t *buf, int64_t timeout_ns);
+MEMPORT_EXPORT int memport_sub_release(memport_sub_t *sub, memport_buf_t *buf);
+/* Receive by copying into dst; MEMPORT_EMSGSIZE (message kept) if cap is too small. */
+MEMPORT_EXPORT int memport_sub_recv_copy(memport_sub_t *sub, void *dst, size_t cap, size_t *len, int64_t timeout_ns);
+/* Messages this subscriber lost so far under MEMPORT_TOPIC_DROP_OLDEST. */
+MEMPORT_EXPORT int memport_sub_missed(memport_sub_t *sub, uint64_t *missed);
+/* A handle ready whenever a message waits or the publisher is gone. Borrowed. */
+MEMPORT_EXPORT int memport_sub_pollable(memport_sub_t *sub, memport_os_handle_t *out);
+/* Leave the topic; buffers still held are given back. NULL is a no-op. */
+MEMPORT_EXPORT int memport_sub_close(memport_sub_t *sub);
 
 #ifdef __cplusplus
 }

@@ -224,7 +224,13 @@ struct memport__bell {
   memport_os_handle_t handle; /* (os) what event loops wait on */
   memport_os_handle_t self;   /* (os) what ring/clear act on */
 };
+/* p may be NULL: a bell of no port yet (memport__os_bell_add adds them). */
 MEMPORT_HIDDEN int memport__os_bell_open(struct memport__bell *b, const memport_port_t *p);
+/* A bell over several handles (a topic publisher's): add or remove the receiving handle `h` of a
+ * port (its rx) or of a service; the bell is then also ready while `h` has a message or
+ * connection waiting (or its peer is gone). Removing a handle not in the bell does nothing. */
+MEMPORT_HIDDEN int memport__os_bell_add(struct memport__bell *b, memport_os_handle_t h);
+MEMPORT_HIDDEN void memport__os_bell_remove(struct memport__bell *b, memport_os_handle_t h);
 MEMPORT_HIDDEN void memport__os_bell_close(struct memport__bell *b);
 /* Make the handle ready (until memport__os_bell_clear), never waiting; ringing twice is one ring. */
 MEMPORT_HIDDEN void memport__os_bell_ring(struct memport__bell *b);

@@ -21,7 +21,7 @@ int memport__os_bell_open(struct memport__bell *b, const memport_port_t *p) {
   }
   if (kr == KERN_SUCCESS)
     kr = mach_port_insert_member(task, self, set);
-  if (kr == KERN_SUCCESS)
+  if (kr == KERN_SUCCESS && p != NULL)
     kr = mach_port_insert_member(task, p->rx, set);
   if (kr != KERN_SUCCESS) {
     memport__darwin_release_receive(self);
@@ -31,6 +31,22 @@ int memport__os_bell_open(struct memport__bell *b, const memport_port_t *p) {
   b->handle = set;
   b->self = self;
   return 0;
+}
+
+/* A receive right may be a member of several port sets at once: xnu's mach_port_insert_member
+ * (osfmk/ipc/mach_port.c) refuses only a second insertion into the same set
+ * (KERN_ALREADY_IN_SET), ipc_mqueue_add_locked (osfmk/ipc/ipc_mqueue.c) links the port's waitq to
+ * one more set and hands messages already queued to that set's waiters, and
+ * mach_port_extract_member removes it "from one portset that it is a member of", leaving the
+ * others. So a port that is also in its own bell (memport_port_pollable users) can join ours. */
+int memport__os_bell_add(struct memport__bell *b, memport_os_handle_t h) {
+  kern_return_t kr = mach_port_insert_member(mach_task_self(), h, b->handle);
+  return kr == KERN_SUCCESS ? 0 : memport__darwin_err(kr);
+}
+
+void memport__os_bell_remove(struct memport__bell *b, memport_os_handle_t h) {
+  /* KERN_NOT_IN_SET (never added) and a right already destroyed (which left every set) are fine. */
+  (void)mach_port_extract_member(mach_task_self(), h, b->handle);
 }
 
 void memport__os_bell_close(struct memport__bell *b) {

@@ -24,7 +24,7 @@ int memport__os_bell_open(struct memport__bell *b, const memport_port_t *p) {
     rc = memport__linux_err();
   /* Level-triggered: ready for as long as a message waits or the bell rings. */
   struct epoll_event ev = {.events = EPOLLIN};
-  if (rc == 0 && epoll_ctl(b->handle, EPOLL_CTL_ADD, p->rx, &ev) != 0)
+  if (rc == 0 && p != NULL && epoll_ctl(b->handle, EPOLL_CTL_ADD, p->rx, &ev) != 0)
     rc = memport__linux_err();
   if (rc == 0 && epoll_ctl(b->handle, EPOLL_CTL_ADD, b->self, &ev) != 0)
     rc = memport__linux_err();
@@ -34,6 +34,17 @@ int memport__os_bell_open(struct memport__bell *b, const memport_port_t *p) {
     memport__os_bell_close(b);
   }
   return rc;
+}
+
+int memport__os_bell_add(struct memport__bell *b, memport_os_handle_t h) {
+  struct epoll_event ev = {.events = EPOLLIN}; /* level-triggered, as the port of bell_open */
+  return epoll_ctl(b->handle, EPOLL_CTL_ADD, h, &ev) != 0 ? memport__linux_err() : 0;
+}
+
+void memport__os_bell_remove(struct memport__bell *b, memport_os_handle_t h) {
+  /* ENOENT (not there) is fine; a closed descriptor left the epoll set by itself. */
+  struct epoll_event ev = {0};
+  (void)epoll_ctl(b->handle, EPOLL_CTL_DEL, h, &ev);
 }
 
 void memport__os_bell_close(struct memport__bell *b) {
