@@ -29,7 +29,7 @@
 #define MARK_MIN    48                         /* sizes from here carry a middle and a tail mark */
 #define MIN_BYTES   32
 
-enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16 };
+enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16, P_FANOUT = 32 };
 
 struct config {
   size_t sizes[MAX_SIZES];
@@ -209,6 +209,14 @@ void run_stream(int policy);
 void run_rawring(void);
 /* The median rate over the segments, from the consumer's clock at the boundaries; sorts nothing in t. */
 double segments_gbps(const int64_t *t, uint64_t seg_bytes);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fan-out (fanout.c): one publisher, 1, 2, 4, 8 subscriber processes; topic and copyfanout rows.  */
+
+void run_fanout(void);
+void print_fanout(void);
+/* The row of method with `subscribers` and bytes that has the fields need. */
+const struct result *find_fanout(const char *method, size_t bytes, unsigned subscribers, unsigned need);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Steady state (syscheck.c with ptrace, or syscheck_none.c).                                  */

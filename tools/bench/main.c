@@ -25,7 +25,7 @@ static void usage(FILE *out) {
           "  --messages N       timed messages per size (default 2000)\n"
           "  --big-messages N   timed messages per size from 1 MiB on the copying paths (default 100)\n"
           "  --modes LIST       channel wait policies for the table: block,adaptive,spin (default block,adaptive)\n"
-          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss (default: all)\n"
+          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss,fanout (default: all)\n"
           "  --syscheck         same as --only syscheck\n"
           "  --stream-mib N     MiB streamed through the ring per wait policy (default 1024)\n"
           "  --stream-ring N    ring capacity in KiB for the stream (default 1024)\n"
@@ -138,7 +138,8 @@ static bool part_item(const char *tok, size_t len) {
   static const struct {
     const char *name;
     unsigned bit;
-  } parts[] = {{"table", P_TABLE}, {"limits", P_LIMITS}, {"stream", P_STREAM}, {"syscheck", P_SYSCHECK}, {"rss", P_RSS}};
+  } parts[] = {{"table", P_TABLE}, {"limits", P_LIMITS}, {"stream", P_STREAM}, {"syscheck", P_SYSCHECK}, {"rss", P_RSS},
+               {"fanout", P_FANOUT}};
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
     if (strlen(parts[i].name) == len && strncmp(parts[i].name, tok, len) == 0) {
       cfg.parts |= parts[i].bit;
@@ -228,7 +229,7 @@ int main(int argc, char **argv) {
       break;
     case 'o':
       if (!parse_list(optarg, part_item) || cfg.parts == 0) {
-        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss\n");
+        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss, fanout\n");
         return 2;
       }
       break;
@@ -287,7 +288,7 @@ int main(int argc, char **argv) {
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_BLOCK;
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_ADAPTIVE;
   }
-  if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS;
+  if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS | P_FANOUT;
   cfg.messages = cfg.quick ? 200 : 2000;
   cfg.big_messages = cfg.quick ? 5 : 100;
   cfg.warmup = cfg.quick ? 20 : 100;
@@ -329,7 +330,7 @@ int main(int argc, char **argv) {
     run_pair(&pair_block, MEMPORT_WAIT_BLOCK);
     run_pair(&pair_adaptive, MEMPORT_WAIT_ADAPTIVE);
   }
-  /* the fan-out rows (topic, copyfanout) go here, once the topic exists */
+  if (cfg.parts & P_FANOUT) run_fanout();
   if (cfg.parts & P_LIMITS) run_memcpy();
   if (cfg.parts & P_STREAM) {
     run_memcpy_blocks();
@@ -342,6 +343,7 @@ int main(int argc, char **argv) {
   if (cfg.parts & P_RSS) run_rss();
 
   if (cfg.parts & P_TABLE) print_table();
+  if (cfg.parts & P_FANOUT) print_fanout();
   if (cfg.parts & (P_LIMITS | P_STREAM)) print_limits();
   print_targets();
   int rc = 0;
