@@ -213,7 +213,7 @@ double segments_gbps(const int64_t *t, uint64_t seg_bytes);
 /* ------------------------------------------------------------------------------------------ */
 /* Fan-out (fanout.c): one publisher, 1, 2, 4, 8 subscriber processes; topic and copyfanout rows.  */
 
-void run_fanout(void);
+void run_fanout(void); /* the rows, then the paired rounds of the 1->8 target (pair_fanout) */
 void print_fanout(void);
 /* The row of method with `subscribers` and bytes that has the fields need. */
 const struct result *find_fanout(const char *method, size_t bytes, unsigned subscribers, unsigned need);
@@ -262,6 +262,7 @@ struct pair_result {
 };
 
 extern struct pair_result pair_block, pair_adaptive;
+extern struct pair_result pair_fanout; /* chan_p50: topic 1->8 8 MiB p50; base_p50: 1->1 */
 void run_pair(struct pair_result *out, int policy);
 
 void fmt_us(double us, char *out, size_t cap);

@@ -64,6 +64,12 @@ static const size_t fan_sizes[] = {100, 64 * KIB, 8 * MIB};
 
 enum fan_kind { FK_TOPIC, FK_COPY };
 
+/* What a session runs, in this order (the subscribers, forked, follow the same plan): the throughput, then
+ * the latency of each size. The paired rounds of the 1->8 target run the 8 MiB latency only. */
+static bool plan_tput = true;
+static const size_t *plan_sizes = fan_sizes;
+static size_t plan_nsizes = FAN_NSIZES;
+
 struct fan_slot {
   _Alignas(64) int64_t oneway; /* this subscriber's one-way time of the current message */
   int64_t t_end;               /* throughput: when it had the last message */
@@ -158,7 +164,12 @@ static int pub_send(struct fan_ctx *c, size_t len, uint64_t seq) {
       if (c->nfilled < sizeof c->filled / sizeof c->filled[0]) c->filled[c->nfilled++] = b.data;
     }
     stamp(b.data, len, seq);
-    if ((rc = memport_pub_publish(c->pub, &b, IO_TIMEOUT)) < 0) {
+    int64_t tp0 = now_ns();
+    rc = memport_pub_publish(c->pub, &b, IO_TIMEOUT);
+    static int64_t acc; static unsigned cnt;
+    acc += now_ns() - tp0; cnt++;
+    if (getenv("FANDBG") && cnt % 200 == 0) { fprintf(stderr, "[publish avg %.2f us N=%u]", acc / 1e3 / cnt, c->nsubs); acc = 0; cnt = 0; }
+    if (rc < 0) {
       memport_pub_discard(c->pub, &b);
       return fan_fail(c, "memport_pub_publish(%zu): %s", len, memport_strerror(rc));
     }
@@ -310,9 +321,9 @@ static int sub_main(struct fan_ctx *c) {
   }
   atomic_fetch_add(&c->sh->ready, 1);
   uint64_t seq = 0;
-  if (sub_phase(c, FAN_BIG, tput_warm(), tput_count(c->kind), false, &seq) < 0) return -1;
-  for (size_t k = 0; k < FAN_NSIZES; k++)
-    if (sub_phase(c, fan_sizes[k], lat_warm(c->kind, fan_sizes[k]), lat_count(c->kind, fan_sizes[k]), true, &seq) < 0)
+  if (plan_tput && sub_phase(c, FAN_BIG, tput_warm(), tput_count(c->kind), false, &seq) < 0) return -1;
+  for (size_t k = 0; k < plan_nsizes; k++)
+    if (sub_phase(c, plan_sizes[k], lat_warm(c->kind, plan_sizes[k]), lat_count(c->kind, plan_sizes[k]), true, &seq) < 0)
       return -1;
   return 0;
 }
@@ -376,7 +387,8 @@ static void add_lat_row(enum fan_kind k, unsigned nsubs, size_t len, int64_t *v,
   r->has = R_BYTES | R_MSGS | R_LAT | R_SUBS;
 }
 
-static void run_session(enum fan_kind kind, unsigned nsubs) {
+/* One session; its rows go to the table, or (paired rounds: p50 not NULL) the p50 of its one size to *p50. */
+static bool run_session(enum fan_kind kind, unsigned nsubs, double *p50) {
   progress("%s 1->%u:", kind_name(kind), nsubs);
   struct fan_ctx c;
   memset(&c, 0, sizeof c);
@@ -411,7 +423,7 @@ static void run_session(enum fan_kind kind, unsigned nsubs) {
     memport_sem_close(c.done);
     free(samples);
     if (sh) munmap(sh, sizeof *sh);
-    return;
+    return false;
   }
   pid_t pids[FAN_MAX_SUBS];
   unsigned forked = 0;
@@ -461,7 +473,10 @@ static void run_session(enum fan_kind kind, unsigned nsubs) {
   double gbps = 0;
   bool have_tput = false;
   unsigned nlat = 0;
-  if (rc == 0 && pub_throughput(&c, &seq, &gbps) == 0) {
+  if (rc == 0 && !plan_tput) {
+    have_tput = true;
+    if (kind == FK_TOPIC) rc = pub_prefill(&c);
+  } else if (rc == 0 && pub_throughput(&c, &seq, &gbps) == 0) {
     have_tput = true;
     progress_more(" 8 MiB %.2f GB/s;", gbps);
     struct result *r = add_result(kind_name(kind), "block");
@@ -471,17 +486,24 @@ static void run_session(enum fan_kind kind, unsigned nsubs) {
     r->subscribers = nsubs;
     r->has = R_BYTES | R_MSGS | R_GBPS | R_SUBS;
   }
-  for (size_t k = 0; have_tput && k < FAN_NSIZES; k++) {
-    unsigned n = lat_count(kind, fan_sizes[k]);
-    if (pub_latency(&c, fan_sizes[k], &seq, samples) < 0) break;
-    add_lat_row(kind, nsubs, fan_sizes[k], samples, n);
+  for (size_t k = 0; rc == 0 && have_tput && k < plan_nsizes; k++) {
+    unsigned n = lat_count(kind, plan_sizes[k]);
+    if (pub_latency(&c, plan_sizes[k], &seq, samples) < 0) break;
+    double v;
+    if (p50) {
+      qsort(samples, n, sizeof *samples, cmp_i64);
+      v = *p50 = pct_us(samples, n, 50);
+    } else {
+      add_lat_row(kind, nsubs, plan_sizes[k], samples, n);
+      v = results[nresults - 1].p50;
+    }
     char lbl[24], a[16];
-    size_label(fan_sizes[k], lbl, sizeof lbl);
-    fmt_us(results[nresults - 1].p50, a, sizeof a);
+    size_label(plan_sizes[k], lbl, sizeof lbl);
+    fmt_us(v, a, sizeof a);
     progress_more(" %s %s us", lbl, a);
     nlat++;
   }
-  bool ok = have_tput && nlat == FAN_NSIZES;
+  bool ok = rc == 0 && have_tput && nlat == plan_nsizes;
   if (!ok) {
     for (unsigned i = 0; i < forked; i++) kill(pids[i], SIGKILL);
   }
@@ -509,13 +531,55 @@ static void run_session(enum fan_kind kind, unsigned nsubs) {
   free(c.src);
   free(samples);
   munmap(sh, sizeof *sh);
+  return ok;
+}
+
+struct pair_result pair_fanout;
+
+/* The 1->8 / 1->1 target: as the latency targets, from back-to-back rounds (1->1, then 1->8, 8 MiB latency
+ * only), the median of the rounds' ratios: how the host schedules 9 processes on 2 CPUs changes from one
+ * second to the next. */
+static void run_fanout_pair(void) {
+  static const size_t big[] = {8 * MIB};
+  double ratio[PAIR_ROUNDS], one[PAIR_ROUNDS], eight[PAIR_ROUNDS];
+  int n = 0;
+  unsigned failures = bench_failures;
+  progress("paired rounds for the fan-out target: topic 8 MiB 1->1, then 1->8, %d times:", PAIR_ROUNDS);
+  plan_tput = false;
+  plan_sizes = big;
+  plan_nsizes = 1;
+  progress_off = true;
+  for (int r = 0; r < PAIR_ROUNDS; r++) {
+    double a = 0, b = 0;
+    if (!run_session(FK_TOPIC, 1, &a) || !run_session(FK_TOPIC, 8, &b)) break;
+    if (a <= 0) continue;
+    one[n] = a;
+    eight[n] = b;
+    ratio[n] = b / a;
+    n++;
+  }
+  progress_off = false;
+  plan_tput = true;
+  plan_sizes = fan_sizes;
+  plan_nsizes = FAN_NSIZES;
+  if (n == 0 || bench_failures != failures) {
+    progress_more(" FAILED\n");
+    return;
+  }
+  pair_fanout.have = true;
+  pair_fanout.rounds = n;
+  pair_fanout.ratio = median_of(ratio, n);
+  pair_fanout.chan_p50 = median_of(eight, n);
+  pair_fanout.base_p50 = median_of(one, n);
+  progress_more(" median ratio %.2f\n", pair_fanout.ratio);
 }
 
 void run_fanout(void) {
   for (size_t i = 0; i < FAN_NSUBS; i++) {
-    run_session(FK_TOPIC, fan_subs[i]);
-    run_session(FK_COPY, fan_subs[i]);
+    run_session(FK_TOPIC, fan_subs[i], NULL);
+    run_session(FK_COPY, fan_subs[i], NULL);
   }
+  run_fanout_pair();
 }
 
 /* ------------------------------------------------------------------------------------------ */
