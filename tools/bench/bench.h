@@ -221,8 +221,11 @@ const struct result *find_fanout(const char *method, size_t bytes, unsigned subs
 /* ------------------------------------------------------------------------------------------ */
 /* Steady state (syscheck.c with ptrace, or syscheck_none.c).                                  */
 
+#define SYS_RUNS 6 /* ring spin, zero-copy spin, ring block, topic 100 B spin, topic 64 KiB spin */
+
 struct sys_result {
   bool ok;
+  bool topic; /* role 0 is the publisher, role 1 the subscriber */
   char what[80];
   unsigned messages;
   unsigned long syscalls[2], allocs[2];
@@ -232,7 +235,7 @@ struct sys_result {
   char err[256];
 };
 
-extern struct sys_result sysres[4];
+extern struct sys_result sysres[SYS_RUNS];
 extern size_t nsysres;
 void run_syscheck(void);
 const char *syscall_name(long nr); /* NULL when unknown */

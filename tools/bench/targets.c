@@ -177,7 +177,7 @@ static void print_steady_targets(void) {
       printf("      the allocation counter did NOT see memport_msg_create allocate: counts unreliable\n");
     for (int side = 0; side < 2; side++) {
       if (r->nfirst[side] == 0) continue;
-      printf("      %s's first system calls:", side ? "receiver" : "sender");
+      printf("      %s's first system calls:", r->topic ? (side ? "subscriber" : "publisher") : side ? "receiver" : "sender");
       for (unsigned j = 0; j < r->nfirst[side]; j++) {
         const char *nm = syscall_name(r->first_nr[side][j]);
         if (nm)
