@@ -164,12 +164,7 @@ static int pub_send(struct fan_ctx *c, size_t len, uint64_t seq) {
       if (c->nfilled < sizeof c->filled / sizeof c->filled[0]) c->filled[c->nfilled++] = b.data;
     }
     stamp(b.data, len, seq);
-    int64_t tp0 = now_ns();
-    rc = memport_pub_publish(c->pub, &b, IO_TIMEOUT);
-    static int64_t acc; static unsigned cnt;
-    acc += now_ns() - tp0; cnt++;
-    if (getenv("FANDBG") && cnt % 200 == 0) { fprintf(stderr, "[publish avg %.2f us N=%u]", acc / 1e3 / cnt, c->nsubs); acc = 0; cnt = 0; }
-    if (rc < 0) {
+    if ((rc = memport_pub_publish(c->pub, &b, IO_TIMEOUT)) < 0) {
       memport_pub_discard(c->pub, &b);
       return fan_fail(c, "memport_pub_publish(%zu): %s", len, memport_strerror(rc));
     }
