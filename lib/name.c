@@ -71,14 +71,20 @@ int memport_service_accept(memport_service_t *svc, memport_port_t **out, int64_t
 }
 
 int memport__service_accept(memport_service_t *svc, memport_port_t **out, uint64_t deadline) {
-  memport_port_t *p = memport__port_alloc();
-  if (p == NULL)
-    return MEMPORT_ENOMEM;
-  int rc = memport__os_service_accept(svc, p, deadline);
-  if (rc != 0) {
-    free(p);
+  /* Accepted into a local first: a look that finds nobody (the topic publisher looks periodically,
+   * never waiting) allocates nothing. The backends fill the port by value. */
+  memport_port_t tmp;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.rx = tmp.tx = MEMPORT_OS_HANDLE_INVALID;
+  int rc = memport__os_service_accept(svc, &tmp, deadline);
+  if (rc != 0)
     return rc;
+  memport_port_t *p = memport__port_alloc();
+  if (p == NULL) {
+    memport__os_port_close(&tmp);
+    return MEMPORT_ENOMEM;
   }
+  *p = tmp;
   *out = p;
   return 0;
 }

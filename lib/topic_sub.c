@@ -8,8 +8,9 @@
 /*
  * Receiving costs no system call: load head and tail, copy the slot at head (and an inline
  * payload into a private buffer), check it, CAS head -> head+1. A lost CAS means the publisher
- * dropped that message (drop-oldest): look again. The port is read only when the lane is empty:
- * it ends when the publisher is gone, and carries the WAKEs the pollable handle asked for.
+ * dropped that message (drop-oldest): look again. The port is read only when the lane stays
+ * empty (a NOWAIT call, or a wait slice without a message): it ends when the publisher is gone,
+ * and carries the WAKEs the pollable handle asked for.
  *
  * Pollable handle (a bell on the port, as lib/chan_ready.c): ready whenever a message waits or the
  * publisher is gone. Every look at the port goes through sub_idle: arm MEMPORT__TOPIC_WAKE_PORT in
@@ -178,19 +179,26 @@ static int recv_impl(memport_sub_t *s, size_t cap, memport_buf_t *buf, int64_t t
   if (MEMPORT__LIKELY(rc > 0))
     return 0;
   uint64_t deadline = memport__deadline(timeout_ns);
+  /* The lane is empty. With time to wait, and the publisher not known to be gone, wait first
+   * (spinning costs no system call) and look at the port only after a slice passed without a
+   * message, as the channel does; asked not to wait, look at once. */
+  bool look = deadline == 0 || s->peer_gone;
   for (;;) {
     if (rc < 0)
       return rc;
     rc = sub_end(s);
     if (rc < 0)
       return rc;
-    sub_idle(s); /* the port: its end, WAKEs; readiness derived again */
-    rc = take(s, cap, buf);
-    if (rc != 0)
-      return rc > 0 ? 0 : rc;
-    rc = sub_end(s);
-    if (rc < 0)
-      return rc;
+    if (look) {
+      sub_idle(s); /* the port: its end, WAKEs; readiness derived again */
+      rc = take(s, cap, buf);
+      if (rc != 0)
+        return rc > 0 ? 0 : rc;
+      rc = sub_end(s);
+      if (rc < 0)
+        return rc;
+    }
+    look = true;
     if (memport__expired(deadline))
       return memport__nowait_code(MEMPORT_ETIMEDOUT, timeout_ns);
     uint64_t until = memport__slice_end(deadline, MEMPORT__TOPIC_SLICE_NS);

@@ -29,7 +29,7 @@
 #define MARK_MIN    48                         /* sizes from here carry a middle and a tail mark */
 #define MIN_BYTES   32
 
-enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16 };
+enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16, P_FANOUT = 32 };
 
 struct config {
   size_t sizes[MAX_SIZES];
@@ -211,10 +211,21 @@ void run_rawring(void);
 double segments_gbps(const int64_t *t, uint64_t seg_bytes);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Fan-out (fanout.c): one publisher, 1, 2, 4, 8 subscriber processes; topic and copyfanout rows.  */
+
+void run_fanout(void); /* the rows, then the paired rounds of the 1->8 target (pair_fanout) */
+void print_fanout(void);
+/* The row of method with `subscribers` and bytes that has the fields need. */
+const struct result *find_fanout(const char *method, size_t bytes, unsigned subscribers, unsigned need);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Steady state (syscheck.c with ptrace, or syscheck_none.c).                                  */
+
+#define SYS_RUNS 6 /* ring spin, zero-copy spin, ring block, topic 100 B spin, topic 64 KiB spin */
 
 struct sys_result {
   bool ok;
+  bool topic; /* role 0 is the publisher, role 1 the subscriber */
   char what[80];
   unsigned messages;
   unsigned long syscalls[2], allocs[2];
@@ -224,7 +235,7 @@ struct sys_result {
   char err[256];
 };
 
-extern struct sys_result sysres[4];
+extern struct sys_result sysres[SYS_RUNS];
 extern size_t nsysres;
 void run_syscheck(void);
 const char *syscall_name(long nr); /* NULL when unknown */
@@ -254,6 +265,7 @@ struct pair_result {
 };
 
 extern struct pair_result pair_block, pair_adaptive;
+extern struct pair_result pair_fanout; /* chan_p50: topic 1->8 8 MiB p50; base_p50: 1->1 */
 void run_pair(struct pair_result *out, int policy);
 
 void fmt_us(double us, char *out, size_t cap);

@@ -25,7 +25,7 @@ static void usage(FILE *out) {
           "  --messages N       timed messages per size (default 2000)\n"
           "  --big-messages N   timed messages per size from 1 MiB on the copying paths (default 100)\n"
           "  --modes LIST       channel wait policies for the table: block,adaptive,spin (default block,adaptive)\n"
-          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss (default: all)\n"
+          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss,fanout (default: all)\n"
           "  --syscheck         same as --only syscheck\n"
           "  --stream-mib N     MiB streamed through the ring per wait policy (default 1024)\n"
           "  --stream-ring N    ring capacity in KiB for the stream (default 1024)\n"
@@ -59,14 +59,25 @@ static void usage(FILE *out) {
           "  stream     64 KiB records, memport_ring_write in one process, memport_ring_read in the other\n"
           "  rawring    the same records through a bare ring of the same size in a shared anonymous mapping, no\n"
           "             library: copy in, release-store a counter; spin on it, copy out (the physical limit)\n"
+          "  topic      fan-out: one publisher, 1/2/4/8 subscriber processes, 100 B, 64 KiB, 8 MiB; memport_pub_loan,\n"
+          "             header and marks written in place, memport_pub_publish; each subscriber memport_sub_recv (a\n"
+          "             read-only view of the same pages; 100 B travels inline in its queue), checks, releases\n"
+          "  copyfanout the same message memport_chan_send-copied into one channel per subscriber, in turn\n"
+          "             Fan-out latency runs until the LAST subscriber has the message: each writes its one-way time\n"
+          "             into its own cache line and counts itself in; the last one posts a semaphore the publisher\n"
+          "             sleeps on (nothing on the measured path). Throughput: 8 MiB messages back to back, payload\n"
+          "             counted once per message, until the last subscriber has the last. Every fan-out wait blocks;\n"
+          "             the publisher on the first CPU, subscribers alternating over the second and the first: with\n"
+          "             more processes than CPUs the last subscriber queues for a CPU (the scheduler is measured too)\n"
           "\n"
           "Targets: the ratios the issue names, PASS/MISS from this run's figures (reporting only). The two\n"
           "latency ratios (channel / futex, channel / spin at 100 B) come from %d back-to-back rounds of\n"
           "baseline then channel, median ratio: the host moves this machine's CPUs around between runs.\n"
           "The stream target compares each ring stream with the raw ring of the same run (same records, same\n"
-          "working set).\n"
+          "working set). The fan-out latency target (topic 8 MiB, 1->8 / 1->1) is taken from %d paired rounds too.\n"
           "Steady state (--syscheck, Linux): two processes run a channel ping-pong of 100 B messages in spin\n"
-          "mode; after 1000 warm-up round trips the parent attaches to both with ptrace (PTRACE_SEIZE +\n"
+          "mode (and a topic, publisher and one subscriber, 100 B inline and 64 KiB zero-copy, acked through\n"
+          "shared memory); after 1000 warm-up round trips the parent attaches to both with ptrace (PTRACE_SEIZE +\n"
           "PTRACE_SYSCALL) and counts every system call entry between two flags in shared memory; heap\n"
           "allocations are counted by malloc/calloc/realloc/posix_memalign/aligned_alloc definitions in this\n"
           "program that forward to glibc (libmemport's calls bind to them; not in sanitizer builds, where\n"
@@ -76,7 +87,7 @@ static void usage(FILE *out) {
           "counted once by mincore (a mirrored ring counts once), anonymous private mappings (heap,\n"
           "malloc'd memory) by their Rss growth; library code and data pages are not counted;\n"
           "objects larger than the ring are the pool and reported apart.\n",
-          PAIR_ROUNDS);
+          PAIR_ROUNDS, PAIR_ROUNDS);
 }
 
 static size_t parse_size(const char *s, bool *ok) {
@@ -138,7 +149,8 @@ static bool part_item(const char *tok, size_t len) {
   static const struct {
     const char *name;
     unsigned bit;
-  } parts[] = {{"table", P_TABLE}, {"limits", P_LIMITS}, {"stream", P_STREAM}, {"syscheck", P_SYSCHECK}, {"rss", P_RSS}};
+  } parts[] = {{"table", P_TABLE}, {"limits", P_LIMITS}, {"stream", P_STREAM}, {"syscheck", P_SYSCHECK}, {"rss", P_RSS},
+               {"fanout", P_FANOUT}};
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
     if (strlen(parts[i].name) == len && strncmp(parts[i].name, tok, len) == 0) {
       cfg.parts |= parts[i].bit;
@@ -228,7 +240,7 @@ int main(int argc, char **argv) {
       break;
     case 'o':
       if (!parse_list(optarg, part_item) || cfg.parts == 0) {
-        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss\n");
+        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss, fanout\n");
         return 2;
       }
       break;
@@ -287,7 +299,7 @@ int main(int argc, char **argv) {
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_BLOCK;
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_ADAPTIVE;
   }
-  if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS;
+  if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS | P_FANOUT;
   cfg.messages = cfg.quick ? 200 : 2000;
   cfg.big_messages = cfg.quick ? 5 : 100;
   cfg.warmup = cfg.quick ? 20 : 100;
@@ -329,7 +341,7 @@ int main(int argc, char **argv) {
     run_pair(&pair_block, MEMPORT_WAIT_BLOCK);
     run_pair(&pair_adaptive, MEMPORT_WAIT_ADAPTIVE);
   }
-  /* the fan-out rows (topic, copyfanout) go here, once the topic exists */
+  if (cfg.parts & P_FANOUT) run_fanout();
   if (cfg.parts & P_LIMITS) run_memcpy();
   if (cfg.parts & P_STREAM) {
     run_memcpy_blocks();
@@ -342,6 +354,7 @@ int main(int argc, char **argv) {
   if (cfg.parts & P_RSS) run_rss();
 
   if (cfg.parts & P_TABLE) print_table();
+  if (cfg.parts & P_FANOUT) print_fanout();
   if (cfg.parts & (P_LIMITS | P_STREAM)) print_limits();
   print_targets();
   int rc = 0;

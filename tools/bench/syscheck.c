@@ -13,14 +13,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-struct sys_result sysres[4];
+struct sys_result sysres[SYS_RUNS];
 size_t nsysres;
 
 struct sys_shared {
   _Atomic int ready[2], go, started[2], finished[2], notsup;
   unsigned long allocs[2], probe_allocs;
   char err[2][160];
+  /* topic */
+  _Alignas(64) _Atomic uint64_t ack; /* the subscriber: messages received and released */
+  _Alignas(64) _Atomic int pub_up;
+  char name[64];
 };
+
+enum sys_kind { SK_RING, SK_ZC, SK_TOPIC_INLINE, SK_TOPIC_POOL };
 
 const char *syscall_name(long nr) {
   static const struct {
@@ -160,10 +166,119 @@ static int sys_peer(int role, memport_port_t *port, int policy, bool zerocopy, s
   return rc < 0 ? -1 : 0;
 }
 
-static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
+/* One side of the traced topic ping-pong: role 0 publishes (loan, write, publish) and spins on the shared ack
+ * word, role 1 subscribes, receives, releases and writes the ack. The ack goes through plain shared memory, so
+ * every system call counted is the topic's. */
+static int topic_peer(int role, int policy, size_t len, struct sys_shared *sh) {
+  char *err = sh->err[role];
+  memport_topic_opts_t o;
+  memport_topic_opts_init(&o);
+  o.wait_policy = policy;
+  o.depth = 8;
+  o.buffers = 4;
+  o.buffer_size = 64 * KIB;
+  o.max_subscribers = 4;
+  memport_pub_t *pub = NULL;
+  memport_sub_t *sub = NULL;
+  int rc;
+  int64_t deadline = now_ns() + IO_TIMEOUT;
+  if (role == 0) {
+    if ((rc = memport_pub_create(&pub, sh->name, &o)) < 0) {
+      snprintf(err, 160, "memport_pub_create: %s", memport_strerror(rc));
+      if (rc == MEMPORT_ENOTSUP) atomic_store(&sh->notsup, 1);
+      return -1;
+    }
+    atomic_store(&sh->pub_up, 1);
+    while ((rc = memport_pub_process(pub)) == 0 && memport_pub_subscribers(pub) < 1 && now_ns() < deadline &&
+           !sh->err[1][0])
+      sleep_ns(200000);
+    if (memport_pub_subscribers(pub) < 1) {
+      snprintf(err, 160, "no subscriber joined");
+      memport_pub_close(pub);
+      return -1;
+    }
+    memport_msg_t *probe = NULL;
+    unsigned long p0 = alloc_count();
+    if (memport_msg_create(&probe) == 0) sh->probe_allocs = alloc_count() - p0;
+    memport_msg_close(probe);
+  } else {
+    while (!atomic_load(&sh->pub_up) && now_ns() < deadline && !sh->err[0][0]) sleep_ns(200000);
+    if ((rc = memport_sub_connect(&sub, sh->name, &o, IO_TIMEOUT)) < 0) {
+      snprintf(err, 160, "memport_sub_connect: %s", memport_strerror(rc));
+      return -1;
+    }
+  }
+  unsigned w = cfg.warmup > 1000 ? cfg.warmup : 1000, n = cfg.sys_messages;
+  unsigned long a0 = 0;
+  rc = 0;
+  for (unsigned i = 0; i < w + n; i++) {
+    if (i == w) {
+      atomic_store(&sh->ready[role], 1);
+      while (!atomic_load(&sh->go)) sched_yield();
+      atomic_store(&sh->started[role], 1);
+      a0 = alloc_count();
+    }
+    if (role == 0) {
+      memport_buf_t b;
+      rc = memport_pub_loan(pub, len, &b, IO_TIMEOUT);
+      if (rc < 0) break;
+      memset(b.data, 0x5a, len < 256 ? len : 256);
+      memcpy(b.data, &i, sizeof i);
+      rc = memport_pub_publish(pub, &b, IO_TIMEOUT);
+      if (rc < 0) break;
+      /* spin on the ack (the clock is read through the vDSO: no system call) */
+      unsigned spins = 0;
+      while (atomic_load_explicit(&sh->ack, memory_order_acquire) != (uint64_t)i + 1) {
+        cpu_relax();
+        if ((++spins & 0xffff) == 0 && (now_ns() > deadline + IO_TIMEOUT || sh->err[1][0])) {
+          rc = MEMPORT_ETIMEDOUT;
+          break;
+        }
+      }
+      if (rc < 0) break;
+    } else {
+      memport_buf_t b;
+      rc = memport_sub_recv(sub, &b, IO_TIMEOUT);
+      if (rc < 0) break;
+      unsigned got = 0;
+      if (b.len >= sizeof got) memcpy(&got, b.data, sizeof got);
+      rc = memport_sub_release(sub, &b);
+      if (rc >= 0 && got != i) {
+        snprintf(err, 160, "message %u, expected %u", got, i);
+        rc = MEMPORT_EPROTO;
+        err = NULL;
+      }
+      if (rc < 0) break;
+      atomic_store_explicit(&sh->ack, (uint64_t)i + 1, memory_order_release);
+    }
+  }
+  sh->allocs[role] = alloc_count() - a0;
+  atomic_store(&sh->finished[role], 1);
+  if (rc < 0 && err) snprintf(err, 160, "%s", memport_strerror(rc));
+  while (!atomic_load(&sh->finished[1 - role])) sched_yield();
+  if (role == 0) {
+    /* the subscriber leaves first, so the close is nobody's error */
+    while (atomic_load(&sh->pub_up) != 2) {
+      if (now_ns() > deadline + 2 * IO_TIMEOUT) break;
+      sched_yield();
+    }
+    memport_pub_close(pub);
+  } else {
+    memport_sub_close(sub);
+    atomic_store(&sh->pub_up, 2);
+  }
+  return rc < 0 ? -1 : 0;
+}
+
+static void run_syscheck_one(int policy, enum sys_kind kind, unsigned messages) {
   struct sys_result *res = &sysres[nsysres++];
   memset(res, 0, sizeof *res);
-  snprintf(res->what, sizeof res->what, "%s 100 B, %s mode", zerocopy ? "zero-copy" : "ring", mode_name(policy));
+  res->topic = kind == SK_TOPIC_INLINE || kind == SK_TOPIC_POOL;
+  if (res->topic)
+    snprintf(res->what, sizeof res->what, "topic 1->1 %s, %s mode",
+             kind == SK_TOPIC_POOL ? "64 KiB (zero-copy)" : "100 B (inline)", mode_name(policy));
+  else
+    snprintf(res->what, sizeof res->what, "%s 100 B, %s mode", kind == SK_ZC ? "zero-copy" : "ring", mode_name(policy));
   unsigned saved = cfg.sys_messages;
   cfg.sys_messages = messages;
   res->messages = messages;
@@ -179,6 +294,7 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
     return;
   }
   memset(sh, 0, sizeof *sh);
+  snprintf(sh->name, sizeof sh->name, "memport-bench-sys-%ld-%zu", (long)getpid(), nsysres);
   pid_t pids[2] = {-1, -1};
   fflush(NULL);
   for (int role = 0; role < 2; role++) {
@@ -187,7 +303,11 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
       alarm(60);
       pin_to(cpu_for(role, policy != MEMPORT_WAIT_BLOCK));
       memport_port_close(role == 0 ? pb : pa);
-      _exit(sys_peer(role, role == 0 ? pa : pb, policy, zerocopy, sh) < 0 ? 1 : 0);
+      if (res->topic) {
+        memport_port_close(role == 0 ? pa : pb);
+        _exit(topic_peer(role, policy, kind == SK_TOPIC_POOL ? 64 * KIB : 100, sh) < 0 ? 1 : 0);
+      }
+      _exit(sys_peer(role, role == 0 ? pa : pb, policy, kind == SK_ZC, sh) < 0 ? 1 : 0);
     }
   }
   memport_port_close(pa);
@@ -273,7 +393,8 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
       if (!res->err[0]) {
         char why[64];
         describe_status(status[i], why, sizeof why);
-        snprintf(res->err, sizeof res->err, "%s %s: %s", i ? "receiver" : "sender", why, sh->err[i]);
+        snprintf(res->err, sizeof res->err, "%s %s: %s",
+                 res->topic ? (i ? "subscriber" : "publisher") : i ? "receiver" : "sender", why, sh->err[i]);
       }
     }
     res->allocs[i] = sh->allocs[i];
@@ -284,8 +405,9 @@ static void run_syscheck_one(int policy, bool zerocopy, unsigned messages) {
     if (!unavailable) snprintf(res->err, sizeof res->err, "%s", sh->err[0][0] ? sh->err[0] : sh->err[1]);
     progress_more(" n/a (%s)\n", res->err);
   } else if (ok)
-    progress_more(" sender %lu syscalls %lu allocations, receiver %lu syscalls %lu allocations\n", res->syscalls[0],
-                  res->allocs[0], res->syscalls[1], res->allocs[1]);
+    progress_more(" %s %lu syscalls %lu allocations, %s %lu syscalls %lu allocations\n",
+                  res->topic ? "publisher" : "sender", res->syscalls[0], res->allocs[0],
+                  res->topic ? "subscriber" : "receiver", res->syscalls[1], res->allocs[1]);
   else {
     progress_more(" FAILED: %s\n", res->err);
     bench_failures++;
@@ -298,8 +420,11 @@ void run_syscheck(void) {
     progress("steady state: spin mode needs two CPUs to pin the peers to; skipped\n");
     return;
   }
-  run_syscheck_one(MEMPORT_WAIT_SPIN, false, cfg.sys_messages);
-  run_syscheck_one(MEMPORT_WAIT_SPIN, true, cfg.sys_messages);
-  run_syscheck_one(MEMPORT_WAIT_BLOCK, false, cfg.sys_messages / 20 > 100 ? cfg.sys_messages / 20 : 100);
+  run_syscheck_one(MEMPORT_WAIT_SPIN, SK_RING, cfg.sys_messages);
+  run_syscheck_one(MEMPORT_WAIT_SPIN, SK_ZC, cfg.sys_messages);
+  run_syscheck_one(MEMPORT_WAIT_BLOCK, SK_RING, cfg.sys_messages / 20 > 100 ? cfg.sys_messages / 20 : 100);
+  /* the topic, publisher and one subscriber: spinning needs a CPU per process, and this check pins two */
+  run_syscheck_one(MEMPORT_WAIT_SPIN, SK_TOPIC_INLINE, cfg.sys_messages);
+  run_syscheck_one(MEMPORT_WAIT_SPIN, SK_TOPIC_POOL, cfg.sys_messages);
 }
 

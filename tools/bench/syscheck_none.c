@@ -3,7 +3,7 @@
  * system calls with (Darwin): the check is reported as not run. */
 #include "bench.h"
 
-struct sys_result sysres[4];
+struct sys_result sysres[SYS_RUNS];
 size_t nsysres;
 
 void run_syscheck(void) { progress("steady state: the syscall count uses ptrace and is Linux-only\n"); }

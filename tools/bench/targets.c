@@ -177,7 +177,7 @@ static void print_steady_targets(void) {
       printf("      the allocation counter did NOT see memport_msg_create allocate: counts unreliable\n");
     for (int side = 0; side < 2; side++) {
       if (r->nfirst[side] == 0) continue;
-      printf("      %s's first system calls:", side ? "receiver" : "sender");
+      printf("      %s's first system calls:", r->topic ? (side ? "subscriber" : "publisher") : side ? "receiver" : "sender");
       for (unsigned j = 0; j < r->nfirst[side]; j++) {
         const char *nm = syscall_name(r->first_nr[side][j]);
         if (nm)
@@ -215,10 +215,34 @@ static void print_rss_target(void) {
   }
 }
 
+/* Fan-out: publishing costs the same whatever the size and nearly whatever the fan-out; zero-copy fan-out
+ * beats copying into N channels. (The steady-state target of the topic is printed with the others.) */
+static void print_fanout_targets(void) {
+  char what[96], detail[256];
+  const struct result *one = find_fanout("topic", 8 * MIB, 1, R_LAT), *eight = find_fanout("topic", 8 * MIB, 8, R_LAT);
+  char table[96] = "";
+  if (one && eight)
+    snprintf(table, sizeof table, "table run: %.2f / %.2f us = %.2f", eight->p50, one->p50, eight->p50 / one->p50);
+  if (pair_fanout.have) {
+    const struct pair_result *p = &pair_fanout;
+    snprintf(detail, sizeof detail, "median of %d rounds; %.2f / %.2f us%s%s", p->rounds, p->chan_p50, p->base_p50,
+             table[0] ? "; " : "", table);
+    verdict("topic 8 MiB p50, 1->8 / 1->1 (paired rounds)", p->ratio, true, true, 2.0, detail);
+  } else {
+    verdict("topic 8 MiB p50, 1->8 / 1->1", one && eight ? eight->p50 / one->p50 : 0, one && eight && one->p50 > 0, true,
+            2.0, table);
+  }
+  const struct result *t4 = find_fanout("topic", 8 * MIB, 4, R_GBPS), *c4 = find_fanout("copyfanout", 8 * MIB, 4, R_GBPS);
+  detail[0] = 0;
+  if (t4 && c4) snprintf(detail, sizeof detail, "%.2f / %.2f GB/s of payload", t4->gbps, c4->gbps);
+  snprintf(what, sizeof what, "1->4 8 MiB throughput, topic / copyfanout");
+  verdict(what, t4 && c4 ? t4->gbps / c4->gbps : 0, t4 && c4 && c4->gbps > 0, false, 10.0, detail);
+}
+
 void print_targets(void) {
   printf("\nTargets (ratios from this run; reporting, not assertions)\n");
   if (cfg.parts & P_TABLE) print_latency_targets();
-  /* the fan-out (topic) targets go here, once the rows exist */
+  if (cfg.parts & P_FANOUT) print_fanout_targets();
   if (cfg.parts & P_STREAM) print_stream_targets();
   print_steady_targets();
   print_rss_target();
