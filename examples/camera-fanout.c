@@ -68,7 +68,7 @@ struct report {
   uint32_t received;   /* frames received */
   uint32_t first_seq;  /* number of the first frame received */
   uint32_t published_at_connect; /* frames the camera had published when our connect returned */
-  uint64_t missed;     /* memport_sub_missed at the end */
+  uint64_t missed;     /* memport_sub_missed at the end, less what it had missed before its first frame */
   double fps;          /* frames received per second, first to last */
   long rss_anon_kib_0; /* private memory before the first frame (-1: unknown) */
   long rss_anon_kib_1; /* ... and after the last */
@@ -149,6 +149,7 @@ static int subscriber(struct shared *sh, int who, const char *topic, int64_t per
   r->rss_anon_kib_0 = rss_anon_kib();
   int64_t t_first = 0, t_last = 0;
   uint32_t expect = 0;
+  uint64_t missed_before = 0;
   for (;;) {
     memport_buf_t b;
     rc = memport_sub_recv(sub, &b, 30 * SECOND);
@@ -173,6 +174,7 @@ static int subscriber(struct shared *sh, int who, const char *topic, int64_t per
     if (r->received == 0) {
       r->first_seq = h.seq;
       t_first = now_ns();
+      missed_before = missed; /* a late joiner's history may have lost its oldest already */
     }
     t_last = now_ns();
     expect = h.seq + 1;
@@ -182,6 +184,7 @@ static int subscriber(struct shared *sh, int who, const char *topic, int64_t per
       sleep_ns(4 * period_ns); /* slow analysis */
   }
   memport_sub_missed(sub, &r->missed);
+  r->missed -= missed_before;
   r->rss_anon_kib_1 = rss_anon_kib();
   r->fps = r->received > 1 ? (double)(r->received - 1) * (double)SECOND / (double)(t_last - t_first) : 0;
   memport_sub_close(sub);

@@ -173,6 +173,16 @@ MEMPORT_HIDDEN int memport__os_sem_wait(memport_sem_t *s, uint64_t deadline);
 MEMPORT_HIDDEN int memport__os_sem_trywait(memport_sem_t *s);
 MEMPORT_HIDDEN int memport__os_sem_dup(const memport_sem_t *s, memport_sem_t *out);
 
+/* An event count: a 32-bit word in shared memory that only its owner increments, which any number
+ * of processes (mapping it read-only) sleep on until it changes; one call wakes them all. Where
+ * the platform has no such wait (memport__os_count_wait_supported false: Darwin, whose only
+ * cross-process address wait is private API), callers use a semaphore per sleeper instead.
+ * memport__os_count_wait sleeps while *count == seen, until `deadline`: 0 (it changed, or a wake,
+ * possibly spurious: look again), MEMPORT_ETIMEDOUT, MEMPORT_ENOTSUP. */
+MEMPORT_HIDDEN bool memport__os_count_wait_supported(void);
+MEMPORT_HIDDEN int memport__os_count_wait(const _Atomic uint32_t *count, uint32_t seen, uint64_t deadline);
+MEMPORT_HIDDEN void memport__os_count_wake_all(_Atomic uint32_t *count);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Backend: ports, messages and names.                                                          */
 

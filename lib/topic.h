@@ -72,6 +72,12 @@ struct memport_pub {
 
   struct memport__pool pool;
   memport_region_t *pool_lend; /* read-only handle, copied to each subscriber */
+  /* The event count sleeping subscribers wait on (internal.h memport__os_count_*; NULL where the
+   * platform has none, and each sleeper's semaphore is signalled instead): one page, ours to
+   * write, lent read-only. A publish that finds sleepers bumps it and wakes them all at once. */
+  _Atomic uint32_t *count;
+  memport_region_t *count_lend;
+  bool count_wake; /* a lane put this publish found its subscriber asleep */
   uint32_t *refs;              /* per buffer: lanes it is queued or held in, + 1 in history */
   uint64_t *loan_ticket;       /* per buffer: ticket of the application's loan (0: none) */
   size_t *loan_len;
@@ -98,6 +104,7 @@ struct memport_sub {
   memport_port_t *port;
   memport_sem_t *sem;     /* ours: the publisher posts it */
   memport_sem_t *pub_sem; /* the publisher's */
+  const _Atomic uint32_t *count; /* the publisher's event count, read-only (NULL: we sleep on sem) */
   memport_msg_t *msg;
   struct memport__wait_policy wait;
   struct memport__lane *lane;

@@ -32,7 +32,8 @@ int memport__topic_opts_valid(const memport_topic_opts_t *o, const char **field)
     f = "inline_max";
   else if (o->buffers < 1 || o->buffers > MEMPORT__POOL_MAX_BUFFERS)
     f = "buffers";
-  else if (memport__pool_geometry_check(o->buffers, o->buffer_size) < 0 || o->buffer_size > UINT32_MAX)
+  else if (o->buffer_size == 0 || o->buffer_size > UINT32_MAX ||
+           memport__pool_geometry_check(o->buffers, memport__page_round(o->buffer_size)) < 0)
     f = "buffer_size";
   else if (o->history > o->depth || o->history >= o->buffers)
     f = "history";

@@ -36,6 +36,8 @@ static void buf_unref(memport_pub_t *p, uint32_t i) {
 /* ------------------------------------------------------------------------------------------ */
 /* Subscribers: sync, releases, removal.                                                       */
 
+static void pub_wake_flush(memport_pub_t *p, bool force);
+
 static void peer_free(memport_pub_t *p, struct memport__topic_peer *s, bool dropped) {
   if (s->lane != NULL) {
     if (s->hold != NULL)
@@ -45,6 +47,7 @@ static void peer_free(memport_pub_t *p, struct memport__topic_peer *s, bool drop
     if (dropped) { /* tell it why (its own lane: only it could make this lie) */
       atomic_store_explicit(&s->lane->closed, MEMPORT__LANE_DROPPED, memory_order_seq_cst);
       memport__topic_wake_slow(&s->lane->sub_wait, s->sem, NULL, NULL);
+      pub_wake_flush(p, true);
     }
     memport_unmap(s->lane);
   }
@@ -135,6 +138,31 @@ static int peer_read_port(memport_pub_t *p, struct memport__topic_peer *s) {
 /* ------------------------------------------------------------------------------------------ */
 /* Lanes.                                                                                       */
 
+/* After a lane put: wake its subscriber as its wait word asks. A sleeper on the event count is
+ * only noted here; pub_wake_flush wakes every such sleeper with one call once all lanes are put. */
+static inline void pub_wake_lane(memport_pub_t *p, struct memport__topic_peer *s) {
+  if (MEMPORT__LIKELY(atomic_load_explicit(&s->lane->sub_wait, memory_order_seq_cst) == 0))
+    return;
+  if (p->count == NULL) {
+    memport__topic_wake_slow(&s->lane->sub_wait, s->sem, s->port, p->msg);
+    return;
+  }
+  uint32_t v = atomic_exchange_explicit(&s->lane->sub_wait, 0, memory_order_seq_cst);
+  if (v & MEMPORT__WAIT_SEM)
+    p->count_wake = true;
+  if (v & MEMPORT__TOPIC_WAKE_PORT)
+    (void)memport__topic_send_hdr(s->port, p->msg, MEMPORT__TOPIC_WAKE);
+}
+
+/* Wake the sleepers pub_wake_lane noted (or, with force, any: a close or a removal). */
+static void pub_wake_flush(memport_pub_t *p, bool force) {
+  if (p->count == NULL || !(p->count_wake || force))
+    return;
+  p->count_wake = false;
+  atomic_fetch_add_explicit(p->count, 1, memory_order_seq_cst);
+  memport__os_count_wake_all(p->count);
+}
+
 static void lane_put(memport_pub_t *p, struct memport__topic_peer *s, uint32_t kind, uint32_t len, uint32_t index,
                      uint64_t offset, uint64_t seq, const void *data) {
   struct memport__lane_slot *sl = memport__lane_slot_at(s->lane, p->slot_size, p->depth, s->tail);
@@ -156,7 +184,7 @@ static void lane_put(memport_pub_t *p, struct memport__topic_peer *s, uint32_t k
   s->tail++;
   /* seq_cst: the subscriber arms sub_wait, then loads tail; we store tail, then load sub_wait. */
   atomic_store_explicit(&s->lane->tail, s->tail, memory_order_seq_cst);
-  memport__topic_wake(&s->lane->sub_wait, s->sem, s->port, p->msg);
+  pub_wake_lane(p, s);
 }
 
 /* Drop the oldest message of a lane (drop-oldest): 1 dropped, 0 empty, MEMPORT_EPROTO. A lost
@@ -293,6 +321,7 @@ static int join(memport_pub_t *p, memport_port_t *port) {
       const struct memport__topic_hist *e = &p->hist[(p->hist_first + j) % p->history];
       lane_put(p, s, e->kind, e->len, e->index, e->offset, p->seq - p->hist_count + j + 1, e->data);
     }
+    p->count_wake = false; /* it is not waiting yet: nobody to wake */
     struct memport__topic_welcome w;
     memset(&w, 0, sizeof w);
     w.hdr = (struct memport__topic_hdr){MEMPORT__TOPIC_MAGIC, MEMPORT__TOPIC_WELCOME, MEMPORT__TOPIC_VERSION};
@@ -310,6 +339,8 @@ static int join(memport_pub_t *p, memport_port_t *port) {
       rc = memport_msg_attach_region(p->msg, p->pool_lend, MEMPORT_ATTACH_COPY);
     if (rc == 0)
       rc = memport_msg_attach_sem(p->msg, p->sem, MEMPORT_ATTACH_COPY);
+    if (rc == 0 && p->count_lend != NULL)
+      rc = memport_msg_attach_region(p->msg, p->count_lend, MEMPORT_ATTACH_COPY);
     if (rc == 0) /* a fresh connection: it fits without waiting */
       rc = memport__port_send(port, p->msg, 0);
     memport_msg_clear(p->msg);
@@ -569,6 +600,7 @@ static int put_all(memport_pub_t *p, uint32_t kind, uint32_t len, uint32_t index
     (void)memport__pool_lend(&p->pool, index);
   for (uint32_t k = 0; k < p->npeers; k++)
     lane_put(p, p->peers[k], kind, len, index, 0, seq, data);
+  pub_wake_flush(p, false);
   hist_push(p, kind, len, index, 0, data);
   if (kind == MEMPORT__SLOT_POOL && p->refs[index] == 0)
     memport__pool_free(&p->pool, index); /* nobody to read it */
@@ -735,6 +767,9 @@ static void pub_free(memport_pub_t *p) {
   memport_sem_close(p->sem);
   memport_msg_close(p->msg);
   memport_region_close(p->pool_lend);
+  memport_region_close(p->count_lend);
+  if (p->count != NULL)
+    memport_unmap((void *)p->count);
   memport__pool_destroy(&p->pool);
   if (p->hist != NULL)
     for (uint32_t j = 0; j < p->history; j++)
@@ -775,7 +810,7 @@ int memport_pub_create(memport_pub_t **out, const char *name, const memport_topi
   p->owner = getpid();
   p->next_ticket = ticket_base();
   memport__wait_policy_set(&p->wait, o.wait_policy, (uint64_t)o.spin_ns);
-  rc = memport__pool_create(&p->pool, o.buffers, o.buffer_size, &p->pool_lend);
+  rc = memport__pool_create(&p->pool, o.buffers, memport__page_round(o.buffer_size), &p->pool_lend);
   if (rc == 0) {
     p->refs = calloc(o.buffers, sizeof p->refs[0]);
     p->loan_ticket = calloc(o.buffers, sizeof p->loan_ticket[0]);
@@ -791,6 +826,17 @@ int memport_pub_create(memport_pub_t **out, const char *name, const memport_topi
   }
   if (rc == 0)
     rc = memport_sem_create(&p->sem, 0, 0);
+  if (rc == 0 && memport__os_count_wait_supported()) {
+    memport_region_t *r = NULL;
+    void *map = NULL;
+    rc = memport_region_create(&r, memport_page_size(), 0);
+    if (rc == 0)
+      rc = memport_region_map(r, 0, &map);
+    if (rc == 0)
+      rc = memport_region_readonly(r, &p->count_lend);
+    memport_region_close(r);
+    p->count = map;
+  }
   if (rc == 0)
     rc = memport_msg_create(&p->msg);
   if (rc == 0) /* last: subscribers may connect from now on */
@@ -816,6 +862,7 @@ int memport_pub_close(memport_pub_t *p) {
       atomic_store_explicit(&s->lane->closed, s->tail + 1, memory_order_seq_cst);
       memport__topic_wake_slow(&s->lane->sub_wait, s->sem, NULL, NULL);
     }
+    pub_wake_flush(p, true);
   }
   pub_free(p);
   return 0;

@@ -202,7 +202,13 @@ static int recv_impl(memport_sub_t *s, size_t cap, memport_buf_t *buf, int64_t t
     if (memport__expired(deadline))
       return memport__nowait_code(MEMPORT_ETIMEDOUT, timeout_ns);
     uint64_t until = memport__slice_end(deadline, MEMPORT__TOPIC_SLICE_NS);
-    rc = memport__wait(&s->wait, ready_sub, s, &s->lane->sub_wait, s->sem, until);
+    if (s->count == NULL) {
+      rc = memport__wait(&s->wait, ready_sub, s, &s->lane->sub_wait, s->sem, until);
+    } else { /* the publisher's event count: one wake for all its sleeping subscribers */
+      rc = memport__wait_spin(&s->wait, ready_sub, s, until);
+      if (rc == MEMPORT__WAIT_SLEEP)
+        rc = memport__wait_sleep_count(ready_sub, s, &s->lane->sub_wait, s->count, until);
+    }
     if (rc == MEMPORT_ETIMEDOUT)
       rc = 0;
     if (rc == 0)
@@ -294,6 +300,8 @@ static void sub_free(memport_sub_t *s) {
   memport_port_close(s->port);
   memport_sem_close(s->sem);
   memport_sem_close(s->pub_sem);
+  if (s->count != NULL)
+    memport_unmap((void *)s->count);
   memport_msg_close(s->msg);
   free(s->pool_ticket);
   free(s->owed);
@@ -331,9 +339,12 @@ static int sub_welcome(memport_sub_t *s, uint64_t deadline) {
       rc = w.status;
     goto out;
   }
-  if (!memport__topic_hdr_is(m, MEMPORT__TOPIC_WELCOME, sizeof w, 3) ||
+  /* lane, pool, the publisher's semaphore, and its event count where the platform has one */
+  int nh = memport__os_count_wait_supported() ? 4 : 3;
+  if (!memport__topic_hdr_is(m, MEMPORT__TOPIC_WELCOME, sizeof w, nh) ||
       memport_msg_handle_kind(m, 0) != MEMPORT_HANDLE_REGION || memport_msg_handle_kind(m, 1) != MEMPORT_HANDLE_REGION ||
-      memport_msg_handle_kind(m, 2) != MEMPORT_HANDLE_SEM)
+      memport_msg_handle_kind(m, 2) != MEMPORT_HANDLE_SEM ||
+      (nh == 4 && memport_msg_handle_kind(m, 3) != MEMPORT_HANDLE_REGION))
     goto out;
   if (w.depth < 1 || w.depth > MEMPORT__DEPTH_MAX || w.inline_max > MEMPORT__INLINE_MAX ||
       w.slot_size != memport__slot_size(w.inline_max) || w.inline_max != w.slot_size - MEMPORT__SLOT_HDR ||
@@ -346,6 +357,17 @@ static int sub_welcome(memport_sub_t *s, uint64_t deadline) {
   (void)memport_msg_take_region(m, 0, &lane);
   (void)memport_msg_take_region(m, 1, &pool);
   rc = memport_msg_take_sem(m, 2, &s->pub_sem);
+  if (rc == 0 && nh == 4) { /* the event count: read-only, at least the word we wait on */
+    memport_region_t *cr = NULL;
+    void *cmap = NULL;
+    (void)memport_msg_take_region(m, 3, &cr);
+    if (cr == NULL || memport_region_is_readonly(cr) != 1 || memport_region_size(cr) < sizeof(uint32_t))
+      rc = MEMPORT_EPROTO;
+    if (rc == 0)
+      rc = memport_region_map(cr, MEMPORT_MAP_READONLY, &cmap);
+    memport_region_close(cr);
+    s->count = cmap;
+  }
   void *map = NULL;
   if (rc == 0 && (lane == NULL || pool == NULL || memport_region_is_readonly(lane) != 0 ||
                   memport_region_is_readonly(pool) != 1 ||

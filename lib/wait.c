@@ -63,6 +63,29 @@ int memport__wait_sleep(memport__ready_fn ready, void *arg, _Atomic uint32_t *wo
   }
 }
 
+int memport__wait_sleep_count(memport__ready_fn ready, void *arg, _Atomic uint32_t *word,
+                              const _Atomic uint32_t *count, uint64_t deadline) {
+  for (;;) {
+    /* The count first: a bump made after the other side saw our bit (below) changes it. */
+    uint32_t seen = atomic_load_explicit(count, memory_order_seq_cst);
+    atomic_fetch_or_explicit(word, MEMPORT__WAIT_SEM, memory_order_seq_cst);
+    int rc = ready(arg);
+    if (rc == 0 && memport__expired(deadline))
+      rc = MEMPORT_ETIMEDOUT;
+    if (rc == 0)
+      rc = memport__os_count_wait(count, seen, deadline);
+    if (rc != 0 && rc != MEMPORT_ETIMEDOUT) {
+      atomic_fetch_and_explicit(word, ~MEMPORT__WAIT_SEM, memory_order_relaxed);
+      return rc > 0 ? 0 : rc;
+    }
+    if (rc == MEMPORT_ETIMEDOUT && memport__expired(deadline)) {
+      atomic_fetch_and_explicit(word, ~MEMPORT__WAIT_SEM, memory_order_relaxed);
+      rc = ready(arg);
+      return rc > 0 ? 0 : rc < 0 ? rc : MEMPORT_ETIMEDOUT;
+    }
+  }
+}
+
 int memport__wait(const struct memport__wait_policy *w, memport__ready_fn ready, void *arg, _Atomic uint32_t *word,
                   memport_sem_t *sem, uint64_t deadline) {
   int rc = memport__wait_spin(w, ready, arg, deadline);

@@ -51,6 +51,13 @@ MEMPORT_HIDDEN int memport__wait_spin(const struct memport__wait_policy *w, memp
 MEMPORT_HIDDEN int memport__wait_sleep(memport__ready_fn ready, void *arg, _Atomic uint32_t *word,
                                        memport_sem_t *sem, uint64_t deadline);
 
+/* The same protocol on a shared event count instead of a semaphore (internal.h
+ * memport__os_count_*): load *count, set MEMPORT__WAIT_SEM in *word, check ready(), sleep until
+ * *count changes. The other side exchanges *word after publishing and, when the bit was set, bumps
+ * *count and wakes every sleeper with one call: many sleepers cost it one system call. */
+MEMPORT_HIDDEN int memport__wait_sleep_count(memport__ready_fn ready, void *arg, _Atomic uint32_t *word,
+                                             const _Atomic uint32_t *count, uint64_t deadline);
+
 /* Spin (as the policy says), then sleep: memport__wait_spin followed by memport__wait_sleep. */
 MEMPORT_HIDDEN int memport__wait(const struct memport__wait_policy *w, memport__ready_fn ready, void *arg,
                                  _Atomic uint32_t *word, memport_sem_t *sem, uint64_t deadline);

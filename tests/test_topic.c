@@ -134,10 +134,20 @@ static void test_opts(void **state) {
   o.overflow = 7;
   th_assert_rc(memport_topic_opts_check(&o, &field), MEMPORT_EINVAL);
   memport_topic_opts_init(&o);
-  o.buffer_size = 1000;
+  o.buffer_size = 0;
   memport_pub_t *p = NULL;
   th_assert_rc(memport_pub_create(&p, th_unique_name("topic"), &o), MEMPORT_EINVAL);
   assert_null(p);
+  /* A buffer size that is not a page multiple is rounded up, as the channel's is: a loan of the
+   * rounded size fits, one byte more does not. */
+  o.buffer_size = memport_page_size() + 1;
+  th_assert_ok(memport_pub_create(&p, th_unique_name("topic"), &o));
+  memport_buf_t lb;
+  th_assert_rc(memport_pub_loan(p, 2 * memport_page_size() + 1, &lb, MEMPORT_NOWAIT), MEMPORT_EMSGSIZE);
+  th_assert_ok(memport_pub_loan(p, 2 * memport_page_size(), &lb, MEMPORT_NOWAIT));
+  th_assert_ok(memport_pub_discard(p, &lb));
+  th_assert_ok(memport_pub_close(p));
+  p = NULL;
   th_assert_ok(memport_pub_close(NULL));
   th_assert_ok(memport_sub_close(NULL));
 }

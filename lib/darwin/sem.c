@@ -122,3 +122,16 @@ int memport__os_sem_dup(const memport_sem_t *s, memport_sem_t *out) {
   memport__darwin_track(out, MEMPORT_HANDLE_SEM);
   return 0;
 }
+
+/* No event count on Darwin: the one cross-process wait on an address (__ulock_wait with
+ * UL_COMPARE_AND_WAIT_SHARED) is private API. Callers wake each sleeper's semaphore instead. */
+bool memport__os_count_wait_supported(void) { return false; }
+
+int memport__os_count_wait(const _Atomic uint32_t *count, uint32_t seen, uint64_t deadline) {
+  (void)count;
+  (void)seen;
+  (void)deadline;
+  return MEMPORT_ENOTSUP;
+}
+
+void memport__os_count_wake_all(_Atomic uint32_t *count) { (void)count; }

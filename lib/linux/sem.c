@@ -236,3 +236,27 @@ int memport__os_sem_signal_all(memport_sem_t *s) {
   futex(&page->count, FUTEX_WAKE, INT_MAX, NULL, 0);
   return 0;
 }
+
+/* The event count: a plain futex on the shared word. FUTEX_WAIT only reads the word, so the
+ * waiter's mapping may be read-only; the kernel compares it with `seen` under its hash-bucket
+ * lock, so a change made (and woken) after our load is never missed. */
+bool memport__os_count_wait_supported(void) { return true; }
+
+int memport__os_count_wait(const _Atomic uint32_t *count, uint32_t seen, uint64_t deadline) {
+  if (memport__expired(deadline))
+    return MEMPORT_ETIMEDOUT;
+  struct timespec ts, *tsp = NULL;
+  if (deadline != MEMPORT__NO_DEADLINE) {
+    ts.tv_sec = (time_t)(deadline / 1000000000u);
+    ts.tv_nsec = (long)(deadline % 1000000000u);
+    tsp = &ts;
+  }
+  long r = futex((_Atomic uint32_t *)count, FUTEX_WAIT_BITSET, seen, tsp, FUTEX_BITSET_MATCH_ANY);
+  if (r == 0 || errno == EAGAIN || errno == EINTR)
+    return 0;
+  if (errno == ETIMEDOUT)
+    return MEMPORT_ETIMEDOUT;
+  return errno == ENOSYS ? MEMPORT_ENOTSUP : MEMPORT_EPROTO;
+}
+
+void memport__os_count_wake_all(_Atomic uint32_t *count) { (void)futex(count, FUTEX_WAKE, INT_MAX, NULL, 0); }
