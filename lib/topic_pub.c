@@ -59,11 +59,23 @@ static void peer_free(memport_pub_t *p, struct memport__topic_peer *s, bool drop
   free(s);
 }
 
+/* The subscriber count in our registry record (memport-ls reads it there; nobody else does) follows
+ * joins and departures: one write per change, never on the message path. A failed write is tried
+ * again at the next change or look at events. A fork child leaves it to its parent. */
+static void record_subscribers(memport_pub_t *p) {
+  if (p->closing || p->listed == p->npeers || p->owner != getpid())
+    return;
+  if (memport__service_set_subscribers(p->svc, p->npeers) == 0)
+    p->listed = p->npeers;
+}
+
 static void peer_remove(memport_pub_t *p, uint32_t k, bool dropped) {
   struct memport__topic_peer *s = p->peers[k];
   p->peers[k] = p->peers[--p->npeers];
   p->peers[p->npeers] = NULL;
+  p->left++;
   peer_free(p, s, dropped);
+  record_subscribers(p);
 }
 
 /* Positions the subscriber took since the last sync: their buffers are held now. */
@@ -78,6 +90,8 @@ static int peer_sync(memport_pub_t *p, struct memport__topic_peer *s) {
     if (i != MEMPORT__SHADOW_INLINE)
       s->hold[i] = MEMPORT__HOLD_HELD;
   }
+  s->taken += h - s->head;
+  p->delivered += h - s->head;
   s->head = h;
   return 0;
 }
@@ -178,6 +192,7 @@ static int lane_drop_oldest(memport_pub_t *p, struct memport__topic_peer *s) {
       }
       s->head++;
       s->dropped++;
+      p->dropped++;
       atomic_store_explicit(&s->lane->dropped, s->dropped, memory_order_release);
       return 1;
     }
@@ -322,6 +337,8 @@ static int join(memport_pub_t *p, memport_port_t *port) {
     return rc;
   }
   p->peers[p->npeers++] = s;
+  p->joined++;
+  record_subscribers(p);
   return 0;
 }
 
@@ -384,6 +401,7 @@ static void pub_events(memport_pub_t *p) {
     k++;
   }
   collect_all(p);
+  record_subscribers(p);
   p->next_live = memport__now_ns() + MEMPORT__TOPIC_LIVE_NS;
 }
 
@@ -565,8 +583,10 @@ static int put_all(memport_pub_t *p, uint32_t kind, uint32_t len, uint32_t index
     }
   }
   uint64_t seq = ++p->seq;
-  if (kind == MEMPORT__SLOT_POOL)
+  if (kind == MEMPORT__SLOT_POOL) {
     (void)memport__pool_lend(&p->pool, index);
+    p->published_pool++;
+  }
   for (uint32_t k = 0; k < p->npeers; k++)
     lane_put(p, p->peers[k], kind, len, index, 0, seq, data);
   hist_push(p, kind, len, index, 0, data);
@@ -680,6 +700,50 @@ int memport_pub_subscribers(memport_pub_t *p) {
   return (int)p->npeers;
 }
 
+int memport_pub_stats(memport_pub_t *p, memport_pub_stats_t *stats) {
+  if (pub_check(p) < 0 || stats == NULL || stats->struct_size < sizeof *stats)
+    return MEMPORT_EINVAL;
+  collect_all(p); /* releases and takes up to now (a subscriber breaking the protocol goes) */
+  memport_pub_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.published = p->seq;
+  st.published_pool = p->published_pool;
+  st.delivered = p->delivered;
+  st.dropped = p->dropped;
+  st.joined = p->joined;
+  st.left = p->left;
+  st.subscribers = p->npeers;
+  st.history = p->hist_count;
+  st.buffers = p->pool.count;
+  for (uint32_t i = 0; i < p->pool.count; i++) {
+    st.buffers_free += p->pool.state[i] == MEMPORT__POOL_FREE;
+    st.buffers_loaned += p->pool.state[i] == MEMPORT__POOL_ALLOCATED;
+    st.buffers_in_use += p->pool.state[i] == MEMPORT__POOL_LENT;
+  }
+  st.struct_size = sizeof st;
+  memcpy(stats, &st, sizeof st); /* a larger (newer) struct: the fields we know, struct_size says which */
+  return 0;
+}
+
+int memport_pub_sub_stats(memport_pub_t *p, unsigned index, memport_pub_sub_stats_t *stats) {
+  if (pub_check(p) < 0 || stats == NULL || stats->struct_size < sizeof *stats)
+    return MEMPORT_EINVAL;
+  if (index >= p->npeers)
+    return MEMPORT_ENOENT;
+  const struct memport__topic_peer *s = p->peers[index];
+  memport_pub_sub_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.cred = s->cred;
+  st.delivered = s->taken;
+  st.dropped = s->dropped;
+  st.queued = (uint32_t)(s->tail - s->head); /* our own positions: at most depth */
+  for (uint32_t i = 0; i < p->pool.count; i++)
+    st.held += s->hold[i] == MEMPORT__HOLD_HELD;
+  st.struct_size = sizeof st;
+  memcpy(stats, &st, sizeof st);
+  return 0;
+}
+
 int memport_pub_pollable(memport_pub_t *p, memport_os_handle_t *out) {
   if (pub_check(p) < 0 || out == NULL)
     return MEMPORT_EINVAL;
@@ -722,6 +786,7 @@ int memport_pub_set_access(memport_pub_t *p, memport_access_fn fn, void *arg) {
 /* Life.                                                                                        */
 
 static void pub_free(memport_pub_t *p) {
+  p->closing = true; /* the record goes with the name */
   while (p->npending != 0) {
     memport_port_t *port = p->pending[p->npending - 1].port;
     pending_remove(p, p->npending - 1);
@@ -794,7 +859,7 @@ int memport_pub_create(memport_pub_t **out, const char *name, const memport_topi
   if (rc == 0)
     rc = memport_msg_create(&p->msg);
   if (rc == 0) /* last: subscribers may connect from now on */
-    rc = memport_service_create(&p->svc, name, 0);
+    rc = memport__service_create_kind(&p->svc, name, MEMPORT_NAME_TOPIC);
   if (rc < 0) {
     pub_free(p);
     return rc;
