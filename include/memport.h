@@ -468,7 +468,7 @@ typedef struct memport_pub_stats {
 } memport_pub_stats_t;
 /* Fill *stats, after taking what subscribers released (as memport_pub_process, but no joins). */
 MEMPORT_EXPORT int memport_pub_stats(memport_pub_t *pub, memport_pub_stats_t *stats);
-/* One subscriber of a publisher, as of its last look (memport_pub_sub_stats(3)). */
+/* One subscriber of a publisher (memport_pub_sub_stats(3)). */
 typedef struct memport_pub_sub_stats {
   size_t struct_size;  /* in: sizeof(memport_pub_sub_stats_t); out: the bytes filled */
   memport_cred_t cred; /* the subscriber's process, as the kernel reported it at its join */

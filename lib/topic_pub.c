@@ -730,7 +730,11 @@ int memport_pub_sub_stats(memport_pub_t *p, unsigned index, memport_pub_sub_stat
     return MEMPORT_EINVAL;
   if (index >= p->npeers)
     return MEMPORT_ENOENT;
-  const struct memport__topic_peer *s = p->peers[index];
+  struct memport__topic_peer *s = p->peers[index];
+  /* Its takes and releases up to now. One that breaks the protocol is reported as it stands and
+   * dropped by the next memport_pub_stats or memport_pub_process (never here: the indexes of the
+   * others stay as the caller counted them). */
+  (void)peer_collect(p, s);
   memport_pub_sub_stats_t st;
   memset(&st, 0, sizeof st);
   st.cred = s->cred;

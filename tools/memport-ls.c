@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* memport-ls.c: list this user's live memport names (services and published regions) with their owners, and each topic's subscriber count. */
+/* memport-ls.c: list this user's live memport names (services, published regions, topics) with their owners and each topic's subscriber count. */
 #include <memport.h>
 
 #include <stdio.h>
