@@ -414,6 +414,60 @@ static void test_listing_counts(void **state) {
   memport_service_close(svc);
 }
 
+/* Subscribers come and go while another thread lists names: every listing finds the topic (its
+ * record is rewritten in place, never absent or malformed), with a count that can be; connects
+ * meanwhile never fail. */
+struct lister {
+  const char *name;
+  atomic_bool stop;
+  int listings, bad;
+};
+
+static void *lister_main(void *arg) {
+  struct lister *l = arg;
+  while (!atomic_load(&l->stop)) {
+    struct find f = {.name = l->name};
+    if (memport_name_foreach(find_cb, &f) != 0 || f.found != 1 || f.kind != MEMPORT_NAME_TOPIC || f.subs > 3)
+      l->bad++;
+    l->listings++;
+  }
+  return NULL;
+}
+
+static void test_listing_churn(void **state) {
+  (void)state;
+  char name[MEMPORT_NAME_MAX + 1];
+  snprintf(name, sizeof name, "%s", th_unique_name("tstats"));
+  memport_pub_t *p;
+  th_assert_ok(memport_pub_create(&p, name, NULL));
+  struct lister l = {.name = name};
+  atomic_init(&l.stop, false);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, lister_main, &l), 0);
+  int rounds = th_under_valgrind() ? 2 : 10;
+  for (int r = 0; r < rounds; r++) {
+    memport_sub_t *s[3];
+    connect_n(p, name, s, 3);
+    for (int i = 0; i < 3; i++)
+      th_assert_ok(memport_sub_close(s[i]));
+    uint64_t end = th_now_ns() + 10 * SEC;
+    while (memport_pub_subscribers(p) != 0 && th_now_ns() < end) {
+      memport_pub_process(p);
+      th_sleep_ms(1);
+    }
+    th_assert_rc(memport_pub_subscribers(p), 0);
+  }
+  atomic_store(&l.stop, true);
+  pthread_join(t, NULL);
+  assert_int_equal(l.bad, 0);
+  assert_true(l.listings > 0);
+  expect_listed(name, getpid(), 0);
+  memport_pub_stats_t ps = pstats(p);
+  assert_int_equal(ps.joined, 3 * (uint64_t)rounds);
+  assert_int_equal(ps.left, 3 * (uint64_t)rounds);
+  th_assert_ok(memport_pub_close(p));
+}
+
 /* A publisher in a child that is killed: its name leaves the listing (and its count with it). */
 struct child_arg {
   char name[MEMPORT_NAME_MAX + 1];
@@ -509,6 +563,7 @@ int main(void) {
       cmocka_unit_test(test_stats_drop_oldest),
       cmocka_unit_test(test_stats_history),
       cmocka_unit_test(test_listing_counts),
+      cmocka_unit_test(test_listing_churn),
       cmocka_unit_test(test_listing_publisher_killed),
       cmocka_unit_test(test_memport_ls_topic),
   };

@@ -15,7 +15,8 @@
  *     Linux and Darwin), compared with a reference parser of
  *     "memport-name 1 kind=K pid=P uid=U gid=G\n";
  *   - a kind and credentials for memport__registry_format: what it writes must parse back to the
- *     same values (and be refused for a kind that is none of service, region, topic), in buffers of every size;
+ *     same values (and be refused for a kind that is none of service, region, topic), in
+ *     buffers of every size;
  *   - a private name directory (XDG_RUNTIME_DIR points into a temporary directory made at start
  *     and removed at exit) holding up to three lock files with names and contents from the input,
  *     some locked by this process as a live owner or a creator still starting would:
