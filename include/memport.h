@@ -246,10 +246,12 @@ MEMPORT_EXPORT int memport_region_open(memport_region_t **out, const char *name,
 
 #define MEMPORT_NAME_SERVICE 1
 #define MEMPORT_NAME_REGION  2
+#define MEMPORT_NAME_TOPIC   3
 typedef struct memport_name_info {
   char name[MEMPORT_NAME_MAX + 1];
-  int kind;             /* MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION */
+  int kind;             /* MEMPORT_NAME_SERVICE, MEMPORT_NAME_REGION or MEMPORT_NAME_TOPIC */
   memport_cred_t owner; /* the serving process */
+  uint32_t subscribers; /* MEMPORT_NAME_TOPIC: subscribers as its publisher last recorded; else 0 */
 } memport_name_info_t;
 /* Call fn for every live name of this user; a non-zero return from fn stops and is returned. */
 MEMPORT_EXPORT int memport_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
@@ -448,6 +450,36 @@ MEMPORT_EXPORT int memport_pub_pollable(memport_pub_t *pub, memport_os_handle_t 
 /* Orderly close: subscribers receive everything published, then MEMPORT_ECLOSED. NULL: no-op. */
 MEMPORT_EXPORT int memport_pub_close(memport_pub_t *pub);
 
+/* Counters of a publisher (memport_pub_stats(3)); set struct_size before the call. */
+typedef struct memport_pub_stats {
+  size_t struct_size;       /* in: sizeof(memport_pub_stats_t); out: the bytes filled */
+  uint64_t published;       /* messages published */
+  uint64_t published_pool;  /* of them, zero-copy in a pool buffer (the others copied into each queue) */
+  uint64_t delivered;       /* messages taken by subscribers, all of them, since creation */
+  uint64_t dropped;         /* messages dropped from subscribers' queues (drop-oldest), since creation */
+  uint64_t joined;          /* subscribers that joined, since creation */
+  uint64_t left;            /* subscribers gone (closed, died or dropped for breaking the protocol) */
+  uint32_t subscribers;     /* subscribers now: memport_pub_sub_stats takes 0 .. subscribers-1 */
+  uint32_t history;         /* messages kept now for late joiners */
+  uint32_t buffers;         /* pool buffers */
+  uint32_t buffers_free;    /* of them: free */
+  uint32_t buffers_loaned;  /* loaned to the application, not yet published or discarded */
+  uint32_t buffers_in_use;  /* published and still queued, held by a subscriber or kept in the history */
+} memport_pub_stats_t;
+/* Fill *stats, after taking what subscribers released (as memport_pub_process, but no joins). */
+MEMPORT_EXPORT int memport_pub_stats(memport_pub_t *pub, memport_pub_stats_t *stats);
+/* One subscriber of a publisher (memport_pub_sub_stats(3)). */
+typedef struct memport_pub_sub_stats {
+  size_t struct_size;  /* in: sizeof(memport_pub_sub_stats_t); out: the bytes filled */
+  memport_cred_t cred; /* the subscriber's process, as the kernel reported it at its join */
+  uint64_t delivered;  /* messages it took */
+  uint64_t dropped;    /* messages dropped from its queue (drop-oldest) */
+  uint32_t queued;     /* messages in its queue now, not taken */
+  uint32_t held;       /* pool buffers it took and has not released */
+} memport_pub_sub_stats_t;
+/* Subscriber `index` (< memport_pub_stats' subscribers); MEMPORT_ENOENT past the last. */
+MEMPORT_EXPORT int memport_pub_sub_stats(memport_pub_t *pub, unsigned index, memport_pub_sub_stats_t *stats);
+
 /* Subscriber: connects to the publisher of `name` (which must be running its calls to answer).
  * opts_or_null: only wait_policy and spin_ns are used. Not thread-safe: one thread at a time. */
 MEMPORT_EXPORT int memport_sub_connect(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts_or_null,
@@ -464,6 +496,16 @@ MEMPORT_EXPORT int memport_sub_missed(memport_sub_t *sub, uint64_t *missed);
 MEMPORT_EXPORT int memport_sub_pollable(memport_sub_t *sub, memport_os_handle_t *out);
 /* Leave the topic; buffers still held are given back. NULL is a no-op. */
 MEMPORT_EXPORT int memport_sub_close(memport_sub_t *sub);
+/* Counters of a subscriber (memport_sub_stats(3)); set struct_size before the call. */
+typedef struct memport_sub_stats {
+  size_t struct_size;      /* in: sizeof(memport_sub_stats_t); out: the bytes filled */
+  uint64_t received;       /* messages received (memport_sub_recv, memport_sub_recv_copy) */
+  uint64_t received_pool;  /* of them, views of the publisher's pool buffers */
+  uint64_t missed;         /* messages lost under MEMPORT_TOPIC_DROP_OLDEST (memport_sub_missed) */
+  uint32_t queued;         /* messages waiting in its queue now */
+  uint32_t held;           /* messages received and not yet released */
+} memport_sub_stats_t;
+MEMPORT_EXPORT int memport_sub_stats(memport_sub_t *sub, memport_sub_stats_t *stats);
 
 #ifdef __cplusplus
 }

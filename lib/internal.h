@@ -96,7 +96,7 @@ struct memport_msg {
 struct memport_service {
   memport_os_handle_t handle; /* (os) Linux: listening socket; Darwin: receive right checked in */
   char name[MEMPORT_NAME_MAX + 1];
-  int kind; /* MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION */
+  int kind; /* MEMPORT_NAME_SERVICE, MEMPORT_NAME_REGION or MEMPORT_NAME_TOPIC */
   uid_t allowed[MEMPORT__MAX_ALLOWED_UIDS];
   size_t nallowed; /* the owner's uid is always allowed */
   struct memport__os_service os; /* (os) */
@@ -250,6 +250,17 @@ MEMPORT_HIDDEN int memport__os_service_create(memport_service_t *s);
 MEMPORT_HIDDEN void memport__os_service_close(memport_service_t *s);
 MEMPORT_HIDDEN int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64_t deadline);
 MEMPORT_HIDDEN int memport__os_port_connect(memport_port_t *out, const char *name, int kind, uint64_t deadline);
+/* A name whose record says `record` serves a connection that asks for `asked`: the same kind, or a
+ * topic for a service (a topic is a service speaking the topic protocol over its ports). */
+static inline bool memport__kind_serves(int record, int asked) {
+  return record == asked || (asked == MEMPORT_NAME_SERVICE && record == MEMPORT_NAME_TOPIC);
+}
+/* A service of `kind` (lib/name.c; memport_service_create makes MEMPORT_NAME_SERVICE). */
+MEMPORT_HIDDEN int memport__service_create_kind(memport_service_t **out, const char *name, int kind);
+/* A topic's service: record `subs` as its subscriber count in its registry record (memport-ls). */
+MEMPORT_HIDDEN int memport__service_set_subscribers(memport_service_t *svc, uint32_t subs);
+/* The backend's claimed registry lock file of a service (lib/registry.c), or -1. */
+MEMPORT_HIDDEN int memport__os_service_record_fd(const memport_service_t *s);
 MEMPORT_HIDDEN int memport__os_name_foreach(int (*fn)(const memport_name_info_t *info, void *arg), void *arg);
 /* memport_name_sweep(3): the registry's sweep with the backend's transport removal. */
 MEMPORT_HIDDEN int memport__os_name_sweep(size_t max_entries);
@@ -259,12 +270,16 @@ MEMPORT_HIDDEN int memport__os_name_sweep(size_t max_entries);
 /* `dirfd`; the record format, liveness, reclaiming and listing, the same on every platform.    */
 
 #define MEMPORT__RECORD_MAX 128 /* a record line is shorter than this */
-/* Format the record "memport-name 1 kind=K pid=P uid=U gid=G\n" into buf: its length, or
- * MEMPORT_EINVAL (kind) / MEMPORT_EOVERFLOW (cap). */
-MEMPORT_HIDDEN int memport__registry_format(char *buf, size_t cap, int kind, const memport_cred_t *owner);
-/* Parse the `n` bytes read from a lock file (untrusted, not NUL-terminated): true with *kind and
- * *owner when they are exactly one well-formed record, else false and nothing written. */
-MEMPORT_HIDDEN bool memport__registry_parse(const char *text, size_t n, int *kind, memport_cred_t *owner);
+/* Format the record "memport-name 1 kind=K pid=P uid=U gid=G\n" into buf (a topic's adds
+ * " subs=S" before the newline, S `subs` in 10 digits: the line keeps its length when S changes):
+ * its length, or MEMPORT_EINVAL (kind) / MEMPORT_EOVERFLOW (cap). */
+MEMPORT_HIDDEN int memport__registry_format(char *buf, size_t cap, int kind, const memport_cred_t *owner,
+                                            uint32_t subs);
+/* Parse the `n` bytes read from a lock file (untrusted, not NUL-terminated): true with *kind,
+ * *owner and *subs (may be NULL; 0 but for a topic) when they are exactly one well-formed record,
+ * else false and nothing written. */
+MEMPORT_HIDDEN bool memport__registry_parse(const char *text, size_t n, int *kind, memport_cred_t *owner,
+                                            uint32_t *subs);
 /* Take the lock file of `name` (reclaiming a dead owner's): 0 with *fd locked for our lifetime,
  * MEMPORT_EEXIST when a live owner holds it, MEMPORT_EACCES when the entry is not a regular file of
  * ours (a symbolic link, directory, FIFO, socket or device). The file is left empty, which readers
@@ -272,6 +287,9 @@ MEMPORT_HIDDEN bool memport__registry_parse(const char *text, size_t n, int *kin
 MEMPORT_HIDDEN int memport__registry_claim(int dirfd, const char *name, int *fd);
 /* Write this process's record of `kind` into the claimed lock file, then show it live. */
 MEMPORT_HIDDEN int memport__registry_write(int fd, int kind);
+/* The owner of a topic's claimed lock file `fd` (record written) records a new subscriber count:
+ * the line is rewritten in place, at the same length (readers: see memport__registry_lookup). */
+MEMPORT_HIDDEN int memport__registry_set_subs(int fd, uint32_t subs);
 /* Close a claimed lock file; with `remove`, first unlink it if the path still names it. */
 MEMPORT_HIDDEN void memport__registry_release(int dirfd, const char *name, int fd, bool remove);
 #define MEMPORT__REG_ABSENT 0   /* no lock file, or nobody holds its lock (a dead owner's) */

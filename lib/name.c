@@ -36,6 +36,19 @@ int memport_service_create(memport_service_t **out, const char *name, unsigned f
   return service_open(out, name, MEMPORT_NAME_SERVICE);
 }
 
+int memport__service_create_kind(memport_service_t **out, const char *name, int kind) {
+  if (out == NULL || name == NULL || (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_TOPIC))
+    return MEMPORT_EINVAL;
+  return service_open(out, name, kind);
+}
+
+int memport__service_set_subscribers(memport_service_t *svc, uint32_t subs) {
+  if (svc == NULL || svc->kind != MEMPORT_NAME_TOPIC)
+    return MEMPORT_EINVAL;
+  int fd = memport__os_service_record_fd(svc);
+  return fd < 0 ? MEMPORT_EINVAL : memport__registry_set_subs(fd, subs);
+}
+
 int memport_service_close(memport_service_t *svc) {
   if (svc == NULL)
     return 0;

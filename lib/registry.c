@@ -30,9 +30,12 @@
  *    (lock_held), so a listing or a lookup never makes a concurrent creator fail.
  *  - The file holds one record line, written by the owner once it holds the claim lock:
  *        "memport-name 1 kind=K pid=P uid=U gid=G\n"
- *    (K is MEMPORT_NAME_SERVICE or MEMPORT_NAME_REGION, P > 0, every number plain decimal of
- *    at most 20 digits within its type, nothing before, between or after). Readers treat it as
- *    untrusted text: anything else, including a record still being written, is "no record".
+ *    (K is MEMPORT_NAME_SERVICE, MEMPORT_NAME_REGION or MEMPORT_NAME_TOPIC, P > 0, every number
+ *    plain decimal of at most 20 digits within its type, nothing before, between or after). A
+ *    topic's record, and only a topic's, has " subs=S" before the newline: the subscribers its
+ *    publisher counts now, which it rewrites in place (memport__registry_set_subs) as they come and
+ *    go. Readers treat it as untrusted text: anything else, including a record still being
+ *    written, is "no record". Readers never write: nothing they do reaches the owner.
  *  - The owner removes the file at close, while still holding the lock; a creator that
  *    opened the file just before finds, once it has the lock, that the path no longer names
  *    its file, and starts over.
@@ -98,11 +101,14 @@ static int entry_of(char out[ENTRY_MAX], const char *name) {
 /* ------------------------------------------------------------------------------------------ */
 /* The record.                                                                                 */
 
-int memport__registry_format(char *buf, size_t cap, int kind, const memport_cred_t *owner) {
-  if (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION)
+int memport__registry_format(char *buf, size_t cap, int kind, const memport_cred_t *owner, uint32_t subs) {
+  if (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION && kind != MEMPORT_NAME_TOPIC)
     return MEMPORT_EINVAL;
-  int n = snprintf(buf, cap, "memport-name 1 kind=%d pid=%ld uid=%lu gid=%lu\n", kind, (long)owner->pid,
-                   (unsigned long)owner->uid, (unsigned long)owner->gid);
+  int n = kind == MEMPORT_NAME_TOPIC
+              ? snprintf(buf, cap, "memport-name 1 kind=%d pid=%ld uid=%lu gid=%lu subs=%010lu\n", kind,
+                         (long)owner->pid, (unsigned long)owner->uid, (unsigned long)owner->gid, (unsigned long)subs)
+              : snprintf(buf, cap, "memport-name 1 kind=%d pid=%ld uid=%lu gid=%lu\n", kind, (long)owner->pid,
+                         (unsigned long)owner->uid, (unsigned long)owner->gid);
   if (n <= 0 || (size_t)n >= cap)
     return MEMPORT_EOVERFLOW;
   return n;
@@ -139,7 +145,7 @@ static bool parse_byte(const char *t, size_t n, size_t *at, char c) {
   return true;
 }
 
-bool memport__registry_parse(const char *text, size_t n, int *kind_out, memport_cred_t *owner) {
+bool memport__registry_parse(const char *text, size_t n, int *kind_out, memport_cred_t *owner, uint32_t *subs) {
   static const char magic[] = "memport-name 1 ";
   if (text == NULL || n == 0 || n >= MEMPORT__RECORD_MAX || text[n - 1] != '\n')
     return false;
@@ -148,15 +154,23 @@ bool memport__registry_parse(const char *text, size_t n, int *kind_out, memport_
   if (n < sizeof magic - 1 || memcmp(text, magic, sizeof magic - 1) != 0)
     return false;
   size_t at = sizeof magic - 1;
-  unsigned long long kind, pid, uid, gid;
-  if (!parse_field(text, n, &at, "kind=", 2, &kind) || !parse_byte(text, n, &at, ' ') ||
+  unsigned long long kind, pid, uid, gid, count = 0;
+  if (!parse_field(text, n, &at, "kind=", 3, &kind) || !parse_byte(text, n, &at, ' ') ||
       !parse_field(text, n, &at, "pid=", INT_MAX, &pid) || !parse_byte(text, n, &at, ' ') ||
       !parse_field(text, n, &at, "uid=", UINT32_MAX, &uid) || !parse_byte(text, n, &at, ' ') ||
-      !parse_field(text, n, &at, "gid=", UINT32_MAX, &gid) || !parse_byte(text, n, &at, '\n') || at != n)
+      !parse_field(text, n, &at, "gid=", UINT32_MAX, &gid))
     return false;
-  if ((kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION) || pid == 0)
+  /* A topic's record, and only a topic's, counts its subscribers. */
+  if (kind == MEMPORT_NAME_TOPIC &&
+      (!parse_byte(text, n, &at, ' ') || !parse_field(text, n, &at, "subs=", UINT32_MAX, &count)))
+    return false;
+  if (!parse_byte(text, n, &at, '\n') || at != n)
+    return false;
+  if ((kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION && kind != MEMPORT_NAME_TOPIC) || pid == 0)
     return false;
   *kind_out = (int)kind;
+  if (subs != NULL)
+    *subs = (uint32_t)count;
   owner->pid = (pid_t)pid;
   owner->uid = (uid_t)uid;
   owner->gid = (gid_t)gid;
@@ -247,7 +261,7 @@ int memport__registry_claim(int dirfd, const char *name, int *out) {
 int memport__registry_write(int fd, int kind) {
   memport_cred_t self = {.pid = getpid(), .uid = geteuid(), .gid = getegid()};
   char buf[MEMPORT__RECORD_MAX];
-  int n = memport__registry_format(buf, sizeof buf, kind, &self);
+  int n = memport__registry_format(buf, sizeof buf, kind, &self, 0);
   if (n < 0)
     return n;
   /* Written over whatever a dead owner left, then cut to length: a reader in between sees a
@@ -261,6 +275,21 @@ int memport__registry_write(int fd, int kind) {
    * would take a dead owner's kind and pid for ours (Linux: a connect of the other kind failed
    * with EPROTO; Darwin: a connect took the bootstrap entry for published while it was not). */
   return lock_take(fd, MEMPORT__LOCK_LIVE);
+}
+
+int memport__registry_set_subs(int fd, uint32_t subs) {
+  memport_cred_t self = {.pid = getpid(), .uid = geteuid(), .gid = getegid()};
+  char buf[MEMPORT__RECORD_MAX];
+  int n = memport__registry_format(buf, sizeof buf, MEMPORT_NAME_TOPIC, &self, subs);
+  if (n < 0)
+    return n;
+  /* The same line as before but for the count's 10 digits, written over it in place: the file
+   * never changes length, and a reader sees the old line, the new one, or (the read racing the
+   * write) digits of both, which memport__registry_foreach reads again. */
+  ssize_t w = pwrite(fd, buf, (size_t)n, 0);
+  if (w != n)
+    return w < 0 ? neg_errno(errno, MEMPORT_ENOSPC) : MEMPORT_ENOSPC;
+  return 0;
 }
 
 void memport__registry_release(int dirfd, const char *name, int fd, bool remove) {
@@ -292,17 +321,37 @@ static int open_entry(int dirfd, const char *entry) {
   return fd;
 }
 
-static int lookup_entry(int dirfd, const char *entry, int *kind, memport_cred_t *owner) {
+#define SUBS_READS 4 /* reads of a topic's record until two agree */
+
+static int lookup_entry(int dirfd, const char *entry, int *kind, memport_cred_t *owner, uint32_t *subs) {
   int fd = open_entry(dirfd, entry);
   if (fd < 0)
     return MEMPORT__REG_ABSENT;
   int state = MEMPORT__REG_ABSENT;
   if (lock_held(fd, MEMPORT__LOCK_LIVE) > 0) {
     state = MEMPORT__REG_STARTING; /* unless the record parses */
-    char buf[MEMPORT__RECORD_MAX];
+    char buf[MEMPORT__RECORD_MAX], again[MEMPORT__RECORD_MAX];
     ssize_t n = pread(fd, buf, sizeof buf, 0);
-    if (n > 0 && memport__registry_parse(buf, (size_t)n, kind, owner))
+    if (n > 0 && memport__registry_parse(buf, (size_t)n, kind, owner, subs)) {
       state = MEMPORT__REG_LIVE;
+      /* A topic's owner rewrites its count in place: a read that raced the write may mix two
+       * counts' digits. Two reads in a row that agree hold one count (the last one read is kept
+       * when the owner keeps changing it). */
+      for (int r = 1; subs != NULL && *kind == MEMPORT_NAME_TOPIC && r < SUBS_READS; r++) {
+        ssize_t m = pread(fd, again, sizeof again, 0);
+        if (m == n && memcmp(buf, again, (size_t)n) == 0)
+          break;
+        int k2;
+        memport_cred_t o2;
+        uint32_t s2;
+        if (m <= 0 || !memport__registry_parse(again, (size_t)m, &k2, &o2, &s2) || k2 != *kind ||
+            o2.pid != owner->pid)
+          break; /* not a count changing: keep the first reading */
+        *subs = s2;
+        memcpy(buf, again, (size_t)m);
+        n = m;
+      }
+    }
   } else if (lock_held(fd, MEMPORT__LOCK_CLAIM) > 0) {
     state = MEMPORT__REG_STARTING; /* claimed, its record not written yet */
   }
@@ -314,7 +363,7 @@ int memport__registry_lookup(int dirfd, const char *name, int *kind, memport_cre
   char entry[ENTRY_MAX];
   if (entry_of(entry, name) != 0)
     return MEMPORT__REG_ABSENT;
-  return lookup_entry(dirfd, entry, kind, owner);
+  return lookup_entry(dirfd, entry, kind, owner, NULL);
 }
 
 /* A directory stream of our own over dirfd: a fresh open file description (its own offset, so a
@@ -351,7 +400,7 @@ int memport__registry_foreach(int dirfd, int (*fn)(const memport_name_info_t *in
     if (memport__name_check(info.name) != 0)
       continue;
     /* Entries without a live owner are skipped: a listing only reads (memport__registry_sweep removes). */
-    if (lookup_entry(dirfd, e->d_name, &info.kind, &info.owner) != MEMPORT__REG_LIVE)
+    if (lookup_entry(dirfd, e->d_name, &info.kind, &info.owner, &info.subscribers) != MEMPORT__REG_LIVE)
       continue;
     rc = fn(&info, arg);
     if (rc != 0)

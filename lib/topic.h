@@ -43,6 +43,7 @@ struct memport__topic_peer {
   uint8_t *hold;     /* per pool buffer: MEMPORT__HOLD_* */
   uint64_t relq_head; /* release entries taken */
   uint64_t dropped;  /* our count (the lane's is a copy) */
+  uint64_t taken;    /* positions the subscriber took (memport_pub_sub_stats' delivered) */
   memport_cred_t cred;
 };
 
@@ -83,6 +84,9 @@ struct memport_pub {
   size_t *loan_len;
   uint64_t next_ticket;
   uint64_t seq; /* messages published */
+  uint64_t published_pool, delivered, dropped, joined, left; /* memport_pub_stats */
+  uint32_t listed; /* the subscriber count our registry record shows (memport-ls) */
+  bool closing;    /* pub_free: subscribers leave without the record being rewritten */
 
   struct memport__topic_peer **peers; /* max_subs of them, the first npeers in use */
   uint32_t npeers;
@@ -110,6 +114,7 @@ struct memport_sub {
   struct memport__lane *lane;
   uint32_t depth, slot_size, inline_cap;
   uint64_t head; /* positions we took (or saw dropped) */
+  uint64_t received, received_pool; /* memport_sub_stats */
   struct memport__pool_view view;
   struct memport__relq_borrower relq;
   uint64_t *pool_ticket; /* per pool buffer handed to the application */

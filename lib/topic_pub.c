@@ -62,11 +62,23 @@ static void peer_free(memport_pub_t *p, struct memport__topic_peer *s, bool drop
   free(s);
 }
 
+/* The subscriber count in our registry record (memport-ls reads it there; nobody else does) follows
+ * joins and departures: one write per change, never on the message path. A failed write is tried
+ * again at the next change or look at events. A fork child leaves it to its parent. */
+static void record_subscribers(memport_pub_t *p) {
+  if (p->closing || p->listed == p->npeers || p->owner != getpid())
+    return;
+  if (memport__service_set_subscribers(p->svc, p->npeers) == 0)
+    p->listed = p->npeers;
+}
+
 static void peer_remove(memport_pub_t *p, uint32_t k, bool dropped) {
   struct memport__topic_peer *s = p->peers[k];
   p->peers[k] = p->peers[--p->npeers];
   p->peers[p->npeers] = NULL;
+  p->left++;
   peer_free(p, s, dropped);
+  record_subscribers(p);
 }
 
 /* Positions the subscriber took since the last sync: their buffers are held now. */
@@ -81,6 +93,8 @@ static int peer_sync(memport_pub_t *p, struct memport__topic_peer *s) {
     if (i != MEMPORT__SHADOW_INLINE)
       s->hold[i] = MEMPORT__HOLD_HELD;
   }
+  s->taken += h - s->head;
+  p->delivered += h - s->head;
   s->head = h;
   return 0;
 }
@@ -206,6 +220,7 @@ static int lane_drop_oldest(memport_pub_t *p, struct memport__topic_peer *s) {
       }
       s->head++;
       s->dropped++;
+      p->dropped++;
       atomic_store_explicit(&s->lane->dropped, s->dropped, memory_order_release);
       return 1;
     }
@@ -353,6 +368,8 @@ static int join(memport_pub_t *p, memport_port_t *port) {
     return rc;
   }
   p->peers[p->npeers++] = s;
+  p->joined++;
+  record_subscribers(p);
   return 0;
 }
 
@@ -415,6 +432,7 @@ static void pub_events(memport_pub_t *p) {
     k++;
   }
   collect_all(p);
+  record_subscribers(p);
   p->next_live = memport__now_ns() + MEMPORT__TOPIC_LIVE_NS;
 }
 
@@ -596,8 +614,10 @@ static int put_all(memport_pub_t *p, uint32_t kind, uint32_t len, uint32_t index
     }
   }
   uint64_t seq = ++p->seq;
-  if (kind == MEMPORT__SLOT_POOL)
+  if (kind == MEMPORT__SLOT_POOL) {
     (void)memport__pool_lend(&p->pool, index);
+    p->published_pool++;
+  }
   for (uint32_t k = 0; k < p->npeers; k++)
     lane_put(p, p->peers[k], kind, len, index, 0, seq, data);
   pub_wake_flush(p, false);
@@ -712,6 +732,54 @@ int memport_pub_subscribers(memport_pub_t *p) {
   return (int)p->npeers;
 }
 
+int memport_pub_stats(memport_pub_t *p, memport_pub_stats_t *stats) {
+  if (pub_check(p) < 0 || stats == NULL || stats->struct_size < sizeof *stats)
+    return MEMPORT_EINVAL;
+  collect_all(p); /* releases and takes up to now (a subscriber breaking the protocol goes) */
+  memport_pub_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.published = p->seq;
+  st.published_pool = p->published_pool;
+  st.delivered = p->delivered;
+  st.dropped = p->dropped;
+  st.joined = p->joined;
+  st.left = p->left;
+  st.subscribers = p->npeers;
+  st.history = p->hist_count;
+  st.buffers = p->pool.count;
+  for (uint32_t i = 0; i < p->pool.count; i++) {
+    st.buffers_free += p->pool.state[i] == MEMPORT__POOL_FREE;
+    st.buffers_loaned += p->pool.state[i] == MEMPORT__POOL_ALLOCATED;
+    st.buffers_in_use += p->pool.state[i] == MEMPORT__POOL_LENT;
+  }
+  st.struct_size = sizeof st;
+  memcpy(stats, &st, sizeof st); /* a larger (newer) struct: the fields we know, struct_size says which */
+  return 0;
+}
+
+int memport_pub_sub_stats(memport_pub_t *p, unsigned index, memport_pub_sub_stats_t *stats) {
+  if (pub_check(p) < 0 || stats == NULL || stats->struct_size < sizeof *stats)
+    return MEMPORT_EINVAL;
+  if (index >= p->npeers)
+    return MEMPORT_ENOENT;
+  struct memport__topic_peer *s = p->peers[index];
+  /* Its takes and releases up to now. One that breaks the protocol is reported as it stands and
+   * dropped by the next memport_pub_stats or memport_pub_process (never here: the indexes of the
+   * others stay as the caller counted them). */
+  (void)peer_collect(p, s);
+  memport_pub_sub_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.cred = s->cred;
+  st.delivered = s->taken;
+  st.dropped = s->dropped;
+  st.queued = (uint32_t)(s->tail - s->head); /* our own positions: at most depth */
+  for (uint32_t i = 0; i < p->pool.count; i++)
+    st.held += s->hold[i] == MEMPORT__HOLD_HELD;
+  st.struct_size = sizeof st;
+  memcpy(stats, &st, sizeof st);
+  return 0;
+}
+
 int memport_pub_pollable(memport_pub_t *p, memport_os_handle_t *out) {
   if (pub_check(p) < 0 || out == NULL)
     return MEMPORT_EINVAL;
@@ -754,6 +822,7 @@ int memport_pub_set_access(memport_pub_t *p, memport_access_fn fn, void *arg) {
 /* Life.                                                                                        */
 
 static void pub_free(memport_pub_t *p) {
+  p->closing = true; /* the record goes with the name */
   while (p->npending != 0) {
     memport_port_t *port = p->pending[p->npending - 1].port;
     pending_remove(p, p->npending - 1);
@@ -840,7 +909,7 @@ int memport_pub_create(memport_pub_t **out, const char *name, const memport_topi
   if (rc == 0)
     rc = memport_msg_create(&p->msg);
   if (rc == 0) /* last: subscribers may connect from now on */
-    rc = memport_service_create(&p->svc, name, 0);
+    rc = memport__service_create_kind(&p->svc, name, MEMPORT_NAME_TOPIC);
   if (rc < 0) {
     pub_free(p);
     return rc;

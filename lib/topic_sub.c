@@ -135,6 +135,8 @@ static int take(memport_sub_t *s, size_t cap, memport_buf_t *buf) {
     if (!atomic_compare_exchange_strong_explicit(&l->head, &h, h + 1, memory_order_seq_cst, memory_order_relaxed))
       continue; /* dropped meanwhile */
     s->head = h + 1;
+    s->received++;
+    s->received_pool += sl.kind == MEMPORT__SLOT_POOL;
     uint64_t ticket = ++s->next_ticket;
     if (sl.kind == MEMPORT__SLOT_INLINE) {
       s->inl_nfree--;
@@ -274,6 +276,26 @@ int memport_sub_missed(memport_sub_t *s, uint64_t *missed) {
   if (s == NULL || missed == NULL)
     return MEMPORT_EINVAL;
   *missed = atomic_load_explicit(&s->lane->dropped, memory_order_acquire);
+  return 0;
+}
+
+int memport_sub_stats(memport_sub_t *s, memport_sub_stats_t *stats) {
+  if (s == NULL || stats == NULL || stats->struct_size < sizeof *stats)
+    return MEMPORT_EINVAL;
+  memport_sub_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.received = s->received;
+  st.received_pool = s->received_pool;
+  st.missed = atomic_load_explicit(&s->lane->dropped, memory_order_acquire);
+  /* The publisher's positions, loaded once each: a count that cannot be is reported as 0. */
+  uint64_t h = atomic_load_explicit(&s->lane->head, memory_order_acquire);
+  uint64_t t = atomic_load_explicit(&s->lane->tail, memory_order_acquire);
+  st.queued = t >= h && t - h <= s->depth ? (uint32_t)(t - h) : 0;
+  for (uint32_t i = 0; i < s->view.count; i++)
+    st.held += memport__pool_view_holds(&s->view, i);
+  st.held += s->depth - s->inl_nfree;
+  st.struct_size = sizeof st;
+  memcpy(stats, &st, sizeof st); /* a larger (newer) struct: the fields we know, struct_size says which */
   return 0;
 }
 

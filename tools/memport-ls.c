@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* memport-ls.c: list this user's live memport names (services and published regions) with their owners. */
+/* memport-ls.c: list this user's live memport names (services, published regions, topics) with their owners and each topic's subscriber count. */
 #include <memport.h>
 
 #include <stdio.h>
@@ -8,8 +8,9 @@
 static void usage(FILE *f, const char *argv0) {
   fprintf(f,
           "usage: %s [-h]\n"
-          "List the live memport names of this user: services and published regions,\n"
-          "with the pid and uid of the process serving each one.\n"
+          "List the live memport names of this user: services, published regions and topics,\n"
+          "with the pid and uid of the process serving each one, and for a topic the number\n"
+          "of its subscribers (SUBS; '-' for other kinds).\n"
           "Names whose owner has died are not listed; the entries they left behind are removed.\n"
           "\n"
           "  -h, --help   show this help and exit\n",
@@ -22,6 +23,8 @@ static const char *kind_name(int kind) {
     return "service";
   case MEMPORT_NAME_REGION:
     return "region";
+  case MEMPORT_NAME_TOPIC:
+    return "topic";
   default:
     return "?";
   }
@@ -29,8 +32,11 @@ static const char *kind_name(int kind) {
 
 static int print_one(const memport_name_info_t *info, void *arg) {
   unsigned *count = arg;
-  printf("%-40s %-8s %8ld %8lu\n", info->name, kind_name(info->kind), (long)info->owner.pid,
-         (unsigned long)info->owner.uid);
+  char subs[16] = "-";
+  if (info->kind == MEMPORT_NAME_TOPIC)
+    snprintf(subs, sizeof subs, "%lu", (unsigned long)info->subscribers);
+  printf("%-40s %-8s %8ld %8lu %6s\n", info->name, kind_name(info->kind), (long)info->owner.pid,
+         (unsigned long)info->owner.uid, subs);
   (*count)++;
   return 0;
 }
@@ -48,7 +54,7 @@ int main(int argc, char **argv) {
   }
   /* Clear what dead owners left first (never a live name); a failure here does not stop the listing. */
   (void)memport_name_sweep(0);
-  printf("%-40s %-8s %8s %8s\n", "NAME", "KIND", "PID", "UID");
+  printf("%-40s %-8s %8s %8s %6s\n", "NAME", "KIND", "PID", "UID", "SUBS");
   unsigned count = 0;
   int rc = memport_name_foreach(print_one, &count);
   if (fflush(stdout) != 0) {

@@ -259,13 +259,17 @@ static int bootstrap_publish(const char *bname, mach_port_name_t *rx) {
   return err;
 }
 
+int memport__os_service_record_fd(const memport_service_t *s) {
+  return s->os.lock_fd_plus1 - 1; /* -1 when none; a fork child's callers check their pid */
+}
+
 int memport__os_service_create(memport_service_t *s) {
   if (s == NULL)
     return MEMPORT_EINVAL;
   int err = memport__name_check(s->name);
   if (err < 0)
     return err;
-  if (s->kind != MEMPORT_NAME_SERVICE && s->kind != MEMPORT_NAME_REGION)
+  if (s->kind != MEMPORT_NAME_SERVICE && s->kind != MEMPORT_NAME_REGION && s->kind != MEMPORT_NAME_TOPIC)
     return MEMPORT_EINVAL;
   uintptr_t stamp = memport__darwin_stamp();
   if (stamp == 0)
@@ -495,7 +499,7 @@ int memport__os_service_accept(memport_service_t *s, memport_port_t *out, uint64
     mach_port_name_t client = m.port.name; /* a send right to the client's receive right: ours now */
     /* A name of the other kind (a publication asked for a service, or the reverse) is a protocol
      * mismatch, as on Linux, where the client reads the kind from the registry. */
-    int32_t refusal = m.payload.value != s->kind            ? MEMPORT_EPROTO
+    int32_t refusal = !memport__kind_serves(s->kind, m.payload.value) ? MEMPORT_EPROTO
                       : !memport__service_allows(s, &peer) ? MEMPORT_EPERM
                                                            : 0;
     if (refusal != 0) {
@@ -645,7 +649,7 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
   for (;;) {
     int rkind = 0;
     int state = registry_state(name, &rkind);
-    if (state == MEMPORT__REG_LIVE && rkind != kind) {
+    if (state == MEMPORT__REG_LIVE && !memport__kind_serves(rkind, kind)) {
       memport__darwin_drop_all(rx);
       return MEMPORT_EPROTO; /* a region where a service was asked for, or the reverse */
     }

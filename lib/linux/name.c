@@ -229,6 +229,11 @@ static int make_listener(void) {
   return fd;
 }
 
+int memport__os_service_record_fd(const memport_service_t *s) {
+  const struct memport__linux_service *ls = svc_state(s);
+  return ls != NULL && ls->owner == getpid() ? ls->lockfd : -1;
+}
+
 int memport__os_service_create(memport_service_t *s) {
   struct memport__linux_service *ls = calloc(1, sizeof *ls);
   if (ls == NULL)
@@ -482,7 +487,7 @@ int memport__os_port_connect(memport_port_t *out, const char *name, int kind, ui
       int state = memport__registry_lookup(d.fd, name, &rkind, &rowner);
       if (state != MEMPORT__REG_ABSENT) {
         exists = true;
-        if (state == MEMPORT__REG_LIVE && rkind != kind) {
+        if (state == MEMPORT__REG_LIVE && !memport__kind_serves(rkind, kind)) {
           close(d.fd);
           return MEMPORT_EPROTO; /* a region where a service was asked for, or the reverse */
         }

@@ -15,7 +15,8 @@
  *     Linux and Darwin), compared with a reference parser of
  *     "memport-name 1 kind=K pid=P uid=U gid=G\n";
  *   - a kind and credentials for memport__registry_format: what it writes must parse back to the
- *     same values (and be refused for a kind that is neither), in buffers of every size;
+ *     same values (and be refused for a kind that is none of service, region, topic), in
+ *     buffers of every size;
  *   - a private name directory (XDG_RUNTIME_DIR points into a temporary directory made at start
  *     and removed at exit) holding up to three lock files with names and contents from the input,
  *     some locked by this process as a live owner or a creator still starting would:
@@ -103,22 +104,27 @@ static int ref_field(const char *t, size_t n, size_t *at, const char *key, unsig
   return 1;
 }
 
-static int ref_record(const char *t, size_t n, int *kind, memport_cred_t *owner) {
+static int ref_record(const char *t, size_t n, int *kind, memport_cred_t *owner, uint32_t *subs) {
   static const char magic[] = "memport-name 1 ";
   if (n == 0 || n >= 128 || t[n - 1] != '\n' || memchr(t, '\0', n) != NULL)
     return 0;
   if (n < sizeof magic - 1 || memcmp(t, magic, sizeof magic - 1) != 0)
     return 0;
   size_t at = sizeof magic - 1;
-  unsigned long long k, pid, uid, gid;
-  if (!ref_field(t, n, &at, "kind=", 2, &k) || at >= n || t[at++] != ' ' ||
+  unsigned long long k, pid, uid, gid, sc = 0;
+  if (!ref_field(t, n, &at, "kind=", 3, &k) || at >= n || t[at++] != ' ' ||
       !ref_field(t, n, &at, "pid=", INT_MAX, &pid) || at >= n || t[at++] != ' ' ||
       !ref_field(t, n, &at, "uid=", UINT32_MAX, &uid) || at >= n || t[at++] != ' ' ||
-      !ref_field(t, n, &at, "gid=", UINT32_MAX, &gid) || at >= n || t[at++] != '\n' || at != n)
+      !ref_field(t, n, &at, "gid=", UINT32_MAX, &gid))
     return 0;
-  if ((k != MEMPORT_NAME_SERVICE && k != MEMPORT_NAME_REGION) || pid == 0)
+  if (k == MEMPORT_NAME_TOPIC && (at >= n || t[at++] != ' ' || !ref_field(t, n, &at, "subs=", UINT32_MAX, &sc)))
+    return 0; /* a topic's record, and only a topic's, has its subscriber count */
+  if (at >= n || t[at++] != '\n' || at != n)
+    return 0;
+  if ((k != MEMPORT_NAME_SERVICE && k != MEMPORT_NAME_REGION && k != MEMPORT_NAME_TOPIC) || pid == 0)
     return 0;
   *kind = (int)k;
+  *subs = (uint32_t)sc;
   owner->pid = (pid_t)pid;
   owner->uid = (uid_t)uid;
   owner->gid = (gid_t)gid;
@@ -145,10 +151,11 @@ static int listed_cb(const memport_name_info_t *info, void *arg) {
       continue;
     int kind;
     memport_cred_t owner;
-    if (!e[i].live || !ref_record(e[i].rec, e[i].reclen, &kind, &owner))
+    uint32_t subs;
+    if (!e[i].live || !ref_record(e[i].rec, e[i].reclen, &kind, &owner, &subs))
       abort(); /* listed: must be live and well formed */
     if (info->kind != kind || info->owner.pid != owner.pid || info->owner.uid != owner.uid ||
-        info->owner.gid != owner.gid)
+        info->owner.gid != owner.gid || info->subscribers != subs)
       abort();
     e[i].listed++;
     return 0;
@@ -169,11 +176,16 @@ static void run_dir(struct fz *f) {
       if (e[i].name[j] == '/' || e[i].name[j] == '\0')
         e[i].name[j] = '_';
     if (fz_u8(f) & 1u) { /* a well-formed record with fields from the input */
-      int k = fz_u8(f) % 4u;
+      int k = fz_u8(f) % 5u;
       unsigned long pid = (unsigned long)fz_num(f, (uint64_t)getpid());
       unsigned long uid = fz_u32(f);
       unsigned long gid = fz_u32(f);
-      snprintf(e[i].rec, sizeof e[i].rec, "memport-name 1 kind=%d pid=%lu uid=%lu gid=%lu\n", k, pid, uid, gid);
+      uint8_t how = fz_u8(f); /* a count (as topics have) or not, whatever the kind */
+      if (how & 1u)
+        snprintf(e[i].rec, sizeof e[i].rec, "memport-name 1 kind=%d pid=%lu uid=%lu gid=%lu subs=%lu\n", k, pid, uid,
+                 gid, (unsigned long)fz_u32(f));
+      else
+        snprintf(e[i].rec, sizeof e[i].rec, "memport-name 1 kind=%d pid=%lu uid=%lu gid=%lu\n", k, pid, uid, gid);
       e[i].reclen = strlen(e[i].rec);
     } else {
       e[i].reclen = fz_u8(f) % sizeof e[i].rec;
@@ -215,9 +227,11 @@ static void run_dir(struct fz *f) {
   for (unsigned i = 0; i < n; i++) {
     int kind;
     memport_cred_t owner;
+    uint32_t subs;
     if (e[i].name[0] == '\0')
       continue;
-    int expect = e[i].live && memport__name_check(e[i].name) == 0 && ref_record(e[i].rec, e[i].reclen, &kind, &owner);
+    int expect =
+        e[i].live && memport__name_check(e[i].name) == 0 && ref_record(e[i].rec, e[i].reclen, &kind, &owner, &subs);
     if (e[i].listed != expect)
       abort(); /* every live, well-formed name is listed, once */
   }
@@ -255,8 +269,9 @@ static void run_format(struct fz *f) {
   char *buf = malloc(cap != 0 ? cap : 1);
   if (buf == NULL)
     abort();
-  int n = memport__registry_format(buf, cap, kind, &who);
-  if (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION) {
+  uint32_t subs = fz_u32(f);
+  int n = memport__registry_format(buf, cap, kind, &who, subs);
+  if (kind != MEMPORT_NAME_SERVICE && kind != MEMPORT_NAME_REGION && kind != MEMPORT_NAME_TOPIC) {
     if (n != MEMPORT_EINVAL)
       abort();
   } else if (n < 0) {
@@ -264,7 +279,7 @@ static void run_format(struct fz *f) {
       abort();
     /* refused only when the line does not fit */
     char big[MEMPORT__RECORD_MAX];
-    int need = memport__registry_format(big, sizeof big, kind, &who);
+    int need = memport__registry_format(big, sizeof big, kind, &who, subs);
     if (need > 0 && (size_t)need < cap)
       abort();
   } else {
@@ -273,16 +288,18 @@ static void run_format(struct fz *f) {
     int k2 = -1;
     memport_cred_t o2;
     memset(&o2, 0, sizeof o2);
-    bool got = memport__registry_parse(buf, (size_t)n, &k2, &o2);
+    uint32_t s2 = 0, s3 = 0;
+    bool got = memport__registry_parse(buf, (size_t)n, &k2, &o2, &s2);
     int k3 = -1;
     memport_cred_t o3;
-    int want = ref_record(buf, (size_t)n, &k3, &o3);
+    int want = ref_record(buf, (size_t)n, &k3, &o3, &s3);
     if (got != (want != 0))
       abort(); /* the parser and the reference agree on what the formatter wrote */
     /* A positive pid always gives a record that reads back as written; pid <= 0 never parses. */
     if ((who.pid > 0) != got)
       abort();
-    if (got && (k2 != kind || o2.pid != who.pid || o2.uid != who.uid || o2.gid != who.gid))
+    if (got && (k2 != kind || o2.pid != who.pid || o2.uid != who.uid || o2.gid != who.gid ||
+                s2 != (kind == MEMPORT_NAME_TOPIC ? subs : 0)))
       abort();
   }
   free(buf);
@@ -313,10 +330,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memport_cred_t o1, o2;
     memset(&o1, 0, sizeof o1);
     memset(&o2, 0, sizeof o2);
-    bool got = memport__registry_parse(t, n, &k1, &o1);
-    int want = ref_record(t, n, &k2, &o2);
+    uint32_t s1 = 0, s2 = 0;
+    bool got = memport__registry_parse(t, n, &k1, &o1, &s1);
+    int want = ref_record(t, n, &k2, &o2, &s2);
     if (got != (want != 0) ||
-        (got && (k1 != k2 || o1.pid != o2.pid || o1.uid != o2.uid || o1.gid != o2.gid)))
+        (got && (k1 != k2 || o1.pid != o2.pid || o1.uid != o2.uid || o1.gid != o2.gid || s1 != s2)))
       abort();
     free(t);
     break;
