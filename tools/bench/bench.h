@@ -85,6 +85,7 @@ int usable_cpus(void);                      /* CPUs this process may run on: spi
 void cpu_model(char *out, size_t cap);      /* leaves out alone when unknown */
 void futex_wait_word(_Atomic uint32_t *w, uint32_t val); /* at most 100 ms */
 void futex_wake_word(_Atomic uint32_t *w);
+void futex_wake_all_word(_Atomic uint32_t *w); /* every waiter */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Heap-allocation counter (alloc_count.c, alloc_none.c).                                      */
@@ -266,6 +267,7 @@ struct pair_result {
 
 extern struct pair_result pair_block, pair_adaptive;
 extern struct pair_result pair_fanout; /* chan_p50: topic 1->8 8 MiB p50; base_p50: 1->1 */
+extern struct pair_result pair_fanout_floor; /* the same rounds without the library: raw futex fan-out, 1->8 / 1->1 */
 void run_pair(struct pair_result *out, int policy);
 
 void fmt_us(double us, char *out, size_t cap);

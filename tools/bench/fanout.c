@@ -529,7 +529,97 @@ static bool run_session(enum fan_kind kind, unsigned nsubs, double *p50) {
   return ok;
 }
 
-struct pair_result pair_fanout;
+struct pair_result pair_fanout, pair_fanout_floor;
+
+/* The floor of the 1->8 target on this machine: the same rounds without the library. The parent (pinned as the
+ * publisher) stores its clock and a sequence number, bumps one shared futex word and wakes every waiter with
+ * one FUTEX_WAKE (what the topic does for its sleeping subscribers); each child (pinned as subscriber i)
+ * sleeps on that word, and once woken reads the clock and counts itself in as fan_shared's subscribers do.
+ * What remains is the machine: wake-ups, context switches and the queueing of N processes on 2 CPUs. */
+struct raw_fan {
+  _Alignas(64) _Atomic uint32_t ev;   /* the futex word */
+  _Alignas(64) _Atomic uint64_t seq;  /* the message number; UINT64_MAX: stop */
+  _Atomic int64_t ts;                 /* the parent's clock at the message */
+  _Alignas(64) _Atomic unsigned acked;
+  _Alignas(64) _Atomic uint32_t done; /* the last child's post */
+  struct fan_slot sub[FAN_MAX_SUBS];
+};
+
+static bool raw_fan_p50(unsigned nsubs, unsigned n, double *p50) {
+  struct raw_fan *r = shared_alloc(sizeof *r);
+  int64_t *v = malloc(n * sizeof *v);
+  if (r == NULL || v == NULL) {
+    free(v);
+    if (r) munmap(r, sizeof *r);
+    return false;
+  }
+  memset(r, 0, sizeof *r);
+  pid_t pids[FAN_MAX_SUBS];
+  unsigned forked = 0;
+  fflush(NULL);
+  for (; forked < nsubs; forked++) {
+    pid_t pid = fork();
+    if (pid < 0) break;
+    if (pid == 0) {
+      alarm(60);
+      pin_to(fan_cpu((int)forked));
+      for (uint64_t mine = 0;;) {
+        uint32_t seen = atomic_load(&r->ev);
+        uint64_t q = atomic_load(&r->seq);
+        if (q == UINT64_MAX) _exit(0);
+        if (q == mine) {
+          futex_wait_word(&r->ev, seen);
+          continue;
+        }
+        int64_t t1 = now_ns();
+        r->sub[forked].oneway = t1 - atomic_load(&r->ts);
+        mine = q;
+        if (atomic_fetch_add(&r->acked, 1) + 1 == nsubs) {
+          atomic_store(&r->done, 1);
+          futex_wake_word(&r->done);
+        }
+      }
+    }
+    pids[forked] = pid;
+  }
+  pin_to(fan_cpu(-1));
+  bool ok = forked == nsubs;
+  unsigned w = lat_warm(FK_TOPIC, FAN_BIG);
+  int64_t deadline = now_ns() + IO_TIMEOUT;
+  for (unsigned i = 0; ok && i < w + n; i++) {
+    atomic_store(&r->acked, 0);
+    atomic_store(&r->done, 0);
+    atomic_store(&r->ts, now_ns());
+    atomic_fetch_add(&r->seq, 1);
+    atomic_fetch_add(&r->ev, 1);
+    futex_wake_all_word(&r->ev);
+    while (ok && atomic_load(&r->done) == 0) {
+      futex_wait_word(&r->done, 0);
+      ok = now_ns() < deadline;
+    }
+    int64_t worst = 0;
+    for (unsigned k = 0; k < nsubs; k++)
+      if (r->sub[k].oneway > worst) worst = r->sub[k].oneway;
+    if (i >= w) v[i - w] = worst;
+  }
+  atomic_store(&r->seq, UINT64_MAX);
+  atomic_fetch_add(&r->ev, 1);
+  futex_wake_all_word(&r->ev);
+  for (unsigned i = 0; i < forked; i++) {
+    int st;
+    if (!ok) kill(pids[i], SIGKILL);
+    wait_child(pids[i], &st);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = false;
+  }
+  restore_affinity();
+  if (ok) {
+    qsort(v, n, sizeof *v, cmp_i64);
+    *p50 = pct_us(v, n, 50);
+  }
+  free(v);
+  munmap(r, sizeof *r);
+  return ok;
+}
 
 /* The 1->8 / 1->1 target: as the latency targets, from back-to-back rounds (1->1, then 1->8, 8 MiB latency
  * only), the median of the rounds' ratios: how the host schedules 9 processes on 2 CPUs changes from one
@@ -537,9 +627,11 @@ struct pair_result pair_fanout;
 static void run_fanout_pair(void) {
   static const size_t big[] = {8 * MIB};
   double ratio[PAIR_ROUNDS], one[PAIR_ROUNDS], eight[PAIR_ROUNDS];
-  int n = 0;
+  double fratio[PAIR_ROUNDS], fone[PAIR_ROUNDS], feight[PAIR_ROUNDS];
+  int n = 0, nf = 0;
   unsigned failures = bench_failures;
-  progress("paired rounds for the fan-out target: topic 8 MiB 1->1, then 1->8, %d times:", PAIR_ROUNDS);
+  progress("paired rounds for the fan-out target: topic 8 MiB 1->1, then 1->8, then the raw futex floor, %d times:",
+           PAIR_ROUNDS);
   plan_tput = false;
   plan_sizes = big;
   plan_nsizes = 1;
@@ -552,6 +644,15 @@ static void run_fanout_pair(void) {
     eight[n] = b;
     ratio[n] = b / a;
     n++;
+    /* the floor, in the same round: no library, same placement, same count */
+    double fa = 0, fb = 0;
+    unsigned cnt = lat_count(FK_TOPIC, FAN_BIG);
+    if (bench_have_futex && raw_fan_p50(1, cnt, &fa) && raw_fan_p50(8, cnt, &fb) && fa > 0) {
+      fone[nf] = fa;
+      feight[nf] = fb;
+      fratio[nf] = fb / fa;
+      nf++;
+    }
   }
   progress_off = false;
   plan_tput = true;
@@ -566,7 +667,16 @@ static void run_fanout_pair(void) {
   pair_fanout.ratio = median_of(ratio, n);
   pair_fanout.chan_p50 = median_of(eight, n);
   pair_fanout.base_p50 = median_of(one, n);
-  progress_more(" median ratio %.2f\n", pair_fanout.ratio);
+  if (nf > 0) {
+    pair_fanout_floor.have = true;
+    pair_fanout_floor.rounds = nf;
+    pair_fanout_floor.ratio = median_of(fratio, nf);
+    pair_fanout_floor.chan_p50 = median_of(feight, nf);
+    pair_fanout_floor.base_p50 = median_of(fone, nf);
+    progress_more(" median ratio %.2f (raw futex floor %.2f)\n", pair_fanout.ratio, pair_fanout_floor.ratio);
+  } else {
+    progress_more(" median ratio %.2f\n", pair_fanout.ratio);
+  }
 }
 
 void run_fanout(void) {

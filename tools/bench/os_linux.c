@@ -3,6 +3,7 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <string.h>
@@ -72,3 +73,5 @@ void futex_wait_word(_Atomic uint32_t *w, uint32_t val) {
 }
 
 void futex_wake_word(_Atomic uint32_t *w) { syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, 1, NULL, NULL, 0); }
+
+void futex_wake_all_word(_Atomic uint32_t *w) { syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }

@@ -225,8 +225,12 @@ static void print_fanout_targets(void) {
     snprintf(table, sizeof table, "table run: %.2f / %.2f us = %.2f", eight->p50, one->p50, eight->p50 / one->p50);
   if (pair_fanout.have) {
     const struct pair_result *p = &pair_fanout;
-    snprintf(detail, sizeof detail, "median of %d rounds; %.2f / %.2f us%s%s", p->rounds, p->chan_p50, p->base_p50,
-             table[0] ? "; " : "", table);
+    char floor[120] = "";
+    if (pair_fanout_floor.have)
+      snprintf(floor, sizeof floor, "; floor (raw futex, no library, same rounds): %.2f / %.2f us = %.2f",
+               pair_fanout_floor.chan_p50, pair_fanout_floor.base_p50, pair_fanout_floor.ratio);
+    snprintf(detail, sizeof detail, "median of %d rounds; %.2f / %.2f us%s%s%s", p->rounds, p->chan_p50, p->base_p50,
+             table[0] ? "; " : "", table, floor);
     verdict("topic 8 MiB p50, 1->8 / 1->1 (paired rounds)", p->ratio, true, true, 2.0, detail);
   } else {
     verdict("topic 8 MiB p50, 1->8 / 1->1", one && eight ? eight->p50 / one->p50 : 0, one && eight && one->p50 > 0, true,
