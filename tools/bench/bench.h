@@ -268,6 +268,8 @@ struct pair_result {
 extern struct pair_result pair_block, pair_adaptive;
 extern struct pair_result pair_fanout; /* chan_p50: topic 1->8 8 MiB p50; base_p50: 1->1 */
 extern struct pair_result pair_fanout_floor; /* the same rounds without the library: raw futex fan-out, 1->8 / 1->1 */
+extern double pair_fanout_excess; /* median over the rounds of (topic ratio - floor ratio) */
+#define FAN_PAIR_ROUNDS 9 /* the fan-out target's rounds: 9 processes on few CPUs vary more */
 void run_pair(struct pair_result *out, int policy);
 
 void fmt_us(double us, char *out, size_t cap);

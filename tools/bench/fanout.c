@@ -530,6 +530,7 @@ static bool run_session(enum fan_kind kind, unsigned nsubs, double *p50) {
 }
 
 struct pair_result pair_fanout, pair_fanout_floor;
+double pair_fanout_excess;
 
 /* The floor of the 1->8 target on this machine: the same rounds without the library. The parent (pinned as the
  * publisher) stores its clock and a sequence number, bumps one shared futex word and wakes every waiter with
@@ -626,17 +627,17 @@ static bool raw_fan_p50(unsigned nsubs, unsigned n, double *p50) {
  * second to the next. */
 static void run_fanout_pair(void) {
   static const size_t big[] = {8 * MIB};
-  double ratio[PAIR_ROUNDS], one[PAIR_ROUNDS], eight[PAIR_ROUNDS];
-  double fratio[PAIR_ROUNDS], fone[PAIR_ROUNDS], feight[PAIR_ROUNDS];
-  int n = 0, nf = 0;
+  double ratio[FAN_PAIR_ROUNDS], one[FAN_PAIR_ROUNDS], eight[FAN_PAIR_ROUNDS];
+  double fratio[FAN_PAIR_ROUNDS], fone[FAN_PAIR_ROUNDS], feight[FAN_PAIR_ROUNDS], excess[FAN_PAIR_ROUNDS];
+  int n = 0, nf = 0, ne = 0;
   unsigned failures = bench_failures;
   progress("paired rounds for the fan-out target: topic 8 MiB 1->1, then 1->8, then the raw futex floor, %d times:",
-           PAIR_ROUNDS);
+           FAN_PAIR_ROUNDS);
   plan_tput = false;
   plan_sizes = big;
   plan_nsizes = 1;
   progress_off = true;
-  for (int r = 0; r < PAIR_ROUNDS; r++) {
+  for (int r = 0; r < FAN_PAIR_ROUNDS; r++) {
     double a = 0, b = 0;
     if (!run_session(FK_TOPIC, 1, &a) || !run_session(FK_TOPIC, 8, &b)) break;
     if (a <= 0) continue;
@@ -651,6 +652,7 @@ static void run_fanout_pair(void) {
       fone[nf] = fa;
       feight[nf] = fb;
       fratio[nf] = fb / fa;
+      excess[ne++] = ratio[n - 1] - fratio[nf]; /* what the library adds, this round */
       nf++;
     }
   }
@@ -673,6 +675,7 @@ static void run_fanout_pair(void) {
     pair_fanout_floor.ratio = median_of(fratio, nf);
     pair_fanout_floor.chan_p50 = median_of(feight, nf);
     pair_fanout_floor.base_p50 = median_of(fone, nf);
+    pair_fanout_excess = median_of(excess, ne);
     progress_more(" median ratio %.2f (raw futex floor %.2f)\n", pair_fanout.ratio, pair_fanout_floor.ratio);
   } else {
     progress_more(" median ratio %.2f\n", pair_fanout.ratio);
