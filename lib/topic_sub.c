@@ -75,8 +75,15 @@ static void sub_idle(memport_sub_t *s) {
 /* Queue a release for the publisher (or keep it owed while the queue is full), then wake it if it
  * asked. */
 static void release_push(memport_sub_t *s, uint64_t e) {
-  if (e != UINT64_MAX)
-    s->owed[s->nowed++] = e;
+  /* An honest publisher lends a buffer again only after taking its release from the queue: at
+   * most one entry per buffer is ever owed. More means it handed out a buffer we still owe (or
+   * we are broken and nothing drains): the entry is dropped, never stored past the array. */
+  if (e != UINT64_MAX) {
+    if (s->nowed < s->view.count)
+      s->owed[s->nowed++] = e;
+    else
+      sub_break(s, MEMPORT_EPROTO);
+  }
   uint32_t done = 0;
   while (done < s->nowed && !s->broken) {
     bool tell;
