@@ -618,7 +618,7 @@ static void run_subscriber(struct fz *f) {
   w->slot_size = fp.slot_size;
   w->buffers = fp.count;
   w->buffer_size = PAGE_BUF;
-  w->inline_max = inline_max;
+  w->inline_max = fp.slot_size - MEMPORT__SLOT_HDR; /* the capacity, as the publisher says it */
   uint8_t mode = fz_u8(f);
   fp.handles = fz_u8(f);
   if (mode & 1u) {
@@ -636,7 +636,7 @@ static void run_subscriber(struct fz *f) {
       w->buffer_size = fz_num(f, PAGE_BUF);
       break;
     case 4:
-      w->inline_max = fz_num(f, inline_max);
+      w->inline_max = fz_num(f, fp.slot_size - MEMPORT__SLOT_HDR);
       break;
     case 5:
       w->status = (int32_t)fz_u32(f);

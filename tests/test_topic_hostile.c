@@ -1,0 +1,478 @@
+/* SPDX-License-Identifier: MIT */
+/* test_topic_hostile.c: a topic with a hostile subscriber scribbling its whole lane, a hostile publisher scribbling slots, and exhausted descriptors and pools. */
+#include "helpers.h"
+
+#include "../lib/topic.h" /* the lane layout and the objects' fields, to reach every shared byte */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define INLINE_MAX 64
+#define BUF_SIZE 8192
+
+/* Messages: 8 bytes of sequence number, then a pattern of it; every third one a pool buffer. */
+static size_t len_of(uint64_t seq) { return seq % 3 == 0 ? 5000 + (size_t)(seq % 1000) : 8 + (size_t)(seq % 50); }
+
+static int pub_msg(memport_pub_t *p, uint64_t seq, int64_t timeout_ns) {
+  size_t len = len_of(seq);
+  memport_buf_t b;
+  int rc = memport_pub_loan(p, len, &b, timeout_ns);
+  if (rc < 0)
+    return rc;
+  memcpy(b.data, &seq, 8);
+  th_fill((unsigned char *)b.data + 8, len - 8, (uint32_t)seq);
+  rc = memport_pub_publish(p, &b, timeout_ns);
+  if (rc < 0)
+    memport_pub_discard(p, &b);
+  return rc;
+}
+
+static int sub_expect(memport_sub_t *s, uint64_t seq, int64_t timeout_ns) {
+  memport_buf_t b;
+  int rc = memport_sub_recv(s, &b, timeout_ns);
+  if (rc < 0)
+    return rc;
+  uint64_t got = 0;
+  int bad = b.len != len_of(seq);
+  if (!bad) {
+    memcpy(&got, b.data, 8);
+    bad = got != seq || th_check((const unsigned char *)b.data + 8, b.len - 8, (uint32_t)seq) != 0;
+  }
+  rc = memport_sub_release(s, &b);
+  return bad ? 1000 : rc;
+}
+
+static void opts(memport_topic_opts_t *o, unsigned depth, int overflow, unsigned buffers) {
+  memport_topic_opts_init(o);
+  o->depth = depth;
+  o->overflow = overflow;
+  o->inline_max = INLINE_MAX;
+  o->buffer_size = BUF_SIZE;
+  o->buffers = buffers;
+}
+
+/* State shared with the children (MAP_SHARED). */
+struct shared {
+  _Atomic uint32_t got[4];   /* messages each good subscriber received and released */
+  _Atomic uint32_t lives;    /* hostile connections that ended in an error */
+  _Atomic uint32_t stop;     /* the parent asks the hostile child to stop */
+  _Atomic uint32_t pool_ro;  /* the hostile child found the pool read-only */
+  _Atomic int32_t last_err;  /* the hostile child's last end code */
+};
+static struct shared *g_sh;
+
+static void shared_setup(void) {
+  if (g_sh == NULL) {
+    g_sh = mmap(NULL, sizeof *g_sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(g_sh != MAP_FAILED);
+  }
+  memset(g_sh, 0, sizeof *g_sh);
+}
+
+struct child_arg {
+  char name[MEMPORT_NAME_MAX + 1];
+  unsigned msgs;
+  int index;
+  int how;
+};
+
+/* A good subscriber: every message in order, then the orderly end. */
+static int child_good(void *arg) {
+  struct child_arg *a = arg;
+  memport_sub_t *s;
+  if (memport_sub_connect(&s, a->name, NULL, 20 * SEC) != 0)
+    return 2;
+  for (uint64_t seq = 1; seq <= a->msgs; seq++) {
+    int rc = sub_expect(s, seq, 60 * SEC);
+    if (rc != 0) {
+      fprintf(stderr, "good subscriber %d: message %llu: %d (%s)\n", a->index, (unsigned long long)seq, rc,
+              memport_err_name(rc));
+      return 3;
+    }
+    atomic_fetch_add(&g_sh->got[a->index], 1);
+  }
+  memport_buf_t b;
+  int rc = memport_sub_recv(s, &b, 60 * SEC);
+  memport_sub_close(s);
+  return rc == MEMPORT_ECLOSED ? 0 : 4;
+}
+
+static sigjmp_buf segv_jmp;
+static void on_segv(int sig) {
+  (void)sig;
+  siglongjmp(segv_jmp, 1);
+}
+
+/* The pool mapping cannot be made writable, and a write to it faults. */
+static bool pool_is_readonly(memport_sub_t *s) {
+  size_t size = (size_t)s->view.count * s->view.buf_size;
+  unsigned char *base = (unsigned char *)(uintptr_t)s->view.base;
+  if (mprotect(base, size, PROT_READ | PROT_WRITE) == 0)
+    return false;
+  struct sigaction sa, old_segv, old_bus;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_segv;
+  sigaction(SIGSEGV, &sa, &old_segv);
+  sigaction(SIGBUS, &sa, &old_bus);
+  bool faulted = true;
+  if (sigsetjmp(segv_jmp, 1) == 0) {
+    *(volatile unsigned char *)base = 0x55;
+    faulted = false;
+  }
+  sigaction(SIGSEGV, &old_segv, NULL);
+  sigaction(SIGBUS, &old_bus, NULL);
+  return faulted;
+}
+
+static uint64_t rnd(uint64_t *x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return *x;
+}
+
+/* One round of scribbling over the whole lane. Mode 0: random bytes everywhere; 1: values near
+ * the true ones in head, the release queue and the wait words (and random slots); 2: both. */
+static void scribble(memport_sub_t *s, int mode, uint64_t *x) {
+  struct memport__lane *l = s->lane;
+  size_t size = (size_t)memport__lane_bytes(s->depth, s->slot_size);
+  if (mode != 1) {
+    unsigned char *p = (unsigned char *)l;
+    for (int k = 0; k < 64; k++)
+      p[rnd(x) % size] = (unsigned char)rnd(x);
+    if (rnd(x) % 4 == 0)
+      for (size_t i = 0; i < size; i += 8)
+        memcpy(p + i, &(uint64_t){rnd(x)}, size - i < 8 ? size - i : 8);
+  }
+  if (mode != 0) {
+    uint64_t h = atomic_load(&l->head), t = atomic_load(&l->tail), qt = atomic_load(&l->relq.tail);
+    switch (rnd(x) % 9) {
+    case 0:
+      atomic_store(&l->head, h + rnd(x) % 3);
+      break;
+    case 1:
+      atomic_store(&l->head, h - rnd(x) % 3);
+      break;
+    case 2:
+      atomic_store(&l->head, t + 1 + rnd(x) % 3);
+      break;
+    case 3: /* a release of some buffer, of some generation near the true ones */
+      atomic_store(&l->relq.entries[qt % MEMPORT__RELQ_SIZE],
+                   ((uint64_t)(s->view.gen[0] + rnd(x) % 3) << 32) | (rnd(x) % (s->view.count + 1)));
+      atomic_store(&l->relq.tail, qt + 1);
+      break;
+    case 4:
+      atomic_store(&l->relq.tail, qt + rnd(x) % 300);
+      break;
+    case 5:
+      atomic_store(&l->relq.head, rnd(x) % 2 ? qt + 1 : 0);
+      break;
+    case 6:
+      atomic_store(&l->pub_wait, (uint32_t)rnd(x));
+      break;
+    case 7:
+      atomic_store(&l->sub_wait, (uint32_t)rnd(x));
+      break;
+    default: { /* a slot */
+      unsigned char *sl = (unsigned char *)memport__lane_slot_at(l, s->slot_size, s->depth, rnd(x));
+      for (uint32_t i = 0; i < s->slot_size; i++)
+        sl[i] = (unsigned char)rnd(x);
+      break;
+    }
+    }
+  }
+}
+
+/* The hostile subscriber: connects, scribbles its whole lane in a loop (calling recv and release
+ * among the writes in mode 2), until its calls fail; then again, until the parent says stop. */
+static int child_hostile(void *arg) {
+  struct child_arg *a = arg;
+  uint64_t x = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+  for (int life = 0; !atomic_load(&g_sh->stop); life++) {
+    memport_sub_t *s;
+    int rc = memport_sub_connect(&s, a->name, NULL, 20 * SEC);
+    if (rc != 0) {
+      if (atomic_load(&g_sh->stop))
+        return 0; /* the publisher stopped accepting */
+      fprintf(stderr, "hostile: connect: %s\n", memport_err_name(rc));
+      return 2;
+    }
+    if (life == 0)
+      atomic_store(&g_sh->pool_ro, pool_is_readonly(s));
+    int mode = life % 3;
+    memport_buf_t held[4];
+    int nheld = 0;
+    rc = 0;
+    uint64_t end = th_now_ns() + 2 * SEC;
+    for (unsigned round = 0; rc == 0 || rc == MEMPORT_EAGAIN || rc == MEMPORT_ENOSPC; round++) {
+      scribble(s, mode, &x);
+      memport_buf_t b;
+      rc = memport_sub_recv(s, &b, MEMPORT_NOWAIT);
+      if (rc == 0) {
+        if (nheld < 4 && rnd(&x) % 2)
+          held[nheld++] = b;
+        else
+          memport_sub_release(s, &b);
+      }
+      if (nheld != 0 && rnd(&x) % 3 == 0)
+        memport_sub_release(s, &held[--nheld]);
+      if (round % 64 == 63)
+        th_sleep_ms(1);
+      if (th_now_ns() > end || atomic_load(&g_sh->stop))
+        break; /* not found out yet: it dies with its lane in this state */
+    }
+    if (rc < 0 && rc != MEMPORT_EAGAIN && rc != MEMPORT_ENOSPC) {
+      if (rc != MEMPORT_EPROTO && rc != MEMPORT_EPEER) {
+        fprintf(stderr, "hostile: ended with %s\n", memport_err_name(rc));
+        return 3;
+      }
+      atomic_store(&g_sh->last_err, rc);
+      atomic_fetch_add(&g_sh->lives, 1);
+    }
+    memport_sub_close(s);
+  }
+  return 0;
+}
+
+/* The hostile subscriber comes and goes while two good ones receive everything in order; the
+ * publisher loses no descriptor, mapping or buffer. */
+static void hostile_subscriber(int overflow) {
+  shared_setup();
+  unsigned msgs = th_under_valgrind() ? 300 : 3000;
+  struct child_arg a = {.msgs = msgs};
+  snprintf(a.name, sizeof a.name, "%s", th_unique_name("topic"));
+  memport_topic_opts_t o;
+  opts(&o, 8, overflow, 8);
+  memport_pub_t *pub;
+  th_assert_ok(memport_pub_create(&pub, a.name, &o));
+  pid_t good[2];
+  for (int i = 0; i < 2; i++) {
+    a.index = i;
+    good[i] = th_fork(child_good, &a, 300);
+  }
+  uint64_t end = th_now_ns() + 60 * SEC;
+  while (memport_pub_subscribers(pub) < 2) {
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+    assert_true(th_now_ns() < end);
+  }
+  th_assert_ok(memport_pub_process(pub));
+  int fds0 = th_count_fds(), maps0 = th_count_memport_maps();
+  pid_t bad = th_fork(child_hostile, &a, 300);
+  /* Under drop-oldest the good ones must keep up: the publisher waits for them here. */
+  for (uint64_t seq = 1; seq <= msgs; seq++) {
+    int rc;
+    while ((rc = pub_msg(pub, seq, 50 * MS)) == MEMPORT_ETIMEDOUT) {
+      int st;
+      assert_false(th_exited(good[0], &st));
+      assert_false(th_exited(good[1], &st));
+      assert_true(th_now_ns() < end + 240 * SEC);
+    }
+    th_assert_ok(rc);
+    if (overflow == MEMPORT_TOPIC_DROP_OLDEST)
+      while (atomic_load(&g_sh->got[0]) + 4 < seq || atomic_load(&g_sh->got[1]) + 4 < seq) {
+        int st;
+        assert_false(th_exited(good[0], &st));
+        assert_false(th_exited(good[1], &st));
+        memport_pub_process(pub);
+        th_sleep_ns(50 * US);
+      }
+    if (seq % 100 == 0)
+      th_sleep_ms(1); /* give the hostile one time to scribble */
+  }
+  /* Let it live a few lives at least. */
+  unsigned min_lives = th_under_valgrind() ? 5 : 30;
+  while (atomic_load(&g_sh->lives) < min_lives && th_now_ns() < end) {
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+    int st;
+    if (th_exited(bad, &st))
+      fail_msg("hostile child ended early: %d", st);
+  }
+  atomic_store(&g_sh->stop, 1);
+  while (atomic_load(&g_sh->got[0]) < msgs || atomic_load(&g_sh->got[1]) < msgs) {
+    int st;
+    assert_false(th_exited(good[0], &st));
+    assert_false(th_exited(good[1], &st));
+    assert_true(th_now_ns() < end + 240 * SEC);
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  int st;
+  while (!th_exited(bad, &st)) {
+    assert_true(th_now_ns() < end + 300 * SEC);
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  assert_int_equal(st, 0);
+  assert_true(atomic_load(&g_sh->lives) >= min_lives);
+  assert_true(atomic_load(&g_sh->pool_ro));
+  /* The hostile one is gone; everything it held or had queued is back. */
+  end = th_now_ns() + 30 * SEC;
+  while (memport_pub_subscribers(pub) != 2 && th_now_ns() < end) {
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  th_assert_rc(memport_pub_subscribers(pub), 2);
+  assert_int_equal(th_count_fds(), fds0);
+  assert_int_equal(th_count_memport_maps(), maps0);
+  memport_buf_t all[8];
+  for (int i = 0; i < 8; i++)
+    th_assert_ok(memport_pub_loan(pub, 100, &all[i], 5 * SEC));
+  for (int i = 0; i < 8; i++)
+    th_assert_ok(memport_pub_discard(pub, &all[i]));
+  th_assert_ok(memport_pub_close(pub));
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(th_wait(good[i], 120), 0);
+}
+
+static void test_hostile_subscriber_block(void **state) {
+  (void)state;
+  hostile_subscriber(MEMPORT_TOPIC_BLOCK);
+}
+
+static void test_hostile_subscriber_drop(void **state) {
+  (void)state;
+  hostile_subscriber(MEMPORT_TOPIC_DROP_OLDEST);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A hostile publisher: after two good messages it writes a slot (or a position) that breaks the  */
+/* protocol. The subscriber gets both messages, then MEMPORT_EPROTO, for good; nothing leaks.     */
+
+#define BAD_CASES 12
+
+static int child_bad_publisher(void *arg) {
+  struct child_arg *a = arg;
+  memport_topic_opts_t o;
+  opts(&o, 8, MEMPORT_TOPIC_BLOCK, 4);
+  memport_pub_t *pub;
+  if (memport_pub_create(&pub, a->name, &o) != 0)
+    return 2;
+  uint64_t end = th_now_ns() + 60 * SEC;
+  while (memport_pub_subscribers(pub) < 1) {
+    if (th_now_ns() > end)
+      return 3;
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  for (uint64_t seq = 2; seq <= 3; seq++) /* an inline one, a pool one */
+    if (pub_msg(pub, seq, 10 * SEC) != 0)
+      return 4;
+  struct memport__topic_peer *s = pub->peers[0];
+  struct memport__lane *l = s->lane;
+  uint64_t t = atomic_load(&l->tail);
+  while (atomic_load(&l->head) != t) { /* both taken first */
+    if (th_now_ns() > end)
+      return 6;
+    th_sleep_ms(1);
+  }
+  struct memport__lane_slot *sl = memport__lane_slot_at(l, pub->slot_size, pub->depth, t);
+  memset(sl, 0, sizeof *sl);
+  sl->kind = MEMPORT__SLOT_POOL;
+  sl->len = 100;
+  bool put = true;
+  switch (a->how) {
+  case 0:
+    sl->kind = 99;
+    break;
+  case 1:
+    sl->index = pub->pool.count;
+    break;
+  case 2:
+    sl->index = UINT32_MAX;
+    break;
+  case 3:
+    sl->offset = BUF_SIZE + 1;
+    break;
+  case 4:
+    sl->offset = BUF_SIZE - 50;
+    break;
+  case 5:
+    sl->len = BUF_SIZE + 1;
+    break;
+  case 6:
+    sl->offset = UINT64_MAX - 10;
+    break;
+  case 7:
+    sl->kind = MEMPORT__SLOT_INLINE;
+    sl->len = pub->inline_cap + 1;
+    break;
+  case 8:
+    sl->kind = MEMPORT__SLOT_INLINE;
+    sl->len = UINT32_MAX;
+    break;
+  case 9: /* more than depth published */
+    put = false;
+    atomic_store(&l->tail, t + pub->depth + 1);
+    break;
+  case 10: /* head moved back */
+    put = false;
+    atomic_store(&l->head, 0);
+    atomic_store(&l->tail, t + 1);
+    break;
+  default: /* a close position beyond what was published */
+    put = false;
+    atomic_store(&l->closed, t + 10);
+    break;
+  }
+  if (put)
+    atomic_store(&l->tail, t + 1);
+  /* no wake: the subscriber's wait looks at the lane every slice */
+  /* stay until the parent has seen it */
+  char c;
+  if (read(a->index, &c, 1) != 1)
+    return 5;
+  memport_pub_close(pub);
+  return 0;
+}
+
+static void test_hostile_publisher(void **state) {
+  (void)state;
+  for (int how = 0; how < BAD_CASES; how++) {
+    struct child_arg a = {.how = how};
+    snprintf(a.name, sizeof a.name, "%s", th_unique_name("topic"));
+    int fds0 = th_count_fds(), maps0 = th_count_memport_maps();
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    a.index = fds[0];
+    pid_t kid = th_fork(child_bad_publisher, &a, 120);
+    memport_sub_t *s;
+    th_assert_ok(memport_sub_connect(&s, a.name, NULL, 30 * SEC));
+    th_assert_ok(sub_expect(s, 2, 30 * SEC));
+    th_assert_ok(sub_expect(s, 3, 30 * SEC));
+    memport_buf_t b;
+    int rc = memport_sub_recv(s, &b, 30 * SEC);
+    if (rc != MEMPORT_EPROTO)
+      fail_msg("case %d: %d (%s)", how, rc, memport_err_name(rc));
+    th_assert_rc(memport_sub_recv(s, &b, MEMPORT_NOWAIT), MEMPORT_EPROTO);
+    size_t len;
+    unsigned char out[16];
+    th_assert_rc(memport_sub_recv_copy(s, out, sizeof out, &len, MEMPORT_NOWAIT), MEMPORT_EPROTO);
+    assert_int_equal(write(fds[1], "x", 1), 1);
+    assert_int_equal(th_wait(kid, 60), 0);
+    th_assert_ok(memport_sub_close(s));
+    close(fds[0]);
+    close(fds[1]);
+    assert_int_equal(th_count_fds(), fds0);
+    assert_int_equal(th_count_memport_maps(), maps0);
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_hostile_subscriber_block),
+      cmocka_unit_test(test_hostile_subscriber_drop),
+      cmocka_unit_test(test_hostile_publisher),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
