@@ -468,11 +468,313 @@ static void test_hostile_publisher(void **state) {
   }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Exhaustion: descriptors at the subscriber's connect and at the publisher's accept; the pool. */
+
+/* The RLIMIT_NOFILE that leaves exactly `want` descriptor numbers free below it. */
+static rlim_t limit_with_free_slots(int want) {
+  int nfree = 0;
+  for (int fd = 0;; fd++) {
+    if (nfree == want && fcntl(fd, F_GETFD) < 0)
+      return (rlim_t)fd;
+    if (fcntl(fd, F_GETFD) < 0)
+      nfree++;
+  }
+}
+
+static int set_nofile(rlim_t cur) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return -1;
+  rl.rlim_cur = cur;
+  return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* A subscriber connects with 0, 1, 2... descriptors free: MEMPORT_EMFILE (or success once there
+ * are enough), nothing left open; with the limit back it connects and receives. */
+static int child_connect_starved(void *arg) {
+  struct child_arg *a = arg;
+  struct rlimit rl0;
+  getrlimit(RLIMIT_NOFILE, &rl0);
+  int emfile = 0, ok = 0;
+  for (int k = 0; k < 14; k++) {
+    int fds0 = th_count_fds();
+    if (set_nofile(limit_with_free_slots(k)) != 0)
+      return 2;
+    memport_sub_t *s = NULL;
+    int rc = memport_sub_connect(&s, a->name, NULL, 10 * SEC);
+    if (rc == 0) {
+      ok++;
+      memport_sub_close(s);
+    } else if (rc == MEMPORT_EMFILE) {
+      emfile++;
+    } else {
+      fprintf(stderr, "connect with %d free: %s\n", k, memport_err_name(rc));
+      return 3;
+    }
+    if (setrlimit(RLIMIT_NOFILE, &rl0) != 0)
+      return 4;
+    if (th_count_fds() != fds0) {
+      fprintf(stderr, "connect with %d free: %d descriptors, %d before\n", k, th_count_fds(), fds0);
+      return 5;
+    }
+  }
+  if (emfile == 0 || ok == 0)
+    return 6;
+  memport_sub_t *s;
+  if (memport_sub_connect(&s, a->name, NULL, 10 * SEC) != 0)
+    return 7;
+  atomic_store(&g_sh->stop, 1);
+  memport_buf_t b;
+  int rc = memport_sub_recv(s, &b, 30 * SEC);
+  if (rc != 0 || b.len != 10)
+    return 8;
+  memport_sub_release(s, &b);
+  memport_sub_close(s);
+  return 0;
+}
+
+static void test_exhaust_fds_connect(void **state) {
+  (void)state;
+  shared_setup();
+  struct child_arg a = {0};
+  snprintf(a.name, sizeof a.name, "%s", th_unique_name("topic"));
+  memport_topic_opts_t o;
+  opts(&o, 8, MEMPORT_TOPIC_BLOCK, 4);
+  memport_pub_t *pub;
+  th_assert_ok(memport_pub_create(&pub, a.name, &o));
+  th_assert_ok(memport_pub_process(pub));
+  int fds0 = th_count_fds(), maps0 = th_count_memport_maps();
+  pid_t kid = th_fork(child_connect_starved, &a, 300);
+  uint64_t end = th_now_ns() + 240 * SEC;
+  while (!atomic_load(&g_sh->stop) || memport_pub_subscribers(pub) < 1) {
+    int st;
+    if (th_exited(kid, &st))
+      fail_msg("child ended: %d", st);
+    assert_true(th_now_ns() < end);
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  unsigned char ten[10] = {0};
+  th_assert_ok(memport_pub_send(pub, ten, sizeof ten, 30 * SEC));
+  int st;
+  while (!th_exited(kid, &st)) {
+    assert_true(th_now_ns() < end);
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  assert_int_equal(st, 0);
+  while ((memport_pub_subscribers(pub) != 0 || th_count_fds() != fds0) && th_now_ns() < end) {
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  th_assert_rc(memport_pub_subscribers(pub), 0);
+  assert_int_equal(th_count_fds(), fds0);
+  assert_int_equal(th_count_memport_maps(), maps0);
+  th_assert_ok(memport_pub_close(pub));
+}
+
+/* The publisher (a child) runs with 0, 1, 2... descriptors free while a subscriber (here)
+ * connects: the subscriber gets an error or waits (never a crash or hang), the publisher leaks
+ * nothing and, with its limit back, serves the next one. */
+static int child_pub_starved(void *arg) {
+  struct child_arg *a = arg;
+  memport_topic_opts_t o;
+  opts(&o, 8, MEMPORT_TOPIC_BLOCK, 4);
+  memport_pub_t *pub;
+  if (memport_pub_create(&pub, a->name, &o) != 0)
+    return 2;
+  memport_pub_process(pub);
+  struct rlimit rl0;
+  getrlimit(RLIMIT_NOFILE, &rl0);
+  int fds0 = th_count_fds();
+  for (uint32_t k = 0; k < 12; k++) {
+    if (set_nofile(limit_with_free_slots((int)k)) != 0)
+      return 3;
+    atomic_store(&g_sh->got[0], k + 1); /* the subscriber may try */
+    uint64_t end = th_now_ns() + 60 * SEC;
+    while (atomic_load(&g_sh->got[1]) != k + 1) { /* until its attempt ended */
+      if (th_now_ns() > end)
+        return 4;
+      memport_pub_process(pub);
+      th_sleep_ms(1);
+    }
+    if (setrlimit(RLIMIT_NOFILE, &rl0) != 0)
+      return 5;
+    while (th_count_fds() != fds0 || memport_pub_subscribers(pub) != 0) {
+      if (th_now_ns() > end) {
+        fprintf(stderr, "publisher with %u free: %d descriptors, %d before, %d subscribers\n", k, th_count_fds(),
+                fds0, memport_pub_subscribers(pub));
+        return 6;
+      }
+      memport_pub_process(pub);
+      th_sleep_ms(1);
+    }
+  }
+  atomic_store(&g_sh->got[0], 100);
+  uint64_t end = th_now_ns() + 60 * SEC;
+  while (memport_pub_subscribers(pub) != 1) {
+    if (th_now_ns() > end)
+      return 7;
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  unsigned char ten[10] = {0};
+  if (memport_pub_send(pub, ten, sizeof ten, 30 * SEC) != 0)
+    return 8;
+  memport_pub_close(pub);
+  return 0;
+}
+
+static void test_exhaust_fds_accept(void **state) {
+  (void)state;
+  shared_setup();
+  struct child_arg a = {0};
+  snprintf(a.name, sizeof a.name, "%s", th_unique_name("topic"));
+  int fds0 = th_count_fds(), maps0 = th_count_memport_maps();
+  pid_t kid = th_fork(child_pub_starved, &a, 300);
+  uint64_t end = th_now_ns() + 240 * SEC;
+  int errors = 0;
+  for (uint32_t k = 0; k < 12; k++) {
+    int st;
+    while (atomic_load(&g_sh->got[0]) != k + 1) {
+      if (th_exited(kid, &st))
+        fail_msg("publisher ended: %d", st);
+      assert_true(th_now_ns() < end);
+      th_sleep_ms(1);
+    }
+    memport_sub_t *s = NULL;
+    int rc = memport_sub_connect(&s, a.name, NULL, 300 * MS);
+    if (rc == 0)
+      th_assert_ok(memport_sub_close(s));
+    else if (rc == MEMPORT_EMFILE || rc == MEMPORT_EPEER || rc == MEMPORT_ETIMEDOUT)
+      errors++;
+    else
+      fail_msg("with %u free at the publisher: %s", k, memport_err_name(rc));
+    atomic_store(&g_sh->got[1], k + 1);
+  }
+  assert_true(errors > 0);
+  int st;
+  while (atomic_load(&g_sh->got[0]) != 100) {
+    if (th_exited(kid, &st))
+      fail_msg("publisher ended: %d", st);
+    assert_true(th_now_ns() < end);
+    th_sleep_ms(1);
+  }
+  memport_sub_t *s;
+  th_assert_ok(memport_sub_connect(&s, a.name, NULL, 30 * SEC));
+  size_t len;
+  unsigned char buf[16];
+  th_assert_ok(memport_sub_recv_copy(s, buf, sizeof buf, &len, 30 * SEC));
+  assert_int_equal(len, 10);
+  memport_buf_t b;
+  th_assert_rc(memport_sub_recv(s, &b, 30 * SEC), MEMPORT_ECLOSED);
+  th_assert_ok(memport_sub_close(s));
+  assert_int_equal(th_wait(kid, 60), 0);
+  assert_int_equal(th_count_fds(), fds0);
+  assert_int_equal(th_count_memport_maps(), maps0);
+}
+
+/* Every pool buffer held by subscribers (children): a loan fails (MEMPORT_EAGAIN without waiting,
+ * MEMPORT_ETIMEDOUT with), and goes on when they release. */
+static int child_hold_all(void *arg) {
+  struct child_arg *a = arg;
+  memport_sub_t *s;
+  if (memport_sub_connect(&s, a->name, NULL, 20 * SEC) != 0)
+    return 2;
+  memport_buf_t b[4];
+  for (int i = 0; i < 4; i++)
+    if (memport_sub_recv(s, &b[i], 30 * SEC) != 0)
+      return 3;
+  atomic_fetch_add(&g_sh->got[a->index], 1);
+  uint64_t end = th_now_ns() + 120 * SEC;
+  while (!atomic_load(&g_sh->stop)) {
+    if (th_now_ns() > end)
+      return 4;
+    th_sleep_ms(1);
+  }
+  for (int i = 0; i < 4; i++)
+    if (memport_sub_release(s, &b[i]) != 0)
+      return 5;
+  memport_buf_t x;
+  int rc = memport_sub_recv(s, &x, 60 * SEC); /* the last message, then the end */
+  if (rc == 0)
+    memport_sub_release(s, &x);
+  rc = memport_sub_recv(s, &x, 60 * SEC);
+  memport_sub_close(s);
+  return rc == MEMPORT_ECLOSED ? 0 : 6;
+}
+
+static void exhaust_pool(int overflow) {
+  shared_setup();
+  struct child_arg a = {0};
+  snprintf(a.name, sizeof a.name, "%s", th_unique_name("topic"));
+  memport_topic_opts_t o;
+  opts(&o, 8, overflow, 4);
+  memport_pub_t *pub;
+  th_assert_ok(memport_pub_create(&pub, a.name, &o));
+  pid_t kids[2];
+  for (int i = 0; i < 2; i++) {
+    a.index = i;
+    kids[i] = th_fork(child_hold_all, &a, 300);
+  }
+  uint64_t end = th_now_ns() + 60 * SEC;
+  while (memport_pub_subscribers(pub) < 2) {
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+    assert_true(th_now_ns() < end);
+  }
+  for (uint64_t seq = 3; seq <= 12; seq += 3) /* four pool messages: each child holds all four */
+    th_assert_ok(pub_msg(pub, seq, 10 * SEC));
+  while (atomic_load(&g_sh->got[0]) == 0 || atomic_load(&g_sh->got[1]) == 0) {
+    int st;
+    assert_false(th_exited(kids[0], &st));
+    assert_false(th_exited(kids[1], &st));
+    assert_true(th_now_ns() < end);
+    memport_pub_process(pub);
+    th_sleep_ms(1);
+  }
+  memport_buf_t b;
+  th_assert_rc(memport_pub_loan(pub, 5000, &b, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+  th_assert_rc(memport_pub_loan(pub, 5000, &b, 30 * MS), MEMPORT_ETIMEDOUT);
+  th_assert_rc(memport_pub_send(pub, &b, 5000, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+  pid_t releaser = fork();
+  assert_true(releaser >= 0);
+  if (releaser == 0) {
+    th_sleep_ms(30);
+    atomic_store(&g_sh->stop, 1);
+    _exit(0);
+  }
+  th_assert_ok(memport_pub_loan(pub, 5000, &b, 60 * SEC)); /* goes on once they release */
+  memset(b.data, 0, 5000);
+  memcpy(b.data, &(uint64_t){15}, 8);
+  th_fill((unsigned char *)b.data + 8, 5000 - 8, 15);
+  th_assert_ok(memport_pub_publish(pub, &b, 30 * SEC));
+  assert_int_equal(th_wait(releaser, 30), 0);
+  th_assert_ok(memport_pub_close(pub));
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(th_wait(kids[i], 120), 0);
+}
+
+static void test_exhaust_pool_block(void **state) {
+  (void)state;
+  exhaust_pool(MEMPORT_TOPIC_BLOCK);
+}
+
+static void test_exhaust_pool_drop(void **state) {
+  (void)state;
+  exhaust_pool(MEMPORT_TOPIC_DROP_OLDEST);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hostile_subscriber_block),
       cmocka_unit_test(test_hostile_subscriber_drop),
       cmocka_unit_test(test_hostile_publisher),
+      cmocka_unit_test(test_exhaust_fds_connect),
+      cmocka_unit_test(test_exhaust_fds_accept),
+      cmocka_unit_test(test_exhaust_pool_block),
+      cmocka_unit_test(test_exhaust_pool_drop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
