@@ -326,7 +326,8 @@ static int sub_welcome(memport_sub_t *s, uint64_t deadline) {
   memcpy(&w, b, sizeof w);
   if (w.status != 0) {
     if (memport__topic_hdr_is(m, MEMPORT__TOPIC_WELCOME, sizeof w, 0) &&
-        (w.status == MEMPORT_EPERM || w.status == MEMPORT_ENOSPC))
+        (w.status == MEMPORT_EPERM || w.status == MEMPORT_ENOSPC || w.status == MEMPORT_EMFILE ||
+         w.status == MEMPORT_ENOMEM))
       rc = w.status;
     goto out;
   }
@@ -414,7 +415,9 @@ int memport_sub_connect(memport_sub_t **out, const char *name, const memport_top
     memport_msg_clear(s->msg);
     if (rc == MEMPORT_EPEER) { /* refused at once: its answer may wait in the port all the same */
       int why = sub_welcome(s, deadline);
-      rc = why == MEMPORT_EPERM || why == MEMPORT_ENOSPC ? why : MEMPORT_EPEER;
+      rc = why == MEMPORT_EPERM || why == MEMPORT_ENOSPC || why == MEMPORT_EMFILE || why == MEMPORT_ENOMEM
+               ? why
+               : MEMPORT_EPEER;
     } else if (rc == 0) {
       rc = sub_welcome(s, deadline);
     }

@@ -601,8 +601,8 @@ static void test_exhaust_fds_connect(void **state) {
 }
 
 /* The publisher (a child) runs with 0, 1, 2... descriptors free while a subscriber (here)
- * connects: the subscriber gets an error or waits (never a crash or hang), the publisher leaks
- * nothing and, with its limit back, serves the next one. */
+ * connects: the subscriber waits (not accepted yet: MEMPORT_ETIMEDOUT) or gets MEMPORT_EMFILE,
+ * never a crash or hang; the publisher leaks nothing and, with its limit back, serves the next. */
 static int child_pub_starved(void *arg) {
   struct child_arg *a = arg;
   memport_topic_opts_t o;
@@ -660,7 +660,7 @@ static void test_exhaust_fds_accept(void **state) {
   int fds0 = th_count_fds(), maps0 = th_count_memport_maps();
   pid_t kid = th_fork(child_pub_starved, &a, 300);
   uint64_t end = th_now_ns() + 240 * SEC;
-  int errors = 0;
+  int errors = 0, emfile = 0;
   for (uint32_t k = 0; k < 12; k++) {
     int st;
     while (atomic_load(&g_sh->got[0]) != k + 1) {
@@ -673,13 +673,16 @@ static void test_exhaust_fds_accept(void **state) {
     int rc = memport_sub_connect(&s, a.name, NULL, 300 * MS);
     if (rc == 0)
       th_assert_ok(memport_sub_close(s));
-    else if (rc == MEMPORT_EMFILE || rc == MEMPORT_EPEER || rc == MEMPORT_ETIMEDOUT)
+    else if (rc == MEMPORT_EMFILE)
+      emfile++;
+    else if (rc == MEMPORT_ETIMEDOUT) /* not accepted: it waits in the backlog */
       errors++;
     else
       fail_msg("with %u free at the publisher: %s", k, memport_err_name(rc));
     atomic_store(&g_sh->got[1], k + 1);
   }
-  assert_true(errors > 0);
+  assert_true(emfile > 0); /* the publisher says why, rather than seem gone (MEMPORT_EPEER) */
+  (void)errors;
   int st;
   while (atomic_load(&g_sh->got[0]) != 100) {
     if (th_exited(kid, &st))
