@@ -364,6 +364,8 @@ static int join(memport_pub_t *p, memport_port_t *port) {
   if (rc == 0 && bell_made(p))
     rc = memport__os_bell_add(&p->bell, port->rx);
   if (rc < 0) {
+    if (rc == MEMPORT_EMFILE || rc == MEMPORT_ENOMEM) /* say why, rather than seem gone */
+      send_welcome_status(p, port, rc);
     peer_free(p, s, false);
     return rc;
   }
@@ -411,10 +413,13 @@ static void advance_pending(memport_pub_t *p) {
       continue;
     }
     pending_remove(p, k);
-    if (rc == 0)
+    if (rc == 0) {
       (void)join(p, port); /* takes the port */
-    else
+    } else {
+      if (rc == MEMPORT_EMFILE || rc == MEMPORT_ENOMEM) /* its HELLO's semaphore did not fit */
+        send_welcome_status(p, port, rc);
       memport_port_close(port);
+    }
     memport_msg_clear(p->msg);
   }
 }

@@ -76,8 +76,15 @@ static void sub_idle(memport_sub_t *s) {
 /* Queue a release for the publisher (or keep it owed while the queue is full), then wake it if it
  * asked. */
 static void release_push(memport_sub_t *s, uint64_t e) {
-  if (e != UINT64_MAX)
-    s->owed[s->nowed++] = e;
+  /* An honest publisher lends a buffer again only after taking its release from the queue: at
+   * most one entry per buffer is ever owed. More means it handed out a buffer we still owe (or
+   * we are broken and nothing drains): the entry is dropped, never stored past the array. */
+  if (e != UINT64_MAX) {
+    if (s->nowed < s->view.count)
+      s->owed[s->nowed++] = e;
+    else
+      sub_break(s, MEMPORT_EPROTO);
+  }
   uint32_t done = 0;
   while (done < s->nowed && !s->broken) {
     bool tell;
@@ -357,7 +364,8 @@ static int sub_welcome(memport_sub_t *s, uint64_t deadline) {
   memcpy(&w, b, sizeof w);
   if (w.status != 0) {
     if (memport__topic_hdr_is(m, MEMPORT__TOPIC_WELCOME, sizeof w, 0) &&
-        (w.status == MEMPORT_EPERM || w.status == MEMPORT_ENOSPC))
+        (w.status == MEMPORT_EPERM || w.status == MEMPORT_ENOSPC || w.status == MEMPORT_EMFILE ||
+         w.status == MEMPORT_ENOMEM))
       rc = w.status;
     goto out;
   }
@@ -459,7 +467,9 @@ int memport_sub_connect(memport_sub_t **out, const char *name, const memport_top
     memport_msg_clear(s->msg);
     if (rc == MEMPORT_EPEER) { /* refused at once: its answer may wait in the port all the same */
       int why = sub_welcome(s, deadline);
-      rc = why == MEMPORT_EPERM || why == MEMPORT_ENOSPC ? why : MEMPORT_EPEER;
+      rc = why == MEMPORT_EPERM || why == MEMPORT_ENOSPC || why == MEMPORT_EMFILE || why == MEMPORT_ENOMEM
+               ? why
+               : MEMPORT_EPEER;
     } else if (rc == 0) {
       rc = sub_welcome(s, deadline);
     }
