@@ -53,6 +53,15 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct tim
   return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, val3);
 }
 
+/* An absolute CLOCK_MONOTONIC deadline for FUTEX_WAIT_BITSET, or NULL for none. */
+static const struct timespec *deadline_ts(uint64_t deadline, struct timespec *ts) {
+  if (deadline == MEMPORT__NO_DEADLINE)
+    return NULL;
+  ts->tv_sec = (time_t)(deadline / 1000000000u);
+  ts->tv_nsec = (long)(deadline % 1000000000u);
+  return ts;
+}
+
 static size_t sem_map_len(void) { return memport__os_page_size(); }
 
 static struct memport__futex_sem *sem_page(const memport_sem_t *s) { return s->os.page; }
@@ -181,12 +190,8 @@ int memport__os_sem_wait(memport_sem_t *s, uint64_t deadline) {
       return 0;
     if (memport__expired(deadline))
       return MEMPORT_ETIMEDOUT;
-    struct timespec ts, *tsp = NULL;
-    if (deadline != MEMPORT__NO_DEADLINE) {
-      ts.tv_sec = (time_t)(deadline / 1000000000u);
-      ts.tv_nsec = (long)(deadline % 1000000000u);
-      tsp = &ts;
-    }
+    struct timespec ts;
+    const struct timespec *tsp = deadline_ts(deadline, &ts);
     waiters_enter(page);
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline (no FUTEX_CLOCK_REALTIME), so
      * retrying after EINTR or a spurious wake-up does not stretch the wait. */
@@ -245,13 +250,8 @@ bool memport__os_count_wait_supported(void) { return true; }
 int memport__os_count_wait(const _Atomic uint32_t *count, uint32_t seen, uint64_t deadline) {
   if (memport__expired(deadline))
     return MEMPORT_ETIMEDOUT;
-  struct timespec ts, *tsp = NULL;
-  if (deadline != MEMPORT__NO_DEADLINE) {
-    ts.tv_sec = (time_t)(deadline / 1000000000u);
-    ts.tv_nsec = (long)(deadline % 1000000000u);
-    tsp = &ts;
-  }
-  long r = futex((_Atomic uint32_t *)count, FUTEX_WAIT_BITSET, seen, tsp, FUTEX_BITSET_MATCH_ANY);
+  struct timespec ts;
+  long r = futex((_Atomic uint32_t *)count, FUTEX_WAIT_BITSET, seen, deadline_ts(deadline, &ts), FUTEX_BITSET_MATCH_ANY);
   if (r == 0 || errno == EAGAIN || errno == EINTR)
     return 0;
   if (errno == ETIMEDOUT)
