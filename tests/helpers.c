@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,4 +221,14 @@ const char *th_unique_name(const char *prefix) {
   static unsigned counter;
   snprintf(buf, sizeof buf, "%s-%ld-%u", prefix, (long)getpid(), counter++);
   return buf;
+}
+
+rlim_t th_limit_with_free_slots(int want) {
+  int nfree = 0;
+  for (int fd = 0;; fd++) {
+    if (nfree == want && fcntl(fd, F_GETFD) < 0)
+      return (rlim_t)fd; /* fd itself would be the next one: excluded */
+    if (fcntl(fd, F_GETFD) < 0)
+      nfree++;
+  }
 }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <cmocka.h>
@@ -75,6 +76,9 @@ struct th_helper {
   int (*fn)(const char *arg);
 };
 void th_helper_dispatch(int argc, char **argv, const struct th_helper *table);
+
+/* The RLIMIT_NOFILE that leaves exactly `want` descriptor numbers free below it (want >= 0). */
+rlim_t th_limit_with_free_slots(int want);
 
 /* A unique name for this test process (prefix + pid + counter), for services and regions. */
 const char *th_unique_name(const char *prefix);

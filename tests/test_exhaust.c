@@ -5,7 +5,6 @@
 #include "../lib/chan_proto.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -60,17 +59,6 @@ static bool wait_at_least(_Atomic uint32_t *v, uint32_t want, uint64_t timeout_n
     th_sleep_ns(100 * US);
   }
   return true;
-}
-
-/* The RLIMIT_NOFILE that leaves exactly `want` descriptor numbers free below it. */
-static rlim_t limit_with_free_slots(int want) {
-  int nfree = 0;
-  for (int fd = 0;; fd++) {
-    if (nfree == want && fcntl(fd, F_GETFD) < 0)
-      return (rlim_t)fd; /* fd itself would be the next one: excluded */
-    if (fcntl(fd, F_GETFD) < 0)
-      nfree++;
-  }
 }
 
 static int set_nofile(rlim_t cur) {
@@ -297,7 +285,7 @@ static int emfile_receive_child(void *arg) {
     for (size_t k = 0; k < sizeof free_slots / sizeof free_slots[0]; k++) {
       if (fill_handles(m, kind, r, s, x) != 0 || memport_port_send(a, m, SEC) != 0)
         return 2;
-      if (set_nofile(limit_with_free_slots(free_slots[k])) != 0)
+      if (set_nofile(th_limit_with_free_slots(free_slots[k])) != 0)
         return 3;
       int rc = memport_port_recv(b, in, SEC);
       set_nofile(g_nofile0);
@@ -367,7 +355,7 @@ static int emfile_channel_child(void *arg) {
       static const char *const whats[3] = {"pair", "connect", "region open"};
       memport_chan_t *x = NULL, *y = NULL;
       memport_region_t *r = NULL;
-      if (set_nofile(limit_with_free_slots(free)) != 0)
+      if (set_nofile(th_limit_with_free_slots(free)) != 0)
         return 1;
       int rc = what == 0   ? memport_chan_pair(&x, &y, &o)
                : what == 1 ? memport_chan_connect(&x, c->name, &o, 10 * SEC)
@@ -421,7 +409,7 @@ static int emfile_server_child(void *arg) {
   unsigned ok = 0, emfile = 0;
   for (int free = 0; free <= 40; free++) {
     memport_chan_t *x = NULL;
-    if (set_nofile(limit_with_free_slots(free)) != 0)
+    if (set_nofile(th_limit_with_free_slots(free)) != 0)
       return 2;
     int rc = memport_chan_accept(&x, svc, &o, 5 * SEC);
     set_nofile(g_nofile0);
@@ -548,7 +536,7 @@ static int emfile_receiver_child(void *arg) {
       memport_chan_release(c, &b) != 0)
     return 2;
   int fds = th_count_fds();
-  if (set_nofile(limit_with_free_slots(0)) != 0)
+  if (set_nofile(th_limit_with_free_slots(0)) != 0)
     return 3;
   int rc = memport_chan_recv(c, &b, SEC); /* the region of message 1 cannot be received */
   set_nofile(g_nofile0);
@@ -616,7 +604,7 @@ static int emfile_handles_child(void *arg) {
     return 2;
   int fds = th_count_fds();
   for (int lost = 1; lost <= 3; lost += 2) { /* message 1 (handles), then message 3 (one-off) */
-    if (set_nofile(limit_with_free_slots(0)) != 0)
+    if (set_nofile(th_limit_with_free_slots(0)) != 0)
       return 3;
     int rc = memport_chan_recv_msg(c, &b, hm, SEC);
     set_nofile(g_nofile0);

@@ -1173,14 +1173,6 @@ static void test_port_rejects_hostile_records_and_leaks_nothing(void **state) {
   memport_port_close(b);
 }
 
-/* The RLIMIT_NOFILE that leaves exactly `want` descriptor numbers free below it. */
-static int limit_with_free_slots(int want) {
-  int nfree = 0;
-  for (int fd = 0;; fd++)
-    if (fcntl(fd, F_GETFD) < 0 && ++nfree == want)
-      return fd + 1;
-}
-
 static void test_port_out_of_descriptors_drops_the_message_with_emfile(void **state) {
   (void)state;
   memport_port_t *a, *b;
@@ -1197,7 +1189,7 @@ static void test_port_out_of_descriptors_drops_the_message_with_emfile(void **st
   getrlimit(RLIMIT_NOFILE, &old);
   int fds = th_count_fds();
   low = old;
-  low.rlim_cur = (rlim_t)limit_with_free_slots(4); /* room for 4 of the 8 */
+  low.rlim_cur = th_limit_with_free_slots(4); /* room for 4 of the 8 */
   if (th_under_valgrind() || setrlimit(RLIMIT_NOFILE, &low) != 0) {
     memport_msg_close(m);
     memport_port_close(a);

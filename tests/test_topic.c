@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* test_topic.c: the topic (one publisher, many subscribers): order, back-pressure, drop-oldest, history, deaths, misuse, hostile lanes, readiness, restart. */
-#include "helpers.h"
+#include "topic_helpers.h"
 
 #include "../lib/topic.h" /* the lane layout, for the hostile-subscriber test */
 
@@ -14,28 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define INLINE_MAX 64
-
-/* Messages: 8 bytes of sequence number, then a pattern of that number. Every third one is large
- * (a pool buffer), the others small (copied into each queue). */
-static size_t len_of(uint64_t seq) { return seq % 3 == 0 ? 5000 + (size_t)(seq % 1000) : 8 + (size_t)(seq % 50); }
-
-static void make_msg(unsigned char *p, size_t len, uint64_t seq) {
-  memcpy(p, &seq, 8);
-  th_fill(p + 8, len - 8, (uint32_t)seq);
-}
-
-/* 0 when buf holds message `seq` exactly. */
-static int msg_bad(const void *data, size_t len, uint64_t seq) {
-  uint64_t got;
-  if (len != len_of(seq) || len < 8)
-    return 1;
-  memcpy(&got, data, 8);
-  if (got != seq)
-    return 2;
-  return th_check((const unsigned char *)data + 8, len - 8, (uint32_t)seq) != 0 ? 3 : 0;
-}
-
+/* Message `seq` (tests/topic_helpers.h): small ones sent inline (copied into each queue), large
+ * ones in a loaned pool buffer. */
 static int pub_msg(memport_pub_t *p, uint64_t seq, int64_t timeout_ns) {
   size_t len = len_of(seq);
   if (len <= INLINE_MAX) {
@@ -43,64 +23,7 @@ static int pub_msg(memport_pub_t *p, uint64_t seq, int64_t timeout_ns) {
     make_msg(b, len, seq);
     return memport_pub_send(p, b, len, timeout_ns);
   }
-  memport_buf_t b;
-  int rc = memport_pub_loan(p, len, &b, timeout_ns);
-  if (rc < 0)
-    return rc;
-  make_msg(b.data, len, seq);
-  rc = memport_pub_publish(p, &b, timeout_ns);
-  if (rc < 0)
-    memport_pub_discard(p, &b);
-  return rc;
-}
-
-/* Receive message `seq` (0 ok), releasing it. */
-static int sub_expect(memport_sub_t *s, uint64_t seq, int64_t timeout_ns) {
-  memport_buf_t b;
-  int rc = memport_sub_recv(s, &b, timeout_ns);
-  if (rc < 0)
-    return rc;
-  int bad = msg_bad(b.data, b.len, seq);
-  rc = memport_sub_release(s, &b);
-  return bad != 0 ? 1000 + bad : rc;
-}
-
-static void opts(memport_topic_opts_t *o, unsigned depth, int overflow, unsigned buffers) {
-  memport_topic_opts_init(o);
-  o->depth = depth;
-  o->overflow = overflow;
-  o->inline_max = INLINE_MAX;
-  o->buffer_size = 8192;
-  o->buffers = buffers;
-}
-
-/* Subscribers in this process: a thread runs the publisher's calls while they connect. */
-struct pump {
-  memport_pub_t *pub;
-  atomic_bool stop;
-};
-
-static void *pump_main(void *arg) {
-  struct pump *pm = arg;
-  while (!atomic_load(&pm->stop)) {
-    memport_pub_process(pm->pub);
-    th_sleep_ms(1);
-  }
-  return NULL;
-}
-
-static void connect_n(memport_pub_t *pub, const char *name, memport_sub_t **subs, int n) {
-  struct pump pm = {.pub = pub};
-  atomic_init(&pm.stop, false);
-  pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, pump_main, &pm), 0);
-  int bad = 0;
-  for (int i = 0; i < n && bad == 0; i++)
-    bad = memport_sub_connect(&subs[i], name, NULL, 20 * SEC);
-  atomic_store(&pm.stop, true);
-  pthread_join(t, NULL);
-  th_assert_ok(bad);
-  th_assert_rc(memport_pub_subscribers(pub), n);
+  return pub_msg_loaned(p, seq, timeout_ns);
 }
 
 /* A publisher in a child waits (bounded) for `n` subscribers. */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* test_topic_death.c: kill -9 of a topic subscriber or publisher at many points: the others go on, references come back, nothing leaks. */
-#include "helpers.h"
+#include "topic_helpers.h"
 
 #include <signal.h>
 #include <stdatomic.h>
@@ -10,34 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define INLINE_MAX 64
-#define BUF_SIZE 8192
 #define NBUF 6
-
-static size_t len_of(uint64_t seq) { return seq % 3 == 0 ? 5000 + (size_t)(seq % 1000) : 8 + (size_t)(seq % 50); }
-
-static int pub_msg(memport_pub_t *p, uint64_t seq, int64_t timeout_ns) {
-  size_t len = len_of(seq);
-  memport_buf_t b;
-  int rc = memport_pub_loan(p, len, &b, timeout_ns);
-  if (rc < 0)
-    return rc;
-  memcpy(b.data, &seq, 8);
-  th_fill((unsigned char *)b.data + 8, len - 8, (uint32_t)seq);
-  rc = memport_pub_publish(p, &b, timeout_ns);
-  if (rc < 0)
-    memport_pub_discard(p, &b);
-  return rc;
-}
-
-/* 0 when b is message seq. */
-static int msg_bad(const memport_buf_t *b, uint64_t seq) {
-  uint64_t got = 0;
-  if (b->len != len_of(seq))
-    return 1;
-  memcpy(&got, b->data, 8);
-  return got != seq || th_check((const unsigned char *)b->data + 8, b->len - 8, (uint32_t)seq) != 0;
-}
 
 /* The sequence number a message carries, or 0 when it is not a whole message. */
 static uint64_t msg_seq(const memport_buf_t *b) {
@@ -45,16 +18,7 @@ static uint64_t msg_seq(const memport_buf_t *b) {
   if (b->len < 8)
     return 0;
   memcpy(&v, b->data, 8);
-  return v != 0 && msg_bad(b, v) == 0 ? v : 0;
-}
-
-static void opts(memport_topic_opts_t *o, unsigned depth, int overflow) {
-  memport_topic_opts_init(o);
-  o->depth = depth;
-  o->overflow = overflow;
-  o->inline_max = INLINE_MAX;
-  o->buffer_size = BUF_SIZE;
-  o->buffers = NBUF;
+  return v != 0 && msg_bad(b->data, b->len, v) == 0 ? v : 0;
 }
 
 struct shared {
@@ -186,7 +150,7 @@ static void sub_killed(int point, int overflow, unsigned when) {
   struct arg a = {.point = point, .n = (unsigned)overflow}; /* n: the policy, for the children */
   snprintf(a.name, sizeof a.name, "%s", th_unique_name("topic"));
   memport_topic_opts_t o;
-  opts(&o, 4, overflow);
+  opts(&o, 4, overflow, NBUF);
   memport_pub_t *pub;
   th_assert_ok(memport_pub_create(&pub, a.name, &o));
   pid_t good = th_fork(child_good, &a, 300);
@@ -206,8 +170,8 @@ static void sub_killed(int point, int overflow, unsigned when) {
   if (point == 2 && overflow == MEMPORT_TOPIC_BLOCK) {
     /* Its queue fills; the publisher blocks on it until the kill, then goes on. */
     for (; seq <= 4; seq++)
-      th_assert_ok(pub_msg(pub, seq, 5 * SEC));
-    th_assert_rc(pub_msg(pub, seq, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
+      th_assert_ok(pub_msg_loaned(pub, seq, 5 * SEC));
+    th_assert_rc(pub_msg_loaned(pub, seq, MEMPORT_NOWAIT), MEMPORT_EAGAIN);
     pid_t killer = fork();
     assert_true(killer >= 0);
     if (killer == 0) {
@@ -215,14 +179,14 @@ static void sub_killed(int point, int overflow, unsigned when) {
       kill(kid, SIGKILL);
       _exit(0);
     }
-    th_assert_ok(pub_msg(pub, seq, 30 * SEC)); /* goes on once the dead one is reclaimed */
+    th_assert_ok(pub_msg_loaned(pub, seq, 30 * SEC)); /* goes on once the dead one is reclaimed */
     seq++;
     assert_int_equal(th_wait(killer, 30), 0);
   } else if (point >= 3) {
     /* Publish until it has taken `when` messages (it holds or releases them as it goes). */
     unsigned target = 1 + when % 12;
     while (atomic_load(&g_sh->taken) < target) {
-      int rc = pub_msg(pub, seq, 10 * MS);
+      int rc = pub_msg_loaned(pub, seq, 10 * MS);
       if (rc == 0)
         seq++;
       else if (rc != MEMPORT_ETIMEDOUT)
@@ -233,7 +197,7 @@ static void sub_killed(int point, int overflow, unsigned when) {
     }
     if (point == 4)
       for (unsigned i = 0; i < when % 7; i++) /* kill it while it goes on receiving and releasing */
-        if (pub_msg(pub, seq, MEMPORT_NOWAIT) == 0)
+        if (pub_msg_loaned(pub, seq, MEMPORT_NOWAIT) == 0)
           seq++;
     kill(kid, SIGKILL);
   } else {
@@ -262,7 +226,7 @@ static void sub_killed(int point, int overflow, unsigned when) {
   assert_int_equal(th_count_fds(), fds0);
   assert_int_equal(th_count_memport_maps(), maps0);
   for (uint64_t k = 0; k < 10; k++, seq++) /* the good one goes on */
-    th_assert_ok(pub_msg(pub, seq, 30 * SEC));
+    th_assert_ok(pub_msg_loaned(pub, seq, 30 * SEC));
   th_assert_ok(memport_pub_close(pub));
   assert_int_equal(th_wait(good, 60), 0);
 }
@@ -307,7 +271,7 @@ static void test_sub_killed_releasing(void **state) {
 static int child_pub(void *arg) {
   struct arg *a = arg;
   memport_topic_opts_t o;
-  opts(&o, 64, MEMPORT_TOPIC_BLOCK);
+  opts(&o, 64, MEMPORT_TOPIC_BLOCK, NBUF);
   memport_pub_t *pub;
   if (memport_pub_create(&pub, a->name, &o) != 0)
     return 2;
@@ -320,7 +284,7 @@ static int child_pub(void *arg) {
   }
   uint64_t seq = 1;
   for (; a->point == 0 || seq <= a->n; seq++) {
-    if (pub_msg(pub, seq, 60 * SEC) != 0)
+    if (pub_msg_loaned(pub, seq, 60 * SEC) != 0)
       return 4;
     atomic_store(&g_sh->taken, (uint32_t)seq); /* published */
   }
@@ -355,7 +319,7 @@ static void pub_killed(int point, unsigned when) {
       for (int i = 0; i < 2; i++) {
         memport_buf_t b;
         th_assert_ok(memport_sub_recv(s[i], &b, 30 * SEC));
-        assert_int_equal(msg_bad(&b, ++got[i]), 0);
+        assert_int_equal(msg_bad(b.data, b.len, ++got[i]), 0);
         if (held[i].data != NULL)
           th_assert_ok(memport_sub_release(s[i], &held[i]));
         held[i] = b;
@@ -368,14 +332,14 @@ static void pub_killed(int point, unsigned when) {
     if (point == 2) { /* holding views too */
       for (int i = 0; i < 2; i++) {
         th_assert_ok(memport_sub_recv(s[i], &held[i], 5 * SEC));
-        assert_int_equal(msg_bad(&held[i], ++got[i]), 0);
+        assert_int_equal(msg_bad(held[i].data, held[i].len, ++got[i]), 0);
         held_seq[i] = got[i];
       }
     }
     while (got[1] < a.n) { /* subscriber 1 reads everything, then waits in recv */
       memport_buf_t b;
       th_assert_ok(memport_sub_recv(s[1], &b, 5 * SEC));
-      assert_int_equal(msg_bad(&b, ++got[1]), 0);
+      assert_int_equal(msg_bad(b.data, b.len, ++got[1]), 0);
       th_assert_ok(memport_sub_release(s[1], &b));
     }
     pid_t killer = fork();
@@ -396,14 +360,14 @@ static void pub_killed(int point, unsigned when) {
     memport_buf_t b;
     int rc;
     while ((rc = memport_sub_recv(s[i], &b, 5 * SEC)) == 0) {
-      assert_int_equal(msg_bad(&b, ++got[i]), 0);
+      assert_int_equal(msg_bad(b.data, b.len, ++got[i]), 0);
       th_assert_ok(memport_sub_release(s[i], &b));
     }
     th_assert_rc(rc, MEMPORT_EPEER);
     assert_true(got[i] >= published); /* published: stored before the kill could come */
     th_assert_rc(memport_sub_recv(s[i], &b, MEMPORT_NOWAIT), MEMPORT_EPEER);
     if (held[i].data != NULL) { /* a view held across the death is still whole, then released */
-      assert_int_equal(msg_bad(&held[i], held_seq[i]), 0);
+      assert_int_equal(msg_bad(held[i].data, held[i].len, held_seq[i]), 0);
       th_assert_ok(memport_sub_release(s[i], &held[i]));
     }
     th_assert_ok(memport_sub_close(s[i]));

@@ -1,11 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* test_topic_hostile.c: a topic with a hostile subscriber scribbling its whole lane, a hostile publisher scribbling slots, and exhausted descriptors and pools. */
-#include "helpers.h"
+#include "topic_helpers.h"
 
 #include "../lib/topic.h" /* the lane layout and the objects' fields, to reach every shared byte */
 
 #include <errno.h>
-#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -15,50 +14,6 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
-
-#define INLINE_MAX 64
-#define BUF_SIZE 8192
-
-/* Messages: 8 bytes of sequence number, then a pattern of it; every third one a pool buffer. */
-static size_t len_of(uint64_t seq) { return seq % 3 == 0 ? 5000 + (size_t)(seq % 1000) : 8 + (size_t)(seq % 50); }
-
-static int pub_msg(memport_pub_t *p, uint64_t seq, int64_t timeout_ns) {
-  size_t len = len_of(seq);
-  memport_buf_t b;
-  int rc = memport_pub_loan(p, len, &b, timeout_ns);
-  if (rc < 0)
-    return rc;
-  memcpy(b.data, &seq, 8);
-  th_fill((unsigned char *)b.data + 8, len - 8, (uint32_t)seq);
-  rc = memport_pub_publish(p, &b, timeout_ns);
-  if (rc < 0)
-    memport_pub_discard(p, &b);
-  return rc;
-}
-
-static int sub_expect(memport_sub_t *s, uint64_t seq, int64_t timeout_ns) {
-  memport_buf_t b;
-  int rc = memport_sub_recv(s, &b, timeout_ns);
-  if (rc < 0)
-    return rc;
-  uint64_t got = 0;
-  int bad = b.len != len_of(seq);
-  if (!bad) {
-    memcpy(&got, b.data, 8);
-    bad = got != seq || th_check((const unsigned char *)b.data + 8, b.len - 8, (uint32_t)seq) != 0;
-  }
-  rc = memport_sub_release(s, &b);
-  return bad ? 1000 : rc;
-}
-
-static void opts(memport_topic_opts_t *o, unsigned depth, int overflow, unsigned buffers) {
-  memport_topic_opts_init(o);
-  o->depth = depth;
-  o->overflow = overflow;
-  o->inline_max = INLINE_MAX;
-  o->buffer_size = BUF_SIZE;
-  o->buffers = buffers;
-}
 
 /* State shared with the children (MAP_SHARED). */
 struct shared {
@@ -305,7 +260,7 @@ static void hostile_subscriber(int overflow) {
     assert_true(th_now_ns() < end + 240 * SEC);
     if (th_exited(bad, &st))
       fail_msg("hostile child ended early: %d", st);
-    while ((rc = pub_msg(pub, seq, 50 * MS)) == MEMPORT_ETIMEDOUT) {
+    while ((rc = pub_msg_loaned(pub, seq, 50 * MS)) == MEMPORT_ETIMEDOUT) {
       assert_false(th_exited(good[0], &st));
       assert_false(th_exited(good[1], &st));
       assert_true(th_now_ns() < end + 240 * SEC);
@@ -392,7 +347,7 @@ static int child_bad_publisher(void *arg) {
     th_sleep_ms(1);
   }
   for (uint64_t seq = 2; seq <= 3; seq++) /* an inline one, a pool one */
-    if (pub_msg(pub, seq, 10 * SEC) != 0)
+    if (pub_msg_loaned(pub, seq, 10 * SEC) != 0)
       return 4;
   struct memport__topic_peer *s = pub->peers[0];
   struct memport__lane *l = s->lane;
@@ -497,17 +452,6 @@ static void test_hostile_publisher(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 /* Exhaustion: descriptors at the subscriber's connect and at the publisher's accept; the pool. */
 
-/* The RLIMIT_NOFILE that leaves exactly `want` descriptor numbers free below it. */
-static rlim_t limit_with_free_slots(int want) {
-  int nfree = 0;
-  for (int fd = 0;; fd++) {
-    if (nfree == want && fcntl(fd, F_GETFD) < 0)
-      return (rlim_t)fd;
-    if (fcntl(fd, F_GETFD) < 0)
-      nfree++;
-  }
-}
-
 static int set_nofile(rlim_t cur) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
@@ -525,7 +469,7 @@ static int child_connect_starved(void *arg) {
   int emfile = 0, ok = 0;
   for (int k = 0; k < 14; k++) {
     int fds0 = th_count_fds();
-    if (set_nofile(limit_with_free_slots(k)) != 0)
+    if (set_nofile(th_limit_with_free_slots(k)) != 0)
       return 2;
     memport_sub_t *s = NULL;
     int rc = memport_sub_connect(&s, a->name, NULL, 10 * SEC);
@@ -615,7 +559,7 @@ static int child_pub_starved(void *arg) {
   getrlimit(RLIMIT_NOFILE, &rl0);
   int fds0 = th_count_fds();
   for (uint32_t k = 0; k < 12; k++) {
-    if (set_nofile(limit_with_free_slots((int)k)) != 0)
+    if (set_nofile(th_limit_with_free_slots((int)k)) != 0)
       return 3;
     atomic_store(&g_sh->got[0], k + 1); /* the subscriber may try */
     uint64_t end = th_now_ns() + 60 * SEC;
@@ -756,7 +700,7 @@ static void exhaust_pool(int overflow) {
     assert_true(th_now_ns() < end);
   }
   for (uint64_t seq = 3; seq <= 12; seq += 3) /* four pool messages: each child holds all four */
-    th_assert_ok(pub_msg(pub, seq, 10 * SEC));
+    th_assert_ok(pub_msg_loaned(pub, seq, 10 * SEC));
   while (atomic_load(&g_sh->got[0]) == 0 || atomic_load(&g_sh->got[1]) == 0) {
     int st;
     assert_false(th_exited(kids[0], &st));

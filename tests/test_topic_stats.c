@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* test_topic_stats.c: topic counters (memport_pub_stats, memport_pub_sub_stats, memport_sub_stats) in known scenarios, and topics in the name listing (memport_name_foreach, memport-ls). */
-#include "helpers.h"
+#include "topic_helpers.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -12,52 +12,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define INLINE_MAX 64
 #define BIG 5000 /* a pool message */
-
-static void opts(memport_topic_opts_t *o, unsigned depth, int overflow, unsigned buffers) {
-  memport_topic_opts_init(o);
-  o->depth = depth;
-  o->overflow = overflow;
-  o->inline_max = INLINE_MAX;
-  o->buffer_size = 8192;
-  o->buffers = buffers;
-}
 
 /* A message of `len` bytes, inline (small) or in a pool buffer (BIG), never waiting. */
 static int publish(memport_pub_t *p, size_t len) {
   static unsigned char b[BIG];
   memset(b, 0x5a, len);
   return memport_pub_send(p, b, len, MEMPORT_NOWAIT);
-}
-
-/* Subscribers in this process: a thread runs the publisher's calls while they connect. */
-struct pump {
-  memport_pub_t *pub;
-  atomic_bool stop;
-};
-
-static void *pump_main(void *arg) {
-  struct pump *pm = arg;
-  while (!atomic_load(&pm->stop)) {
-    memport_pub_process(pm->pub);
-    th_sleep_ms(1);
-  }
-  return NULL;
-}
-
-static void connect_n(memport_pub_t *pub, const char *name, memport_sub_t **subs, int n) {
-  struct pump pm = {.pub = pub};
-  atomic_init(&pm.stop, false);
-  pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, pump_main, &pm), 0);
-  int bad = 0;
-  for (int i = 0; i < n && bad == 0; i++)
-    bad = memport_sub_connect(&subs[i], name, NULL, 20 * SEC);
-  atomic_store(&pm.stop, true);
-  pthread_join(t, NULL);
-  th_assert_ok(bad);
-  th_assert_rc(memport_pub_subscribers(pub), n);
 }
 
 static memport_pub_stats_t pstats(memport_pub_t *p) {
