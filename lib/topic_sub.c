@@ -102,43 +102,69 @@ static void release_push(memport_sub_t *s, uint64_t e) {
   memport__topic_wake(&s->lane->pub_wait, s->pub_sem, s->port, s->msg);
 }
 
+/* Has the publisher moved head past h since we loaded it (a drop-oldest drop)? Called after reading
+ * what position h held: the fence keeps those reads before this load, so a head still at h means
+ * the publisher had not yet dropped h, and so had not yet rewritten its slot, while we read it
+ * (the publisher moves head with a seq_cst CAS before it writes the slot again). */
+static bool head_moved(struct memport__lane *l, uint64_t h) {
+  atomic_thread_fence(memory_order_acquire);
+  return atomic_load_explicit(&l->head, memory_order_relaxed) != h;
+}
+
 /* Take the message at head: 1 (into *buf), 0 none, or an error (MEMPORT_EMSGSIZE when longer than
- * cap: not taken). */
+ * cap: not taken). Under drop-oldest the publisher moves head too, at any moment: what we loaded
+ * (tail against head, the slot) may be stale rather than false. A check that fails is a protocol
+ * error only if head did not move meanwhile; otherwise we look again. Each look again needs a drop,
+ * so a publish: the loop ends whenever the publisher pauses. */
 static int take(memport_sub_t *s, size_t cap, memport_buf_t *buf) {
   struct memport__lane *l = s->lane;
   for (;;) {
     uint64_t h = atomic_load_explicit(&l->head, memory_order_acquire);
     uint64_t t = atomic_load_explicit(&l->tail, memory_order_acquire);
-    if (MEMPORT__UNLIKELY(h < s->head || t < h || t - h > s->depth))
+    if (MEMPORT__UNLIKELY(h < s->head || t < h)) /* both only grow, and tail (loaded later) >= head */
       return sub_break(s, MEMPORT_EPROTO);
+    if (MEMPORT__UNLIKELY(t - h > s->depth)) {
+      if (head_moved(l, h))
+        continue; /* h was stale: dropped meanwhile */
+      return sub_break(s, MEMPORT_EPROTO);
+    }
     s->head = h; /* beyond ours: the publisher dropped the oldest */
     if (t == h)
       return 0;
     const struct memport__lane_slot *src = memport__lane_slot_at(l, s->slot_size, s->depth, h);
     struct memport__lane_slot sl;
     memcpy(&sl, src, sizeof sl); /* loaded once */
-    const void *data;
+    const void *data = NULL;
     uint32_t j = 0;
+    int bad = 0;
     if (sl.kind == MEMPORT__SLOT_INLINE) {
       if (sl.len > s->inline_cap)
-        return sub_break(s, MEMPORT_EPROTO);
-      if (sl.len > cap)
-        return MEMPORT_EMSGSIZE;
-      if (s->inl_nfree == 0)
-        return MEMPORT_ENOSPC; /* `depth` inline messages held: release some */
-      j = s->inl_free[s->inl_nfree - 1];
-      unsigned char *dst = s->inl + (size_t)j * s->inline_cap;
-      memcpy(dst, src + 1, sl.len);
-      data = dst;
+        bad = MEMPORT_EPROTO;
+      else if (sl.len > cap)
+        bad = MEMPORT_EMSGSIZE;
+      else if (s->inl_nfree == 0)
+        bad = MEMPORT_ENOSPC; /* `depth` inline messages held: release some */
+      else {
+        j = s->inl_free[s->inl_nfree - 1];
+        unsigned char *dst = s->inl + (size_t)j * s->inline_cap;
+        memcpy(dst, src + 1, sl.len);
+        data = dst;
+      }
     } else if (sl.kind == MEMPORT__SLOT_POOL) {
       data = memport__pool_view_find(&s->view, sl.index, sl.offset, sl.len);
       if (data == NULL)
-        return sub_break(s, MEMPORT_EPROTO);
-      if (sl.len > cap)
-        return MEMPORT_EMSGSIZE;
+        bad = MEMPORT_EPROTO;
+      else if (sl.len > cap)
+        bad = MEMPORT_EMSGSIZE;
     } else {
-      return sub_break(s, MEMPORT_EPROTO);
+      bad = MEMPORT_EPROTO;
     }
+    if (MEMPORT__UNLIKELY(bad != 0)) {
+      if (head_moved(l, h))
+        continue; /* the slot may have been rewritten as we read it */
+      return bad == MEMPORT_EPROTO ? sub_break(s, bad) : bad;
+    }
+    /* Success also proves the slot (and the inline bytes copied) were read before any drop of h. */
     if (!atomic_compare_exchange_strong_explicit(&l->head, &h, h + 1, memory_order_seq_cst, memory_order_relaxed))
       continue; /* dropped meanwhile */
     s->head = h + 1;
@@ -297,7 +323,7 @@ int memport_sub_stats(memport_sub_t *s, memport_sub_stats_t *stats) {
   /* The publisher's positions, loaded once each: a count that cannot be is reported as 0. */
   uint64_t h = atomic_load_explicit(&s->lane->head, memory_order_acquire);
   uint64_t t = atomic_load_explicit(&s->lane->tail, memory_order_acquire);
-  st.queued = t >= h && t - h <= s->depth ? (uint32_t)(t - h) : 0;
+  st.queued = t >= h ? (uint32_t)(t - h <= s->depth ? t - h : s->depth) : 0; /* h may be stale */
   for (uint32_t i = 0; i < s->view.count; i++)
     st.held += memport__pool_view_holds(&s->view, i);
   st.held += s->depth - s->inl_nfree;

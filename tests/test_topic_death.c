@@ -133,6 +133,10 @@ static int child_good(void *arg) {
     if (memport_sub_release(s, &b) != 0)
       return 4;
   }
+  if (rc != MEMPORT_ECLOSED) {
+    fprintf(stderr, "good subscriber: recv gave %s after %llu\n", memport_err_name(rc), (unsigned long long)last);
+    return 5;
+  }
   uint64_t missed = 0;
   if (memport_sub_missed(s, &missed) != 0 || received + missed != last) {
     fprintf(stderr, "good subscriber: %llu received, %llu missed, last %llu\n", (unsigned long long)received,
@@ -140,7 +144,7 @@ static int child_good(void *arg) {
     return 6;
   }
   memport_sub_close(s);
-  return rc == MEMPORT_ECLOSED ? 0 : 5;
+  return 0;
 }
 
 /* A subscriber killed at `point` beside a good one in this process: the good one receives
