@@ -259,6 +259,64 @@ static void test_drop_oldest_pool(void **state) {
   th_assert_ok(memport_pub_close(pub));
 }
 
+/* Drop-oldest under a flood: the publisher drops from the head of a lane while the subscriber
+ * takes from it, in another process, at full speed on both sides. A subscriber that saw a stale
+ * head, or read a slot as it was rewritten, must look again, never call the publisher broken:
+ * every message it gets is whole and newer than the last, received + missed = published, and
+ * the end is the orderly one. */
+static int child_flood_reader(void *arg) {
+  const char *name = arg;
+  memport_sub_t *s;
+  if (memport_sub_connect(&s, name, NULL, 20 * SEC) != 0)
+    return 2;
+  memport_buf_t b;
+  int rc;
+  uint64_t last = 0, received = 0;
+  while ((rc = memport_sub_recv(s, &b, 60 * SEC)) == 0) {
+    uint64_t seq = 0;
+    if (b.len >= 8)
+      memcpy(&seq, b.data, 8);
+    if (seq <= last || msg_bad(b.data, b.len, seq) != 0) {
+      fprintf(stderr, "flood reader: message %llu after %llu\n", (unsigned long long)seq, (unsigned long long)last);
+      return 3;
+    }
+    last = seq;
+    received++;
+    if (memport_sub_release(s, &b) != 0)
+      return 4;
+  }
+  uint64_t missed = 0;
+  if (rc != MEMPORT_ECLOSED || memport_sub_missed(s, &missed) != 0 || received + missed != last) {
+    fprintf(stderr, "flood reader: %s after %llu; %llu received, %llu missed\n", memport_err_name(rc),
+            (unsigned long long)last, (unsigned long long)received, (unsigned long long)missed);
+    return 5;
+  }
+  memport_sub_close(s);
+  return 0;
+}
+
+static void test_drop_oldest_flood(void **state) {
+  (void)state;
+  char name[MEMPORT_NAME_MAX + 1];
+  snprintf(name, sizeof name, "%s", th_unique_name("topic"));
+  memport_topic_opts_t o;
+  opts(&o, 2, MEMPORT_TOPIC_DROP_OLDEST, 3);
+  memport_pub_t *pub;
+  th_assert_ok(memport_pub_create(&pub, name, &o));
+  pid_t kid = th_fork(child_flood_reader, name, 300);
+  assert_int_equal(wait_subscribers(pub, 1, 60), 0);
+  const uint64_t n = th_under_valgrind() ? 20000 : 400000;
+  for (uint64_t seq = 1; seq <= n; seq++)
+    th_assert_ok(pub_msg(pub, seq, MEMPORT_NOWAIT)); /* never waits: drops instead */
+  memport_pub_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.struct_size = sizeof st;
+  th_assert_ok(memport_pub_stats(pub, &st));
+  th_assert_ok(memport_pub_close(pub));
+  assert_int_equal(th_wait(kid, 120), 0);
+  printf("flood: %llu published, %llu dropped\n", (unsigned long long)n, (unsigned long long)st.dropped);
+}
+
 /* History: a late joiner receives the last K, then what follows. */
 static void test_history(void **state) {
   (void)state;
@@ -709,6 +767,7 @@ int main(void) {
       cmocka_unit_test(test_block_no_loss),
       cmocka_unit_test(test_drop_oldest),
       cmocka_unit_test(test_drop_oldest_pool),
+      cmocka_unit_test(test_drop_oldest_flood),
       cmocka_unit_test(test_history),
       cmocka_unit_test(test_64),
       cmocka_unit_test(test_kill_subscriber),
