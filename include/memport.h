@@ -504,6 +504,7 @@ typedef struct memport_sub_stats {
   uint64_t missed;         /* messages lost under MEMPORT_TOPIC_DROP_OLDEST (memport_sub_missed) */
   uint32_t queued;         /* messages waiting in its queue now */
   uint32_t held;           /* messages received and not yet released */
+  uint64_t buffer_size;    /* the publisher's pool buffers: the largest message it can send */
 } memport_sub_stats_t;
 MEMPORT_EXPORT int memport_sub_stats(memport_sub_t *sub, memport_sub_stats_t *stats);
 

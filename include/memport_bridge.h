@@ -35,7 +35,7 @@ typedef struct memport_bridge_opts {
   int kind;             /* MEMPORT_BRIDGE_TOPIC or MEMPORT_BRIDGE_CHANNEL */
   const char *name;     /* the local name (copied) */
   const char *endpoint; /* ZeroMQ endpoint (copied): export binds it ("tcp://127.0.0.1:7000",
-                         * "tcp://*:7000"), import connects to it ("tcp://hostA:7000") */
+                         * "tcp://0.0.0.0:7000"), import connects to it ("tcp://hostA:7000") */
   int hwm;              /* ZeroMQ high-water mark, in messages, of each side's socket (default 16) */
   /* Import of a topic: the local topic's options. topic.buffer_size 0 (the default) creates the
    * topic when the first message arrives, its buffers as large as the exporter's. */

@@ -327,6 +327,7 @@ int memport_sub_stats(memport_sub_t *s, memport_sub_stats_t *stats) {
   for (uint32_t i = 0; i < s->view.count; i++)
     st.held += memport__pool_view_holds(&s->view, i);
   st.held += s->depth - s->inl_nfree;
+  st.buffer_size = s->view.buf_size;
   st.struct_size = sizeof st;
   memcpy(stats, &st, sizeof st); /* a larger (newer) struct: the fields we know, struct_size says which */
   return 0;
