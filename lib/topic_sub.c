@@ -103,12 +103,12 @@ static void release_push(memport_sub_t *s, uint64_t e) {
 }
 
 /* Has the publisher moved head past h since we loaded it (a drop-oldest drop)? Called after reading
- * what position h held: the fence keeps those reads before this load, so a head still at h means
- * the publisher had not yet dropped h, and so had not yet rewritten its slot, while we read it
- * (the publisher moves head with a seq_cst CAS before it writes the slot again). */
+ * what position h held. The read-modify-write (adding 0: nothing changes) cannot move before
+ * those reads, so a head still at h means the publisher had not yet dropped h, and so had not yet
+ * rewritten its slot, while we read it: it moves head with a seq_cst CAS before it writes the slot
+ * again. Only on the path of a check that failed. */
 static bool head_moved(struct memport__lane *l, uint64_t h) {
-  atomic_thread_fence(memory_order_acquire);
-  return atomic_load_explicit(&l->head, memory_order_relaxed) != h;
+  return atomic_fetch_add_explicit(&l->head, 0, memory_order_acq_rel) != h;
 }
 
 /* Take the message at head: 1 (into *buf), 0 none, or an error (MEMPORT_EMSGSIZE when longer than
