@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -449,5 +450,19 @@ int memport_bridge_stats(memport_bridge_t *b, memport_bridge_stats_t *stats) {
   st.struct_size = sizeof st;
   st.in_flight = b->in_flight;
   memcpy(stats, &st, sizeof st);
+  return 0;
+}
+
+int memport_bridge_endpoint(memport_bridge_t *b, char *buf, size_t cap) {
+  if (b == NULL || buf == NULL || cap == 0)
+    return MEMPORT_EINVAL;
+  char ep[1024];
+  size_t n = sizeof ep;
+  if (b->direction != MEMPORT_BRIDGE_EXPORT || zmq_getsockopt(b->sock, ZMQ_LAST_ENDPOINT, ep, &n) < 0 || n == 0)
+    snprintf(ep, sizeof ep, "%s", b->endpoint);
+  ep[sizeof ep - 1] = '\0';
+  if (strlen(ep) >= cap)
+    return MEMPORT_EMSGSIZE;
+  memcpy(buf, ep, strlen(ep) + 1);
   return 0;
 }

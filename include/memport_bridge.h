@@ -96,6 +96,10 @@ typedef struct memport_bridge_stats {
 } memport_bridge_stats_t;
 MEMPORT_EXPORT int memport_bridge_stats(memport_bridge_t *bridge, memport_bridge_stats_t *stats);
 
+/* The endpoint as bound (export: "tcp://127.0.0.1:*" binds a free port, this says which) or as
+ * given (import), NUL-terminated in buf: 0, or MEMPORT_EMSGSIZE when cap is too small. */
+MEMPORT_EXPORT int memport_bridge_endpoint(memport_bridge_t *bridge, char *buf, size_t cap);
+
 /* Close: local side and socket (messages not yet sent are dropped). NULL is a no-op. */
 MEMPORT_EXPORT int memport_bridge_close(memport_bridge_t *bridge);
 
