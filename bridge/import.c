@@ -78,7 +78,7 @@ static int deliver(struct memport_bridge *b) {
 /* Read one message from ZeroMQ: 1 one is in hand, 0 none waiting. A malformed one is dropped and
  * counted. */
 static int take(struct memport_bridge *b) {
-  for (;;) {
+  for (int budget = 256; budget > 0; budget--) { /* a flood of bad frames cannot hold the loop */
     if (zmq_msg_recv(&b->in_hdr, b->sock, ZMQ_DONTWAIT) < 0)
       return 0;
     bool ok = zmq_msg_more(&b->in_hdr) && zmq_msg_recv(&b->in_body, b->sock, ZMQ_DONTWAIT) >= 0 &&
@@ -110,6 +110,7 @@ static int take(struct memport_bridge *b) {
     }
     b->st.malformed++;
   }
+  return 0;
 }
 
 /* A channel's client sends nothing to an import: whatever it sends is read and let go, so that

@@ -58,10 +58,12 @@ MEMPORT_EXPORT void memport_bridge_opts_init(memport_bridge_opts_t *opts);
  * wrong one (a static string; field may be NULL). */
 MEMPORT_EXPORT int memport_bridge_opts_check(const memport_bridge_opts_t *opts, const char **field);
 
-/* Create a bridge: binds or connects its ZeroMQ socket and, for an import of a channel or an
- * export of anything, its local side (an export of a topic connects to the topic when it
- * appears, and again after the publisher restarts). Without libzmq's CURVE: MEMPORT_ENOTSUP when
- * keys are given. */
+/* Create a bridge: binds (export) or connects (import) its ZeroMQ socket, and sets up its local
+ * side: a channel's service is served at once; an import of a topic with topic.buffer_size set
+ * creates the topic at once (with 0, when the first message arrives); an export of a topic
+ * subscribes when the topic appears, and again after its publisher restarts. MEMPORT_ENOTSUP:
+ * CURVE keys given but this libzmq has no CURVE; MEMPORT_EBUSY: the endpoint is in use;
+ * MEMPORT_EPROTO: ZeroMQ refused the socket or endpoint otherwise. */
 MEMPORT_EXPORT int memport_bridge_create(memport_bridge_t **out, const memport_bridge_opts_t *opts);
 /* The descriptors to wait on (events POLLIN) before the next memport_bridge_process: their
  * number (<= cap; MEMPORT_EINVAL when cap < MEMPORT_BRIDGE_MAX_FDS). *timeout_ns (may be NULL):
