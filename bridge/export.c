@@ -215,8 +215,10 @@ int memport__bridge_export_process(struct memport_bridge *b) {
 }
 
 int memport__bridge_export_fds(struct memport_bridge *b, struct pollfd *fds, int n, int64_t *timeout_ns) {
+  /* Asked every time: that is what lets ZeroMQ's descriptor go quiet again (see import.c). */
+  bool out = memport__bridge_sock_has(b->sock, ZMQ_POLLOUT);
   if (b->held_stage != 0) {
-    if (memport__bridge_sock_has(b->sock, ZMQ_POLLOUT))
+    if (out)
       *timeout_ns = 0; /* room now: the descriptor may never fire again for it */
     return n;
   }

@@ -159,7 +159,10 @@ int memport__bridge_import_fds(struct memport_bridge *b, struct pollfd *fds, int
     fds[n].revents = 0;
     n++;
   }
-  if (!b->have_in && memport__bridge_sock_has(b->sock, ZMQ_POLLIN))
+  /* Asked every time, even when we cannot take a message now: asking is what lets ZeroMQ's
+   * descriptor go quiet again (it signals changes, and stays readable until they are looked at). */
+  bool in = memport__bridge_sock_has(b->sock, ZMQ_POLLIN);
+  if (in && !b->have_in)
     *timeout_ns = 0; /* a message is there: the descriptor may never fire again for it */
   return n;
 }
