@@ -43,6 +43,8 @@ struct memport_bridge {
 
   /* Export. */
   memport_sub_t *sub;
+  memport_sub_t *joining;      /* export of a topic: the join in progress */
+  uint64_t join_since;
   memport_service_t *svc;      /* channels, both directions */
   memport_chan_pending_t *pending;
   uint64_t pending_since;

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #define RETRY_NS 100000000LL  /* a topic not there yet: look again after 100 ms */
-#define CONNECT_NS 50000000LL /* the subscribe handshake with a local publisher */
+#define JOIN_NS 5000000000LL /* a publisher silent this long in the join is left */
 
 /* Called by ZeroMQ, on its I/O thread (or ours, inside a zmq call), once per lent view: push it on
  * the freed stack and make the loop's pipe readable. No memport call here: the source is the
@@ -81,14 +81,37 @@ static void ending_close(struct memport_bridge *b) {
   b->retry_at_ns = 0;
 }
 
+/* Subscribe without ever waiting for the publisher: it may be run by this very thread (a program
+ * that publishes and exports its own topic), so the join is started here and finished by a later
+ * turn of the loop, when the publisher's answer is there. */
 static void subscribe(struct memport_bridge *b) {
-  if (b->sub != NULL || b->ending != NULL || memport__bridge_now_ns() < b->retry_at_ns)
+  if (b->sub != NULL || b->ending != NULL)
     return;
-  memport_sub_t *s;
-  if (memport_sub_connect(&s, b->name, NULL, CONNECT_NS) != 0) {
-    b->retry_at_ns = memport__bridge_now_ns() + RETRY_NS;
+  uint64_t now = memport__bridge_now_ns();
+  if (b->joining == NULL) {
+    if (now < b->retry_at_ns)
+      return;
+    if (memport_sub_connect_start(&b->joining, b->name, NULL) != 0) {
+      b->joining = NULL;
+      b->retry_at_ns = now + RETRY_NS;
+      return;
+    }
+    b->join_since = now;
+  }
+  int rc = memport_sub_connect_finish(b->joining, MEMPORT_NOWAIT);
+  if (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT) {
+    if (now - b->join_since < (uint64_t)JOIN_NS)
+      return;
+    rc = MEMPORT_ETIMEDOUT; /* a publisher that does not answer: start again */
+  }
+  if (rc < 0) {
+    memport_sub_close(b->joining);
+    b->joining = NULL;
+    b->retry_at_ns = now + RETRY_NS;
     return;
   }
+  memport_sub_t *s = b->joining;
+  b->joining = NULL;
   memport_sub_stats_t ss;
   memset(&ss, 0, sizeof ss);
   ss.struct_size = sizeof ss;
@@ -137,6 +160,8 @@ void memport__bridge_export_fini(struct memport_bridge *b) {
   }
   memport_sub_close(b->sub);
   b->sub = NULL;
+  memport_sub_close(b->joining);
+  b->joining = NULL;
   free(b->lent);
   b->lent = NULL;
 }
@@ -232,7 +257,17 @@ int memport__bridge_export_fds(struct memport_bridge *b, struct pollfd *fds, int
   }
   if (b->kind == MEMPORT_BRIDGE_TOPIC && b->sub == NULL && b->ending == NULL) {
     uint64_t now = memport__bridge_now_ns();
-    *timeout_ns = b->retry_at_ns > now ? (int64_t)(b->retry_at_ns - now) : 0;
+    uint64_t at = b->retry_at_ns;
+    if (b->joining != NULL) { /* the publisher's answer, or giving up on it */
+      if (memport_sub_pollable(b->joining, &h) == 0) {
+        fds[n].fd = memport__bridge_pollable_fd(h);
+        fds[n].events = POLLIN;
+        fds[n].revents = 0;
+        n++;
+      }
+      at = b->join_since + (uint64_t)JOIN_NS;
+    }
+    *timeout_ns = at > now ? (int64_t)(at - now) : 0;
   }
   return n;
 }

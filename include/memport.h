@@ -484,6 +484,13 @@ MEMPORT_EXPORT int memport_pub_sub_stats(memport_pub_t *pub, unsigned index, mem
  * opts_or_null: only wait_policy and spin_ns are used. Not thread-safe: one thread at a time. */
 MEMPORT_EXPORT int memport_sub_connect(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts_or_null,
                                        int64_t timeout_ns);
+/* Non-blocking join (memport_sub_connect_start(3)): connect and send the request without waiting
+ * for the publisher's answer, so one thread can run both the publisher and a subscriber. Then
+ * memport_sub_connect_finish until it returns 0 (joined); MEMPORT_EAGAIN/ETIMEDOUT: not yet
+ * (memport_sub_pollable is ready when the answer waits); other errors: refused (close it). Until
+ * joined, the other calls but memport_sub_pollable and memport_sub_close give MEMPORT_EINVAL. */
+MEMPORT_EXPORT int memport_sub_connect_start(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts_or_null);
+MEMPORT_EXPORT int memport_sub_connect_finish(memport_sub_t *sub, int64_t timeout_ns);
 /* The next message, a read-only view, until memport_sub_release. After the publisher is gone and
  * everything was received: MEMPORT_ECLOSED (it closed) or MEMPORT_EPEER (it died). */
 MEMPORT_EXPORT int memport_sub_recv(memport_sub_t *sub, memport_buf_t *buf, int64_t timeout_ns);

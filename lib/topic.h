@@ -106,6 +106,8 @@ struct memport_pub {
 
 struct memport_sub {
   memport_port_t *port;
+  bool joined;            /* the WELCOME was taken (memport_sub_connect_start: not yet) */
+  bool hello_refused;     /* the publisher ended the connection at once: its answer says why */
   memport_sem_t *sem;     /* ours: the publisher posts it */
   memport_sem_t *pub_sem; /* the publisher's */
   const _Atomic uint32_t *count; /* the publisher's event count, read-only (NULL: we sleep on sem) */

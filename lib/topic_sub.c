@@ -254,7 +254,7 @@ static int recv_impl(memport_sub_t *s, size_t cap, memport_buf_t *buf, int64_t t
 }
 
 static int sub_check(memport_sub_t *s, memport_buf_t *buf) {
-  if (s == NULL || buf == NULL)
+  if (s == NULL || buf == NULL || !s->joined)
     return MEMPORT_EINVAL;
   memset(buf, 0, sizeof *buf);
   return 0;
@@ -266,7 +266,7 @@ int memport_sub_recv(memport_sub_t *s, memport_buf_t *buf, int64_t timeout_ns) {
 }
 
 int memport_sub_release(memport_sub_t *s, memport_buf_t *buf) {
-  if (s == NULL || buf == NULL || buf->priv[2] != (uintptr_t)s || buf->priv[1] == 0)
+  if (s == NULL || buf == NULL || !s->joined || buf->priv[2] != (uintptr_t)s || buf->priv[1] == 0)
     return MEMPORT_EINVAL;
   uint32_t i = MEMPORT__TBUF_INDEX(buf->priv[0]);
   switch (MEMPORT__TBUF_KIND(buf->priv[0])) {
@@ -292,7 +292,7 @@ int memport_sub_release(memport_sub_t *s, memport_buf_t *buf) {
 }
 
 int memport_sub_recv_copy(memport_sub_t *s, void *dst, size_t cap, size_t *len, int64_t timeout_ns) {
-  if (s == NULL || len == NULL || (dst == NULL && cap != 0))
+  if (s == NULL || len == NULL || !s->joined || (dst == NULL && cap != 0))
     return MEMPORT_EINVAL;
   memport_buf_t b;
   memset(&b, 0, sizeof b);
@@ -306,14 +306,14 @@ int memport_sub_recv_copy(memport_sub_t *s, void *dst, size_t cap, size_t *len, 
 }
 
 int memport_sub_missed(memport_sub_t *s, uint64_t *missed) {
-  if (s == NULL || missed == NULL)
+  if (s == NULL || missed == NULL || !s->joined)
     return MEMPORT_EINVAL;
   *missed = atomic_load_explicit(&s->lane->dropped, memory_order_acquire);
   return 0;
 }
 
 int memport_sub_stats(memport_sub_t *s, memport_sub_stats_t *stats) {
-  if (s == NULL || stats == NULL || stats->struct_size < sizeof *stats)
+  if (s == NULL || stats == NULL || stats->struct_size < sizeof *stats || !s->joined)
     return MEMPORT_EINVAL;
   memport_sub_stats_t st;
   memset(&st, 0, sizeof st);
@@ -336,6 +336,8 @@ int memport_sub_stats(memport_sub_t *s, memport_sub_stats_t *stats) {
 int memport_sub_pollable(memport_sub_t *s, memport_os_handle_t *out) {
   if (s == NULL || out == NULL)
     return MEMPORT_EINVAL;
+  if (!s->joined) /* joining: the port, where the publisher's answer arrives */
+    return memport_port_pollable(s->port, out);
   if (!s->bell_made) {
     int rc = memport__os_bell_open(&s->bell, s->port);
     if (rc < 0)
@@ -464,14 +466,14 @@ out:
   return rc;
 }
 
-int memport_sub_connect(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts, int64_t timeout_ns) {
+/* Connect and send the HELLO (waiting up to `deadline` for the name): a joining subscriber. */
+static int sub_start(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts, uint64_t deadline) {
   if (out == NULL || name == NULL)
     return MEMPORT_EINVAL;
   *out = NULL;
   int rc = opts != NULL ? memport__topic_opts_valid(opts, NULL) : 0;
   if (rc < 0)
     return rc;
-  uint64_t deadline = memport__deadline(timeout_ns);
   memport_sub_t *s = calloc(1, sizeof *s);
   if (s == NULL)
     return MEMPORT_ENOMEM;
@@ -493,18 +495,53 @@ int memport_sub_connect(memport_sub_t **out, const char *name, const memport_top
       rc = memport__port_send(s->port, s->msg, deadline);
     memport_msg_clear(s->msg);
     if (rc == MEMPORT_EPEER) { /* refused at once: its answer may wait in the port all the same */
-      int why = sub_welcome(s, deadline);
-      rc = why == MEMPORT_EPERM || why == MEMPORT_ENOSPC || why == MEMPORT_EMFILE || why == MEMPORT_ENOMEM
-               ? why
-               : MEMPORT_EPEER;
-    } else if (rc == 0) {
-      rc = sub_welcome(s, deadline);
+      s->hello_refused = true;
+      rc = 0;
     }
   }
   if (rc < 0) {
     sub_free(s);
-    return memport__nowait_code(rc, timeout_ns);
+    return rc;
   }
   *out = s;
   return 0;
+}
+
+/* Take the publisher's answer (waiting up to `deadline`). */
+static int sub_finish(memport_sub_t *s, uint64_t deadline) {
+  if (s->joined)
+    return 0;
+  int rc = sub_welcome(s, deadline);
+  if (s->hello_refused && rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT)
+    rc = rc == MEMPORT_EPERM || rc == MEMPORT_ENOSPC || rc == MEMPORT_EMFILE || rc == MEMPORT_ENOMEM ? rc
+                                                                                                  : MEMPORT_EPEER;
+  if (rc == 0)
+    s->joined = true;
+  return rc;
+}
+
+int memport_sub_connect(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts, int64_t timeout_ns) {
+  uint64_t deadline = memport__deadline(timeout_ns);
+  memport_sub_t *s = NULL;
+  int rc = sub_start(&s, name, opts, deadline);
+  if (rc == 0) {
+    rc = sub_finish(s, deadline);
+    if (rc < 0)
+      sub_free(s);
+    else
+      *out = s;
+  }
+  return rc < 0 ? memport__nowait_code(rc, timeout_ns) : 0;
+}
+
+int memport_sub_connect_start(memport_sub_t **out, const char *name, const memport_topic_opts_t *opts) {
+  int rc = sub_start(out, name, opts, 0);
+  return rc < 0 ? memport__nowait_code(rc, MEMPORT_NOWAIT) : 0;
+}
+
+int memport_sub_connect_finish(memport_sub_t *s, int64_t timeout_ns) {
+  if (s == NULL)
+    return MEMPORT_EINVAL;
+  int rc = sub_finish(s, memport__deadline(timeout_ns));
+  return rc < 0 ? memport__nowait_code(rc, timeout_ns) : 0;
 }
