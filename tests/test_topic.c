@@ -738,6 +738,65 @@ static void test_pub_pollable(void **state) {
   th_assert_ok(memport_pub_close(pub));
 }
 
+/* A join that never waits: one thread runs the publisher and a subscriber of it. Until the
+ * publisher answered, finish says not yet and the other calls are refused; a refused join says
+ * why. */
+static int deny_all(const memport_cred_t *peer, void *arg) {
+  (void)peer;
+  (void)arg;
+  return MEMPORT_ACCESS_DENY;
+}
+
+static void test_join_nowait(void **state) {
+  (void)state;
+  char name[MEMPORT_NAME_MAX + 1];
+  snprintf(name, sizeof name, "%s", th_unique_name("topic"));
+  memport_sub_t *s = NULL;
+  th_assert_rc(memport_sub_connect_start(&s, name, NULL), MEMPORT_ENOENT);
+  memport_topic_opts_t o;
+  opts(&o, 8, MEMPORT_TOPIC_BLOCK, 4);
+  memport_pub_t *pub;
+  th_assert_ok(memport_pub_create(&pub, name, &o));
+  th_assert_ok(memport_sub_connect_start(&s, name, NULL));
+  th_assert_rc(memport_sub_connect_finish(s, MEMPORT_NOWAIT), MEMPORT_EAGAIN); /* not answered yet */
+  memport_buf_t b;
+  uint64_t missed;
+  memport_sub_stats_t ss = {.struct_size = sizeof ss};
+  th_assert_rc(memport_sub_recv(s, &b, MEMPORT_NOWAIT), MEMPORT_EINVAL);
+  th_assert_rc(memport_sub_missed(s, &missed), MEMPORT_EINVAL);
+  th_assert_rc(memport_sub_stats(s, &ss), MEMPORT_EINVAL);
+  memport_os_handle_t h;
+  th_assert_ok(memport_sub_pollable(s, &h)); /* ready once the answer waits */
+  struct pollfd pfd = {.fd = h, .events = POLLIN};
+  int rc = MEMPORT_EAGAIN;
+  for (int i = 0; i < 5000 && rc == MEMPORT_EAGAIN; i++) {
+    th_assert_ok(memport_pub_process(pub));
+    if (poll(&pfd, 1, 1) == 1)
+      rc = memport_sub_connect_finish(s, MEMPORT_NOWAIT);
+  }
+  th_assert_ok(rc);
+  th_assert_ok(memport_sub_connect_finish(s, MEMPORT_NOWAIT)); /* joined: 0 again */
+  assert_int_equal(memport_pub_subscribers(pub), 1);
+  th_assert_ok(memport_sub_stats(s, &ss));
+  assert_int_equal(ss.buffer_size, BUF_SIZE);
+  th_assert_ok(pub_msg(pub, 1, MEMPORT_NOWAIT));
+  th_assert_ok(pub_msg(pub, 3, MEMPORT_NOWAIT)); /* a pool one */
+  th_assert_ok(sub_expect(s, 1, 5 * SEC));
+  th_assert_ok(sub_expect(s, 3, 5 * SEC));
+  th_assert_ok(memport_sub_close(s));
+  /* Refused: the publisher's access function says no; finish says so. */
+  th_assert_ok(memport_pub_set_access(pub, deny_all, NULL));
+  th_assert_ok(memport_sub_connect_start(&s, name, NULL));
+  rc = MEMPORT_EAGAIN;
+  for (int i = 0; i < 5000 && (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT); i++) {
+    th_assert_ok(memport_pub_process(pub));
+    rc = memport_sub_connect_finish(s, 1 * MS);
+  }
+  th_assert_rc(rc, MEMPORT_EPERM);
+  th_assert_ok(memport_sub_close(s));
+  th_assert_ok(memport_pub_close(pub));
+}
+
 /* A publisher restarted under the same name is found by a subscriber that reconnects. */
 static void test_restart(void **state) {
   (void)state;
@@ -777,6 +836,7 @@ int main(void) {
       cmocka_unit_test(test_hostile_lane),
       cmocka_unit_test(test_sub_pollable),
       cmocka_unit_test(test_pub_pollable),
+      cmocka_unit_test(test_join_nowait),
       cmocka_unit_test(test_restart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
