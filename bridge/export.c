@@ -129,7 +129,7 @@ int memport__bridge_export_init(struct memport_bridge *b) {
       r = memport__bridge_now_ns() ^ ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)b;
   }
   b->stream = r;
-  b->nlent = (uint32_t)b->hwm + 16;
+  b->nlent = (uint32_t)b->hwm + 8; /* ZeroMQ queues hwm, and a few more are being written */
   b->lent = calloc(b->nlent, sizeof b->lent[0]);
   if (b->lent == NULL)
     return MEMPORT_ENOMEM;
