@@ -81,7 +81,7 @@ static int read_keys(const char *path, char pub[41], char sec[41]) {
   return 0;
 }
 
-/* Allowed public keys, one per line ('#' starts a comment): a NULL-terminated array. */
+/* Allowed public keys, one per line (a line starting with '#' is a comment): a NULL-terminated array. */
 static char **read_allowed(const char *path) {
   FILE *f = fopen(path, "r");
   if (f == NULL) {
@@ -92,10 +92,8 @@ static char **read_allowed(const char *path) {
   size_t n = 0;
   char line[256], k[256];
   while (v != NULL && fgets(line, sizeof line, f) != NULL) {
-    char *hash = strchr(line, '#');
-    if (hash != NULL)
-      *hash = '\0';
-    if (sscanf(line, "%255s", k) != 1)
+    /* A comment is a line whose first word starts with '#' (Z85 keys may contain '#'). */
+    if (sscanf(line, "%255s", k) != 1 || k[0] == '#')
       continue;
     if (strlen(k) != MEMPORT_BRIDGE_KEY_LEN) {
       fprintf(stderr, "memport-bridge: %s: not a public key: %s\n", path, k);
