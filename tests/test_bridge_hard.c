@@ -19,7 +19,7 @@
 /* What the forked bridges and subscribers tell the test, through a MAP_SHARED page. */
 struct slot {
   _Atomic int port;  /* export: the port it bound */
-  _Atomic int up;    /* 1 once created (and after each loop turn) */
+  _Atomic int up;    /* 1 once created */
   _Atomic uint64_t messages, lost, skipped, malformed, restarts, connected;
 };
 struct shared {
@@ -416,7 +416,7 @@ static void send_parts(const void *const *parts, const size_t *lens, int n) {
     assert_int_equal(zmq_send(g_push, parts[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0), (int)lens[i]);
 }
 
-/* A header for payload `len` with these fields, then `mut` applied to its bytes. */
+/* A valid header for a payload of `len` bytes. */
 static void header(unsigned char *h, uint64_t stream, uint64_t seq, uint64_t len) {
   struct memport__bridge_frame f = {.stream = stream, .seq = seq, .len = len, .missed = 0, .max_len = BUF_SIZE};
   memport__bridge_frame_build(h, &f);
@@ -471,41 +471,41 @@ static void test_malformed(void **state) {
   header(h, S, 1, 0);
   parts[0] = h;
   lens[0] = MEMPORT__BRIDGE_HDR;
-  send_parts(parts, lens, 1), bad++;
+  send_parts(parts, lens, 1); bad++;
   /* Three parts. */
   header(h, S, 1, 16);
   parts[1] = g_payload;
   lens[1] = 16;
   parts[2] = g_payload;
   lens[2] = 16;
-  send_parts(parts, lens, 3), bad++;
+  send_parts(parts, lens, 3); bad++;
   /* A header of 47 bytes. */
   lens[0] = MEMPORT__BRIDGE_HDR - 1;
-  send_parts(parts, lens, 2), bad++;
+  send_parts(parts, lens, 2); bad++;
   lens[0] = MEMPORT__BRIDGE_HDR;
   /* Bad magic, bad version. */
   h[0] ^= 0x01;
-  send_parts(parts, lens, 2), bad++;
+  send_parts(parts, lens, 2); bad++;
   h[0] ^= 0x01;
   h[4] = 2;
-  send_parts(parts, lens, 2), bad++;
+  send_parts(parts, lens, 2); bad++;
   /* len not the payload's. */
   header(h, S, 1, 17);
-  send_parts(parts, lens, 2), bad++;
+  send_parts(parts, lens, 2); bad++;
   /* seq 0, stream 0. */
   header(h, S, 0, 16);
-  send_parts(parts, lens, 2), bad++;
+  send_parts(parts, lens, 2); bad++;
   header(h, 0, 1, 16);
-  send_parts(parts, lens, 2), bad++;
+  send_parts(parts, lens, 2); bad++;
 
   /* Valid ones, with a repeated and an old sequence number, and a one-part message, between. */
   send_valid(S, 1, id++);
   send_valid(S, 2, id++);
-  send_valid(S, 2, 999), bad++;
+  send_valid(S, 2, 999); bad++;
   send_valid(S, 3, id++);
-  send_valid(S, 1, 999), bad++;
+  send_valid(S, 1, 999); bad++;
   header(h, S, 4, 0);
-  send_parts(parts, lens, 1), bad++;
+  send_parts(parts, lens, 1); bad++;
   send_valid(S, 4, id++);
   send_valid(S, 6, id++); /* a gap: counted lost, delivered */
   for (int i = 0; i < 20; i++)
