@@ -99,13 +99,13 @@ static int br_cpu(int side) {
 
 /* The plan both sides follow: the throughput of each size, then the latency of each size. */
 static unsigned tput_count(size_t len) {
-  if (len >= MIB) return cfg.quick ? 24 : 96;
-  return cfg.quick ? 1500 : 8000;
+  if (len >= MIB) return cfg.quick ? 24 : 48;
+  return cfg.quick ? 1500 : 4000;
 }
 static unsigned tput_warm(size_t len) { return len >= MIB ? 8 : 64; }
 static unsigned lat_count(size_t len) {
-  if (len >= MIB) return cfg.quick ? 10 : 60;
-  return cfg.quick ? 100 : 1000;
+  if (len >= MIB) return cfg.quick ? 10 : 30;
+  return cfg.quick ? 100 : 500;
 }
 static unsigned lat_warm(size_t len) { return len >= MIB ? 3 : 10; }
 static unsigned rounds(void) { return cfg.quick ? 3 : PAIR_ROUNDS; }
