@@ -247,6 +247,9 @@ int memport__bridge_export_fds(struct memport_bridge *b, struct pollfd *fds, int
       *timeout_ns = 0; /* room now: the descriptor may never fire again for it */
     return n;
   }
+  /* Nothing to send, but ZeroMQ's pending commands must be processed (ZMQ_EVENTS does it): else
+   * ZMQ_FD stays readable and the caller's wait returns at once, again and again (a busy loop). */
+  (void)memport__bridge_sock_has(b->sock, 0);
   memport_os_handle_t h;
   if (b->kind == MEMPORT_BRIDGE_TOPIC && b->sub != NULL && b->lent_free != 0 &&
       memport_sub_pollable(b->sub, &h) == 0) {

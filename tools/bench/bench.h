@@ -29,7 +29,7 @@
 #define MARK_MIN    48                         /* sizes from here carry a middle and a tail mark */
 #define MIN_BYTES   32
 
-enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16, P_FANOUT = 32 };
+enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16, P_FANOUT = 32, P_BRIDGE = 64 };
 
 struct config {
   size_t sizes[MAX_SIZES];
@@ -160,6 +160,7 @@ bool pop_result(const char *method, const char *mode, double *p50);
 void fill_pattern(unsigned char *p, size_t len);
 void stamp(unsigned char *p, size_t len, uint64_t seq); /* marks, then the header with the send time */
 int64_t check_marks(const unsigned char *p, size_t len, uint64_t seq); /* the send time or -1 */
+void unstamp(unsigned char *p, const unsigned char *pat, size_t len); /* the pattern back at header and marks */
 bool check_body(const unsigned char *p, const unsigned char *ref, size_t len);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -218,6 +219,20 @@ void run_fanout(void); /* the rows, then the paired rounds of the 1->8 target (p
 void print_fanout(void);
 /* The row of method with `subscribers` and bytes that has the fields need. */
 const struct result *find_fanout(const char *method, size_t bytes, unsigned subscribers, unsigned need);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Bridge (bridge.c with libmemport-bridge, or bridge_none.c): memport-bridge over TCP loopback   */
+/* against raw ZeroMQ, paired rounds; rows "bridge" and "zmq", mode "tcp".                       */
+
+#define BRIDGE_NSIZES 2
+extern const size_t bridge_sizes[BRIDGE_NSIZES]; /* 64 KiB, 8 MiB */
+extern struct bridge_pair {
+  bool have;
+  int rounds;
+  double tput_ratio[BRIDGE_NSIZES], p50_ratio[BRIDGE_NSIZES]; /* bridge / zmq, medians of the rounds' ratios */
+} pair_bridge;
+void run_bridge(void);
+void print_bridge(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Steady state (syscheck.c with ptrace, or syscheck_none.c).                                  */

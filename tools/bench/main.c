@@ -25,7 +25,8 @@ static void usage(FILE *out) {
           "  --messages N       timed messages per size (default 2000)\n"
           "  --big-messages N   timed messages per size from 1 MiB on the copying paths (default 100)\n"
           "  --modes LIST       channel wait policies for the table: block,adaptive,spin (default block,adaptive)\n"
-          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss,fanout (default: all)\n"
+          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss,fanout,bridge\n"
+          "                     (default: all)\n"
           "  --syscheck         same as --only syscheck\n"
           "  --stream-mib N     MiB streamed through the ring per wait policy (default 1024)\n"
           "  --stream-ring N    ring capacity in KiB for the stream (default 1024)\n"
@@ -69,6 +70,12 @@ static void usage(FILE *out) {
           "             counted once per message, until the last subscriber has the last. Every fan-out wait blocks;\n"
           "             the publisher on the first CPU, subscribers alternating over the second and the first: with\n"
           "             more processes than CPUs the last subscriber queues for a CPU (the scheduler is measured too)\n"
+          "  bridge     a topic carried by memport-bridge over TCP 127.0.0.1: the bench publishes (loan, marks in place,\n"
+          "             publish), a forked export bridge lends each view to ZeroMQ, a forked import bridge copies it into a\n"
+          "             local topic, a forked subscriber receives it; 64 KiB and 8 MiB, throughput and latency\n"
+          "  zmq        the same over a raw ZeroMQ PUSH/PULL pair (zmq_send, zmq_msg_recv), no memport, same high-water\n"
+          "             mark; both receivers check header and marks, post a memport semaphore back (latency: one in\n"
+          "             flight); each round runs both, rows are medians over the rounds (built with libzmq only)\n"
           "\n"
           "Targets: the ratios the issue names, PASS/MISS from this run's figures (reporting only). The two\n"
           "latency ratios (channel / futex, channel / spin at 100 B) come from %d back-to-back rounds of\n"
@@ -152,7 +159,7 @@ static bool part_item(const char *tok, size_t len) {
     const char *name;
     unsigned bit;
   } parts[] = {{"table", P_TABLE}, {"limits", P_LIMITS}, {"stream", P_STREAM}, {"syscheck", P_SYSCHECK}, {"rss", P_RSS},
-               {"fanout", P_FANOUT}};
+               {"fanout", P_FANOUT}, {"bridge", P_BRIDGE}};
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
     if (strlen(parts[i].name) == len && strncmp(parts[i].name, tok, len) == 0) {
       cfg.parts |= parts[i].bit;
@@ -242,7 +249,7 @@ int main(int argc, char **argv) {
       break;
     case 'o':
       if (!parse_list(optarg, part_item) || cfg.parts == 0) {
-        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss, fanout\n");
+        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss, fanout, bridge\n");
         return 2;
       }
       break;
@@ -301,7 +308,7 @@ int main(int argc, char **argv) {
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_BLOCK;
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_ADAPTIVE;
   }
-  if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS | P_FANOUT;
+  if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS | P_FANOUT | P_BRIDGE;
   cfg.messages = cfg.quick ? 200 : 2000;
   cfg.big_messages = cfg.quick ? 5 : 100;
   cfg.warmup = cfg.quick ? 20 : 100;
@@ -344,6 +351,7 @@ int main(int argc, char **argv) {
     run_pair(&pair_adaptive, MEMPORT_WAIT_ADAPTIVE);
   }
   if (cfg.parts & P_FANOUT) run_fanout();
+  if (cfg.parts & P_BRIDGE) run_bridge();
   if (cfg.parts & P_LIMITS) run_memcpy();
   if (cfg.parts & P_STREAM) {
     run_memcpy_blocks();
@@ -357,6 +365,7 @@ int main(int argc, char **argv) {
 
   if (cfg.parts & P_TABLE) print_table();
   if (cfg.parts & P_FANOUT) print_fanout();
+  if (cfg.parts & P_BRIDGE) print_bridge();
   if (cfg.parts & (P_LIMITS | P_STREAM)) print_limits();
   print_targets();
   int rc = 0;

@@ -261,11 +261,38 @@ static void print_fanout_targets(void) {
   verdict(what, t4 && c4 ? t4->gbps / c4->gbps : 0, t4 && c4 && c4->gbps > 0, false, 10.0, detail);
 }
 
+const size_t bridge_sizes[BRIDGE_NSIZES] = {64 * KIB, 8 * MIB};
+struct bridge_pair pair_bridge;
+
+/* The bridge costs nothing beyond the network path: its throughput at least 0.9x raw ZeroMQ's, its p50 at
+ * most 1.2x, at each size; from the paired rounds (bridge.c). */
+static void print_bridge_targets(void) {
+  char what[96], detail[256];
+  for (size_t k = 0; k < BRIDGE_NSIZES; k++) {
+    size_t len = bridge_sizes[k];
+    char lbl[24];
+    size_label(len, lbl, sizeof lbl);
+    const struct result *bt = find_result("bridge", "tcp", len, R_BYTES | R_GBPS), *zt = find_result("zmq", "tcp", len, R_BYTES | R_GBPS);
+    const struct result *bl = find_result("bridge", "tcp", len, R_BYTES | R_LAT), *zl = find_result("zmq", "tcp", len, R_BYTES | R_LAT);
+    snprintf(what, sizeof what, "bridge %s GB/s / raw ZeroMQ GB/s (paired rounds)", lbl);
+    detail[0] = 0;
+    if (bt && zt)
+      snprintf(detail, sizeof detail, "median of %d rounds; %.2f / %.2f GB/s", pair_bridge.rounds, bt->gbps, zt->gbps);
+    verdict(what, pair_bridge.tput_ratio[k], pair_bridge.have, false, 0.9, detail);
+    snprintf(what, sizeof what, "bridge %s p50 / raw ZeroMQ p50 (paired rounds)", lbl);
+    detail[0] = 0;
+    if (bl && zl)
+      snprintf(detail, sizeof detail, "median of %d rounds; %.1f / %.1f us", pair_bridge.rounds, bl->p50, zl->p50);
+    verdict(what, pair_bridge.p50_ratio[k], pair_bridge.have, true, 1.2, detail);
+  }
+}
+
 void print_targets(void) {
   printf("\nTargets (ratios from this run; reporting, not assertions)\n");
   if (cfg.parts & P_TABLE) print_latency_targets();
   if (cfg.parts & P_FANOUT) print_fanout_targets();
   if (cfg.parts & P_STREAM) print_stream_targets();
+  if (cfg.parts & P_BRIDGE) print_bridge_targets();
   print_steady_targets();
   print_rss_target();
 }

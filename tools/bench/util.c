@@ -196,6 +196,15 @@ void stamp(unsigned char *p, size_t len, uint64_t seq) {
   memcpy(p, &h, sizeof h);
 }
 
+/* Put the pattern back where stamp(p, len, ...) wrote the header and the marks. */
+void unstamp(unsigned char *p, const unsigned char *pat, size_t len) {
+  memcpy(p, pat, HDR_BYTES);
+  if (len >= MARK_MIN) {
+    memcpy(p + mid_off(len), pat + mid_off(len), 8);
+    memcpy(p + len - 8, pat + len - 8, 8);
+  }
+}
+
 /* Check the header and marks (the part the timing includes); returns the send time or -1. */
 int64_t check_marks(const unsigned char *p, size_t len, uint64_t seq) {
   struct hdr h;
