@@ -240,16 +240,14 @@ int memport__bridge_export_process(struct memport_bridge *b) {
 }
 
 int memport__bridge_export_fds(struct memport_bridge *b, struct pollfd *fds, int n, int64_t *timeout_ns) {
-  /* Asked every time: that is what lets ZeroMQ's descriptor go quiet again (see import.c). */
+  /* Asked every time, also with nothing to send: ZMQ_EVENTS processes ZeroMQ's pending commands,
+   * else ZMQ_FD stays readable and the caller's wait returns at once, again and again. */
   bool out = memport__bridge_sock_has(b->sock, ZMQ_POLLOUT);
   if (b->held_stage != 0) {
     if (out)
       *timeout_ns = 0; /* room now: the descriptor may never fire again for it */
     return n;
   }
-  /* Nothing to send, but ZeroMQ's pending commands must be processed (ZMQ_EVENTS does it): else
-   * ZMQ_FD stays readable and the caller's wait returns at once, again and again (a busy loop). */
-  (void)memport__bridge_sock_has(b->sock, 0);
   memport_os_handle_t h;
   if (b->kind == MEMPORT_BRIDGE_TOPIC && b->sub != NULL && b->lent_free != 0 &&
       memport_sub_pollable(b->sub, &h) == 0) {
