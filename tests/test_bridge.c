@@ -875,5 +875,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_slow_drop_oldest, teardown),
       cmocka_unit_test_teardown(test_channels, teardown),
   };
+  if (getenv("MEMPORT_TEST_FILTER") != NULL) /* e.g. test_channels, or test_slow* */
+    cmocka_set_test_filter(getenv("MEMPORT_TEST_FILTER"));
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
