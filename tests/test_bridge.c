@@ -264,6 +264,15 @@ static int publish(memport_pub_t *pub, uint64_t seq, size_t len, int64_t timeout
   return rc;
 }
 
+/* Pool buffers of pub published and not yet given back by every subscriber. */
+static uint32_t pub_in_use(memport_pub_t *pub) {
+  memport_pub_stats_t ps;
+  memset(&ps, 0, sizeof ps);
+  ps.struct_size = sizeof ps;
+  th_assert_ok(memport_pub_stats(pub, &ps));
+  return ps.buffers_in_use;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Subscribers of the imported topic (forked).                                                  */
 
@@ -380,6 +389,8 @@ static void test_end_to_end(void **state) {
       fail_msg("publish %llu: %s", (unsigned long long)seq, memport_err_name(rc));
   }
   WAIT_FOR(pub, kids, 4, g_sh->kid[0].received >= n && g_sh->kid[1].received >= n);
+  /* Everything sent: the exporter gave back every view it lent to ZeroMQ. */
+  WAIT_FOR(pub, kids, 4, pub_in_use(pub) == 0);
   stop_bridge(kids[0]); /* the exporter first: the importer ends the topic in order */
   stop_bridge(kids[1]);
   for (int i = 0; i < 2; i++) {
