@@ -357,7 +357,7 @@ int memport_bridge_pollfds(memport_bridge_t *b, struct pollfd *fds, unsigned cap
   }
   if (b->kind == MEMPORT_BRIDGE_CHANNEL) {
     memport_os_handle_t h;
-    bool export_busy = b->direction == MEMPORT_BRIDGE_EXPORT && (b->held_stage != 0 || b->lent_free == 0);
+    bool export_busy = b->direction == MEMPORT_BRIDGE_EXPORT && (b->held_stage != 0 || b->lent_free == 0 || b->ring_held);
     if (b->ch != NULL) {
       /* An export that cannot take a message now waits on ZeroMQ, not on a channel that stays ready. */
       if (!export_busy && memport_chan_pollable(b->ch, &h) == 0)

@@ -56,6 +56,7 @@ struct memport_bridge {
   uint32_t nlent, lent_free;   /* capacity; our free list (index + 1) */
   _Atomic uint32_t freed;      /* the stack ZeroMQ pushes released views on (index + 1) */
   uint32_t in_flight;
+  bool ring_held;              /* export of a channel: a ring message is lent, the next receive waits for it */
   memport_buf_t held;          /* received, not yet accepted by ZeroMQ */
   void *held_owner;
   int held_stage;              /* 0 none, 1 received, 2 header sent and held_msg made */

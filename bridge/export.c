@@ -45,6 +45,7 @@ void memport__bridge_reap(struct memport_bridge *b) {
     l->next = b->lent_free;
     b->lent_free = i;
     b->in_flight--;
+    b->ring_held = false;
     i = next;
   }
 }
@@ -176,6 +177,10 @@ static int push(struct memport_bridge *b) {
                                              : memport_chan_recv(src, &b->held, MEMPORT_NOWAIT);
     if (rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT || rc == MEMPORT_ENOSPC)
       return 0; /* ENOSPC: the subscription holds its most small messages: wait for releases */
+    if (rc == MEMPORT_EBUSY && b->kind == MEMPORT_BRIDGE_CHANNEL && b->in_flight != 0) {
+      b->ring_held = true; /* a message of the channel's ring is lent: the next waits for its release */
+      return 0;
+    }
     if (rc < 0) {
       source_end(b);
       return 1;
