@@ -187,6 +187,20 @@ static int push(struct memport_bridge *b) {
     }
     b->held_owner = src;
     b->held_stage = 1;
+    b->held_copy = false;
+    if (b->kind == MEMPORT_BRIDGE_CHANNEL) {
+      /* A message of the channel's ring (small: the channel copied it there already) is copied
+       * once more into ZeroMQ and given back at once: the ring lends one message at a time, so
+       * lending it to ZeroMQ would carry one small message per network round. Pool and one-off
+       * messages are lent without a copy. The channel's own counters say which it was. */
+      memport_chan_stats_t cs;
+      memset(&cs, 0, sizeof cs);
+      cs.struct_size = sizeof cs;
+      if (memport_chan_stats(src, &cs) == 0 && cs.recv_ring_msgs != b->ring_msgs) {
+        b->ring_msgs = cs.recv_ring_msgs;
+        b->held_copy = true;
+      }
+    }
   }
   if (b->held_stage == 1) {
     struct memport__bridge_frame f = {b->stream, b->seq + 1, b->held.len, source_missed(b),
@@ -196,6 +210,17 @@ static int push(struct memport_bridge *b) {
     if (zmq_send(b->sock, hdr, sizeof hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
       return zmq_errno() == EAGAIN || zmq_errno() == EINTR ? 0 : memport__bridge_zmq_err();
     b->seq++;
+    if (b->held_copy) {
+      if (zmq_msg_init_size(&b->held_msg, b->held.len) < 0)
+        return memport__bridge_zmq_err();
+      if (b->held.len != 0)
+        memcpy(zmq_msg_data(&b->held_msg), b->held.data, b->held.len);
+      b->held_stage = 2;
+      size_t len = b->held.len;
+      release(b, b->held_owner, &b->held);
+      b->held.len = len; /* for the counters below */
+      goto send;
+    }
     /* The payload: the view itself, lent until ZeroMQ calls the free function. */
     uint32_t i = b->lent_free - 1;
     struct memport__bridge_lent *l = &b->lent[i];
@@ -213,6 +238,7 @@ static int push(struct memport_bridge *b) {
     }
     b->held_stage = 2;
   }
+send:;
   /* After the first part, ZeroMQ takes the rest of a message whatever the high-water mark (it
    * counts whole messages); a retry is only for an interrupted call. */
   size_t len = b->held.len;
