@@ -413,6 +413,84 @@ static void test_end_to_end(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* 1b. Sizes: an import left to size its topic makes its buffers as large as the exporter's, so  */
+/*     every message the source carries arrives, up to the largest; an import forced to smaller */
+/*     buffers drops the larger messages and counts each one, and delivers the rest.            */
+
+#define BIG (2u * MIB)
+static size_t size_len(uint64_t seq) { return seq % 3 == 0 ? BIG - (size_t)(seq % 1000) : 100 + (size_t)(seq * 37 % 5000); }
+
+static void sizes_phase(memport_pub_t *pub, pid_t exporter, const char *bname, size_t import_buffers, uint64_t *seq,
+                        unsigned n) {
+  memset(&g_sh->kid[0], 0, sizeof g_sh->kid[0]);
+  memset(&g_sh->st[1], 0, sizeof g_sh->st[1]);
+  struct bcfg im = {.slot = 1, .direction = MEMPORT_BRIDGE_IMPORT, .kind = MEMPORT_BRIDGE_TOPIC,
+                    .buffer_size = import_buffers, .depth = 16, .buffers = 8, .overflow = MEMPORT_TOPIC_BLOCK};
+  snprintf(im.name, sizeof im.name, "%s", bname);
+  pid_t kids[3] = {exporter, start_bridge(&im), 0};
+  /* A lazy import makes its topic at the first message: send one, then let the subscriber join. */
+  struct scfg sc = {.slot = 0, .len_of = size_len, .gaps_allowed = true};
+  snprintf(sc.name, sizeof sc.name, "%s", bname);
+  uint64_t first = *seq;
+  if (import_buffers == 0)
+    th_assert_ok(publish(pub, (*seq)++, 100 + (size_t)(first * 37 % 5000), 30 * SEC)); /* small, whatever seq */
+  kids[2] = kid_fork(sub_main, &sc);
+  WAIT_FOR(pub, kids, 3, g_sh->kid[0].joined);
+  uint64_t small = 0, big = 0;
+  for (unsigned k = 0; k < n; k++, (*seq)++) {
+    size_t len = size_len(*seq);
+    int rc;
+    while ((rc = publish(pub, *seq, len, 100 * MS)) == MEMPORT_ETIMEDOUT || rc == MEMPORT_EAGAIN)
+      kids_alive(kids, 3, "a publish");
+    th_assert_ok(rc);
+    if (len > import_buffers && import_buffers != 0)
+      big++;
+    else
+      small++;
+  }
+  uint64_t last = *seq - 1;
+  if (import_buffers != 0)
+    while (size_len(last) > import_buffers)
+      last--; /* the last one delivered */
+  WAIT_FOR(pub, kids, 3, g_sh->kid[0].last == last && g_sh->kid[0].received >= small);
+  stop_bridge(kids[1]);
+  assert_int_equal(th_wait(kids[2], 60), 0);
+  report_ok(0, small, "subscriber");
+  memport_bridge_stats_t *is = &g_sh->st[1];
+  printf("# sizes (import buffers %zu): %llu delivered, %llu dropped as too large\n", import_buffers,
+         (unsigned long long)is->messages, (unsigned long long)is->dropped);
+  assert_int_equal(is->dropped, big);
+  assert_int_equal(is->messages, small + (import_buffers == 0 ? 1 : 0));
+  assert_int_equal(is->lost + is->malformed, 0);
+}
+
+static void test_sizes(void **state) {
+  (void)state;
+  shared_new();
+  char a[MEMPORT_NAME_MAX + 1], bname[MEMPORT_NAME_MAX + 1];
+  snprintf(a, sizeof a, "%s", th_unique_name("brsa"));
+  snprintf(bname, sizeof bname, "%s", th_unique_name("brsb"));
+  memport_topic_opts_t to;
+  memport_topic_opts_init(&to);
+  to.buffer_size = BIG;
+  to.buffers = 40;
+  to.depth = 32;
+  memport_pub_t *pub;
+  th_assert_ok(memport_pub_create(&pub, a, &to));
+  struct bcfg ex = {.slot = 0, .direction = MEMPORT_BRIDGE_EXPORT, .kind = MEMPORT_BRIDGE_TOPIC};
+  snprintf(ex.name, sizeof ex.name, "%s", a);
+  pid_t kids[1] = {start_bridge(&ex)};
+  WAIT_FOR(pub, kids, 1, atomic_load(&g_sh->ep_ready) != 0 && memport_pub_subscribers(pub) == 1);
+  uint64_t seq = 1;
+  unsigned n = scale(300, 30);
+  sizes_phase(pub, kids[0], bname, 0, &seq, n);          /* sized from the exporter: all arrive */
+  sizes_phase(pub, kids[0], bname, 64 * 1024, &seq, n);  /* forced smaller: the large ones counted */
+  stop_bridge(kids[0]);
+  th_assert_ok(memport_pub_close(pub));
+  shared_free();
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* 2. A slow remote subscriber under each overflow policy of the imported topic.               */
 
 static size_t slow_len(uint64_t seq) { return seq % 7 == 0 ? 64 * 1024 : 100 + (size_t)(seq * 37 % 3000); }
@@ -882,6 +960,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_options, teardown),
       cmocka_unit_test_teardown(test_end_to_end, teardown),
+      cmocka_unit_test_teardown(test_sizes, teardown),
       cmocka_unit_test_teardown(test_slow_block, teardown),
       cmocka_unit_test_teardown(test_slow_drop_oldest, teardown),
       cmocka_unit_test_teardown(test_channels, teardown),
