@@ -385,11 +385,23 @@ int memport_bridge_pollfds(memport_bridge_t *b, struct pollfd *fds, unsigned cap
   return n;
 }
 
+/* The pipe holds at most one byte: it is written only by whoever turned wake_armed from 0 to 1
+ * (memport__bridge_wake), and only this reader turns it back, after taking that byte. So with
+ * wake_armed 0 there is nothing to read (no system call), and a byte not written yet when we look
+ * is taken at the next look: wake_armed stays 1 until then. */
 static void drain_wake(struct memport_bridge *b) {
-  char buf[64];
-  while (read(b->wake[0], buf, sizeof buf) > 0) {
+  if (atomic_load_explicit(&b->wake_armed, memory_order_acquire) == 0)
+    return;
+  char c;
+  if (read(b->wake[0], &c, 1) == 1)
+    atomic_store_explicit(&b->wake_armed, 0, memory_order_seq_cst);
+}
+
+void memport__bridge_wake(struct memport_bridge *b) {
+  if (atomic_exchange_explicit(&b->wake_armed, 1, memory_order_seq_cst) == 0) {
+    ssize_t w = write(b->wake[1], "w", 1); /* async-signal-safe */
+    (void)w;
   }
-  atomic_store_explicit(&b->wake_armed, 0, memory_order_seq_cst);
 }
 
 int memport_bridge_process(memport_bridge_t *b) {
@@ -440,8 +452,7 @@ void memport_bridge_stop(memport_bridge_t *b) {
   if (b == NULL)
     return;
   b->stop = 1;
-  ssize_t w = write(b->wake[1], "s", 1); /* async-signal-safe; a full pipe is awake already */
-  (void)w;
+  memport__bridge_wake(b);
 }
 
 int memport_bridge_stats(memport_bridge_t *b, memport_bridge_stats_t *stats) {

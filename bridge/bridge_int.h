@@ -37,7 +37,7 @@ struct memport_bridge {
 
   void *ctx, *sock, *zap;
   int wake[2];            /* a pipe: ZeroMQ's free function and memport_bridge_stop write to it */
-  _Atomic int wake_armed; /* 1 while a byte is (or is about to be) in the pipe */
+  _Atomic int wake_armed; /* 1 from the write of the pipe's one byte (or just before) until it is read */
   volatile sig_atomic_t stop;
   int fatal;
 
@@ -82,6 +82,8 @@ MEMPORT_BRIDGE_HIDDEN uint64_t memport__bridge_now_ns(void);
 MEMPORT_BRIDGE_HIDDEN int memport__bridge_zmq_err(void);
 MEMPORT_BRIDGE_HIDDEN int memport__bridge_pollable_fd(memport_os_handle_t h);
 MEMPORT_BRIDGE_HIDDEN bool memport__bridge_sock_has(void *sock, int what);
+/* Make the loop's pipe readable (at most one byte in it: see drain_wake). Async-signal-safe. */
+MEMPORT_BRIDGE_HIDDEN void memport__bridge_wake(struct memport_bridge *b);
 
 /* export.c */
 MEMPORT_BRIDGE_HIDDEN int memport__bridge_export_init(struct memport_bridge *b);

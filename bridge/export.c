@@ -21,10 +21,7 @@ static void lent_free_fn(void *data, void *hint) {
   do
     l->next = head;
   while (!atomic_compare_exchange_weak_explicit(&b->freed, &head, me, memory_order_release, memory_order_relaxed));
-  if (atomic_exchange_explicit(&b->wake_armed, 1, memory_order_seq_cst) == 0) {
-    ssize_t w = write(b->wake[1], "f", 1);
-    (void)w;
-  }
+  memport__bridge_wake(b);
 }
 
 static void release(struct memport_bridge *b, void *owner, memport_buf_t *buf) {
