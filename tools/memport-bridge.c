@@ -81,6 +81,14 @@ static int read_keys(const char *path, char pub[41], char sec[41]) {
   return 0;
 }
 
+static void free_allowed(char **v) {
+  if (v == NULL)
+    return;
+  for (char **k = v; *k != NULL; k++)
+    free(*k);
+  free(v);
+}
+
 /* Allowed public keys, one per line (a line starting with '#' is a comment): a NULL-terminated array. */
 static char **read_allowed(const char *path) {
   FILE *f = fopen(path, "r");
@@ -98,18 +106,26 @@ static char **read_allowed(const char *path) {
     if (strlen(k) != MEMPORT_BRIDGE_KEY_LEN) {
       fprintf(stderr, "memport-bridge: %s: not a public key: %s\n", path, k);
       fclose(f);
+      free_allowed(v);
       return NULL;
     }
     char **nv = realloc(v, (n + 2) * sizeof *v);
-    if (nv == NULL)
-      break;
-    v = nv;
-    v[n++] = strdup(k);
+    char *key = nv != NULL ? strdup(k) : NULL;
+    if (nv != NULL)
+      v = nv;
+    if (key == NULL) {
+      fprintf(stderr, "memport-bridge: out of memory\n");
+      fclose(f);
+      free_allowed(v);
+      return NULL;
+    }
+    v[n++] = key;
     v[n] = NULL;
   }
   fclose(f);
   if (v == NULL || n == 0) {
     fprintf(stderr, "memport-bridge: %s: no public key in it\n", path);
+    free_allowed(v);
     return NULL;
   }
   return v;
@@ -226,6 +242,7 @@ int main(int argc, char **argv) {
             strncmp(field, "curve", 5) == 0 ? " (export: --curve-keys and --curve-allow; import: --curve-keys and "
                                               "--curve-server)"
                                             : "");
+    free_allowed(allowed);
     return 2;
   }
   bool curve = o.curve_secret != NULL;
@@ -236,8 +253,10 @@ int main(int argc, char **argv) {
             o.endpoint, o.direction == MEMPORT_BRIDGE_EXPORT ? "read" : "feed");
   int rc = memport_bridge_create(&g_bridge, &o);
   if (rc < 0) {
-    fprintf(stderr, "memport-bridge: %s %s %s on %s: %s (%s)\n", argv[1], argv[2], o.name, o.endpoint,
-            memport_strerror(rc), zmq_strerror(zmq_errno()));
+    fprintf(stderr, "memport-bridge: %s %s %s on %s: %s%s%s%s\n", argv[1], argv[2], o.name, o.endpoint,
+            memport_strerror(rc), rc == MEMPORT_EPROTO ? " (ZeroMQ: " : "",
+            rc == MEMPORT_EPROTO ? zmq_strerror(zmq_errno()) : "", rc == MEMPORT_EPROTO ? ")" : "");
+    free_allowed(allowed);
     return 1;
   }
   struct sigaction sa;
@@ -258,10 +277,6 @@ int main(int argc, char **argv) {
   if (!quiet)
     print_stats(g_bridge);
   memport_bridge_close(g_bridge);
-  if (allowed != NULL) {
-    for (char **k = allowed; *k != NULL; k++)
-      free(*k);
-    free(allowed);
-  }
+  free_allowed(allowed);
   return rc < 0 ? 1 : 0;
 }
