@@ -176,6 +176,12 @@ PyObject *mp_raise(int err) {
   }
   Py_DECREF(code);
   Py_DECREF(name);
+  if (PyObject_IsInstance(exc, PyExc_OSError) == 1) { /* errno as OSError has it; str() stays the text */
+    PyObject *en = PyLong_FromLong(-err);
+    if (en == NULL || PyObject_SetAttrString(exc, "errno", en) < 0)
+      PyErr_Clear();
+    Py_XDECREF(en);
+  }
   PyErr_SetObject(type, exc);
   Py_DECREF(exc);
   return NULL;
@@ -357,6 +363,7 @@ static int add_sub(PyObject *m, PyObject **slot, const char *name, PyObject *bui
 
 static int add_code(PyObject *m, const char *name, int code) { return PyModule_AddIntConstant(m, name, code); }
 
+PyMODINIT_FUNC PyInit__memport(void);
 PyMODINIT_FUNC PyInit__memport(void) {
   PyObject *m = PyModule_Create(&module_def);
   if (m == NULL)
@@ -376,6 +383,9 @@ PyMODINIT_FUNC PyInit__memport(void) {
       add_sub(m, &mp_ProtocolError, "ProtocolError", NULL, "The peer broke the protocol (MEMPORT_EPROTO).") < 0 ||
       add_sub(m, &mp_MessageTooLarge, "MessageTooLarge", PyExc_ValueError,
               "Message too large for this path (MEMPORT_EMSGSIZE).") < 0)
+    goto fail;
+  /* Errors made by Python code (not by the library) have no code. */
+  if (PyObject_SetAttrString(mp_Error, "code", Py_None) < 0 || PyObject_SetAttrString(mp_Error, "name", Py_None) < 0)
     goto fail;
   if (PyModule_AddStringConstant(m, "version", memport_version_string()) < 0 ||
       add_code(m, "EPERM", MEMPORT_EPERM) < 0 || add_code(m, "ENOENT", MEMPORT_ENOENT) < 0 ||

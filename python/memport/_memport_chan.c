@@ -7,7 +7,7 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Options.                                                                                    */
 
-static char *opt_names[] = {"ring_capacity", "zerocopy_threshold", "pool_buffer_size", "pool_buffers", "wait",
+static const char *opt_names[] = {"ring_capacity", "zerocopy_threshold", "pool_buffer_size", "pool_buffers", "wait",
                             "spin_ns", NULL};
 
 /* Fill *o from the six option objects (NULL or None: the default). */
@@ -65,7 +65,7 @@ static void chan_dealloc(mp_endpoint_t *ep) {
 
 static PyObject *chan_pair(PyObject *cls, PyObject *args, PyObject *kw) {
   PyObject *v[6] = {NULL};
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOOOO:pair", opt_names, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOOOO:pair", (char **)opt_names, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]))
     return NULL;
   memport_chan_opts_t o;
   if (chan_opts(v, &o) < 0)
@@ -132,11 +132,11 @@ static int connect_op(void *ctx, int64_t t) {
 }
 
 static PyObject *chan_connect(PyObject *cls, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"name", "timeout", "ring_capacity", "zerocopy_threshold", "pool_buffer_size",
+  static const char *kwlist[] = {"name", "timeout", "ring_capacity", "zerocopy_threshold", "pool_buffer_size",
                            "pool_buffers", "wait", "spin_ns", NULL};
   PyObject *name_obj, *timeout = Py_None;
   PyObject *v[6] = {NULL};
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOO:connect", kwlist, &name_obj, &timeout, &v[0], &v[1], &v[2],
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOO:connect", (char **)kwlist, &name_obj, &timeout, &v[0], &v[1], &v[2],
                                    &v[3], &v[4], &v[5]))
     return NULL;
   const char *name;
@@ -183,10 +183,10 @@ static int recv_op(void *ctx, int64_t t) {
 }
 
 static PyObject *chan_send(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"obj", "timeout", "zerocopy", NULL};
+  static const char *kwlist[] = {"obj", "timeout", "zerocopy", NULL};
   PyObject *obj, *timeout = Py_None;
   int zerocopy = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$p:send", kwlist, &obj, &timeout, &zerocopy))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$p:send", (char **)kwlist, &obj, &timeout, &zerocopy))
     return NULL;
   mp_deadline_t dl;
   if (mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
@@ -208,9 +208,9 @@ static PyObject *chan_send(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *chan_loan(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"n", "timeout", NULL};
+  static const char *kwlist[] = {"n", "timeout", NULL};
   PyObject *n_obj, *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:loan", kwlist, &n_obj, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:loan", (char **)kwlist, &n_obj, &timeout))
     return NULL;
   size_t n = 0;
   mp_deadline_t dl;
@@ -275,9 +275,9 @@ static int chan_recv_common(mp_endpoint_t *ep, PyObject *timeout, struct chan_io
 }
 
 static PyObject *chan_recv(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", NULL};
+  static const char *kwlist[] = {"timeout", NULL};
   PyObject *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv", kwlist, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv", (char **)kwlist, &timeout))
     return NULL;
   struct chan_io c = {NULL, NULL, 0, 0, {0}};
   bool small = false;
@@ -290,9 +290,9 @@ static PyObject *chan_recv(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *chan_recv_bytes(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", NULL};
+  static const char *kwlist[] = {"timeout", NULL};
   PyObject *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_bytes", kwlist, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_bytes", (char **)kwlist, &timeout))
     return NULL;
   struct chan_io c = {NULL, NULL, 0, 0, {0}};
   bool small = false;
@@ -451,9 +451,9 @@ static void service_maybe_free(mp_service_t *s) {
 }
 
 static PyObject *service_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"name", NULL};
+  static const char *kwlist[] = {"name", NULL};
   PyObject *name_obj;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O:Service", kwlist, &name_obj))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O:Service", (char **)kwlist, &name_obj))
     return NULL;
   const char *name;
   if (mp_name_arg(name_obj, &name) < 0)
@@ -508,11 +508,11 @@ static int accept_op(void *ctx, int64_t t) {
 }
 
 static PyObject *service_accept(mp_service_t *s, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", "ring_capacity", "zerocopy_threshold", "pool_buffer_size", "pool_buffers",
+  static const char *kwlist[] = {"timeout", "ring_capacity", "zerocopy_threshold", "pool_buffer_size", "pool_buffers",
                            "wait", "spin_ns", NULL};
   PyObject *timeout = Py_None;
   PyObject *v[6] = {NULL};
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOO:accept", kwlist, &timeout, &v[0], &v[1], &v[2], &v[3], &v[4],
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOO:accept", (char **)kwlist, &timeout, &v[0], &v[1], &v[2], &v[3], &v[4],
                                    &v[5]))
     return NULL;
   mp_deadline_t dl;

@@ -448,9 +448,9 @@ static int loan_send_op(void *ctx, int64_t t) {
 }
 
 static PyObject *loan_send(mp_bufobj_t *b, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", NULL};
+  static const char *kwlist[] = {"timeout", NULL};
   PyObject *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:send", kwlist, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:send", (char **)kwlist, &timeout))
     return NULL;
   if (buf_check_live(b) < 0)
     return NULL;
@@ -654,9 +654,9 @@ static const char recv_async_src[] =
     "            loop.remove_reader(fd)\n";
 
 PyObject *mp_ep_recv_async(PyObject *self, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", NULL};
+  static const char *kwlist[] = {"timeout", NULL};
   PyObject *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_async", kwlist, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_async", (char **)kwlist, &timeout))
     return NULL;
   mp_deadline_t dl;
   if (mp_parse_timeout(timeout, &dl) < 0)

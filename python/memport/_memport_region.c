@@ -48,9 +48,9 @@ static int region_check(mp_region_t *o) {
 }
 
 static PyObject *region_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"size", NULL};
+  static const char *kwlist[] = {"size", NULL};
   PyObject *size_obj;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O:Region", kwlist, &size_obj))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O:Region", (char **)kwlist, &size_obj))
     return NULL;
   size_t size = 0;
   if (size_obj == Py_None) {
@@ -119,9 +119,9 @@ static PyObject *region_get_is_readonly(mp_region_t *o, void *closure) {
 }
 
 static PyObject *region_map(mp_region_t *o, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"readonly", NULL};
+  static const char *kwlist[] = {"readonly", NULL};
   int readonly = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:map", kwlist, &readonly))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:map", (char **)kwlist, &readonly))
     return NULL;
   if (region_check(o) < 0)
     return NULL;
@@ -152,9 +152,9 @@ static PyObject *region_readonly(mp_region_t *o, PyObject *noargs) {
 }
 
 static PyObject *region_publish(mp_region_t *o, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"name", NULL};
+  static const char *kwlist[] = {"name", NULL};
   PyObject *name_obj;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O:publish", kwlist, &name_obj))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O:publish", (char **)kwlist, &name_obj))
     return NULL;
   const char *name;
   if (mp_name_arg(name_obj, &name) < 0 || region_check(o) < 0)
@@ -189,9 +189,9 @@ static int open_op(void *ctx, int64_t t) {
 }
 
 static PyObject *region_open(PyObject *cls, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"name", "timeout", NULL};
+  static const char *kwlist[] = {"name", "timeout", NULL};
   PyObject *name_obj, *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:open", kwlist, &name_obj, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:open", (char **)kwlist, &name_obj, &timeout))
     return NULL;
   const char *name;
   mp_deadline_t dl;
@@ -469,9 +469,9 @@ static int sem_check(mp_sem_t *o) {
 }
 
 static PyObject *sem_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"value", NULL};
+  static const char *kwlist[] = {"value", NULL};
   PyObject *v_obj = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:Semaphore", kwlist, &v_obj))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:Semaphore", (char **)kwlist, &v_obj))
     return NULL;
   size_t v = 0;
   if (mp_size_arg(v_obj, "value", &v) < 0)
@@ -529,9 +529,9 @@ static int sem_wait_op(void *ctx, int64_t t) {
 static int sem_between(void *ctx) { return ((mp_sem_t *)ctx)->closed ? MP_EGONE : 0; }
 
 static PyObject *sem_wait(mp_sem_t *o, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", NULL};
+  static const char *kwlist[] = {"timeout", NULL};
   PyObject *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:wait", kwlist, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:wait", (char **)kwlist, &timeout))
     return NULL;
   mp_deadline_t dl;
   if (mp_parse_timeout(timeout, &dl) < 0 || sem_check(o) < 0)

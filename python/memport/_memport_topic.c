@@ -65,11 +65,11 @@ static int pub_loan_op(void *ctx, int64_t t) {
 }
 
 static PyObject *pub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"name",       "depth", "overflow", "history", "buffers", "buffer_size",
+  static const char *kwlist[] = {"name",       "depth", "overflow", "history", "buffers", "buffer_size",
                            "inline_max", "max_subscribers", "wait", "spin_ns", NULL};
   PyObject *name_obj, *depth = NULL, *overflow = NULL, *history = NULL, *buffers = NULL, *buffer_size = NULL,
                       *inline_max = NULL, *max_subs = NULL, *wait = NULL, *spin = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOOOO$OO:Publisher", kwlist, &name_obj, &depth, &overflow, &history,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOOOO$OO:Publisher", (char **)kwlist, &name_obj, &depth, &overflow, &history,
                                    &buffers, &buffer_size, &inline_max, &max_subs, &wait, &spin))
     return NULL;
   const char *name;
@@ -124,9 +124,9 @@ static PyObject *pub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *pub_send(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"obj", "timeout", NULL};
+  static const char *kwlist[] = {"obj", "timeout", NULL};
   PyObject *obj, *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:send", kwlist, &obj, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:send", (char **)kwlist, &obj, &timeout))
     return NULL;
   mp_deadline_t dl;
   if (mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
@@ -148,9 +148,9 @@ static PyObject *pub_send(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *pub_loan(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"n", "timeout", NULL};
+  static const char *kwlist[] = {"n", "timeout", NULL};
   PyObject *n_obj, *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:loan", kwlist, &n_obj, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:loan", (char **)kwlist, &n_obj, &timeout))
     return NULL;
   size_t n = 0;
   mp_deadline_t dl;
@@ -354,9 +354,9 @@ static int sub_recv_op(void *ctx, int64_t t) {
 }
 
 static PyObject *sub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"name", "timeout", "wait", "spin_ns", NULL};
+  static const char *kwlist[] = {"name", "timeout", "wait", "spin_ns", NULL};
   PyObject *name_obj, *timeout = Py_None, *wait = NULL, *spin = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OO:Subscriber", kwlist, &name_obj, &timeout, &wait, &spin))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OO:Subscriber", (char **)kwlist, &name_obj, &timeout, &wait, &spin))
     return NULL;
   const char *name;
   mp_deadline_t dl;
@@ -420,9 +420,9 @@ static int sub_recv_common(mp_endpoint_t *ep, PyObject *timeout, struct sub_io *
 }
 
 static PyObject *sub_recv(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", NULL};
+  static const char *kwlist[] = {"timeout", NULL};
   PyObject *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv", kwlist, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv", (char **)kwlist, &timeout))
     return NULL;
   struct sub_io c = {NULL, NULL, NULL, {0}};
   bool small = false;
@@ -435,9 +435,9 @@ static PyObject *sub_recv(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *sub_recv_bytes(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"timeout", NULL};
+  static const char *kwlist[] = {"timeout", NULL};
   PyObject *timeout = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_bytes", kwlist, &timeout))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_bytes", (char **)kwlist, &timeout))
     return NULL;
   struct sub_io c = {NULL, NULL, NULL, {0}};
   bool small = false;
