@@ -2,11 +2,17 @@
 /* _memport.c: the memport._memport module: exceptions, timeouts, sliced waits, argument checks, names(). */
 #include "_memport.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 PyObject *mp_Error, *mp_Timeout, *mp_WouldBlock, *mp_PeerGone, *mp_Closed, *mp_NotFound, *mp_PermissionDenied,
     *mp_ProtocolError, *mp_MessageTooLarge;
+
+pid_t mp_pid;
+
+static void after_fork_child(void) { mp_pid = getpid(); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Time.                                                                                       */
@@ -368,6 +374,10 @@ PyMODINIT_FUNC PyInit__memport(void) {
   PyObject *m = PyModule_Create(&module_def);
   if (m == NULL)
     return NULL;
+  mp_pid = getpid();
+  static bool atfork_done;
+  if (!atfork_done && pthread_atfork(NULL, NULL, after_fork_child) == 0)
+    atfork_done = true;
   if (add_exc(m, &mp_Error, "Error", NULL,
               "A memport call failed: .code is the negative MEMPORT_E* value, .name its name, str() the "
               "description.") < 0 ||

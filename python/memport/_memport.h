@@ -13,6 +13,26 @@
 
 #include "memport.h"
 
+/*
+ * How the binding behaves (for the docs and tests):
+ * - Blocking calls release the GIL and wait in slices of at most 50 ms; between slices they
+ *   take the GIL back, run PyErr_CheckSignals (Ctrl-C: KeyboardInterrupt) and notice a close()
+ *   made by another thread (ValueError "... is closed").
+ * - Endpoints are safe to share between threads: a lock per direction (Channel: send and
+ *   receive; Publisher, Subscriber: one) serialises the library calls the C API lets run one at
+ *   a time. A message released (or a loan discarded) while another thread holds that lock, e.g.
+ *   blocked in recv(), is given back by that thread within a slice: release() never waits.
+ * - close() marks the endpoint closed at once; the library object is freed when the last call
+ *   running on it returns and the last buffer view of its messages and loans is gone, so no
+ *   view ever points at unmapped memory. Its live messages and loans report released.
+ * - A Channel end closes in order (the peer gets Closed) if this process used it; the copy of
+ *   an end this process never used (the other end of a pair, inherited through fork) just goes.
+ * - Messages of more than the channel's zero-copy threshold (topic: inline_max) are views of the
+ *   sender's pages; smaller ones came through the ring (topic: the queue) and are copied into
+ *   the Message and given back at once, because the library holds one ring message at a time
+ *   (Message.inplace tells which).
+ */
+
 /* Blocking calls wait in slices of at most this long, checking signals in between. */
 #define MP_SLICE_NS 50000000LL
 
@@ -30,6 +50,8 @@ typedef struct mp_deadline {
 } mp_deadline_t;
 
 int64_t mp_now_ns(void);
+/* This process's id, kept up to date across fork (no system call). */
+extern pid_t mp_pid;
 /* Parse a timeout argument (None, or seconds as int/float >= 0); -1 with an exception set. */
 int mp_parse_timeout(PyObject *obj, mp_deadline_t *dl);
 /* The next slice of a wait: at most MP_SLICE_NS, 0 when the deadline has passed. */
@@ -92,7 +114,6 @@ typedef struct mp_endpoint {
   int kind;
   void *h;                    /* memport_chan_t / memport_pub_t / memport_sub_t; NULL once freed */
   bool closed;                /* closed for Python: every call raises ValueError */
-  bool orderly;               /* Channel: shutdown called (orderly close of a pair end) */
   int inflight;               /* calls running (the C close waits for them) */
   Py_ssize_t exports;         /* buffer views exported by this endpoint's messages and loans */
   PyThread_type_lock lock[2]; /* per direction (MP_RX, MP_TX); the same lock twice for pub/sub */
@@ -100,6 +121,7 @@ typedef struct mp_endpoint {
   struct mp_bufobj *live;     /* messages and loans not yet released, sent or discarded */
   uint64_t ring_seen;         /* small (copied) messages received so far, per the library's counters */
   int fd;                     /* the pollable handle once asked for, else -1 */
+  pid_t used_pid;             /* Channel: the process that last made a call on it (0: none) */
   PyObject *weakrefs;
 } mp_endpoint_t;
 

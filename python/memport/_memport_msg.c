@@ -24,13 +24,13 @@ int mp_ep_init(mp_endpoint_t *ep, int kind) {
   ep->kind = kind;
   ep->h = NULL;
   ep->closed = false;
-  ep->orderly = false;
   ep->inflight = 0;
   ep->exports = 0;
   ep->live = NULL;
   ep->weakrefs = NULL;
   ep->ring_seen = 0;
   ep->fd = -1;
+  ep->used_pid = 0;
   memset(ep->pending, 0, sizeof ep->pending);
   ep->lock[0] = PyThread_allocate_lock();
   ep->lock[1] = kind == MP_CHAN ? PyThread_allocate_lock() : ep->lock[0];
@@ -85,9 +85,15 @@ void mp_ep_maybe_free(mp_endpoint_t *ep) {
   /* Closing may take a moment (an orderly end is announced): without the GIL. Nothing else uses
    * the handle any more. */
   int kind = ep->kind;
+  /* A channel end used in this process ends in order (a pair's ends, and so the ends of a
+   * forked child, otherwise close without announcing it); the copy of an end this process never
+   * used (the other process's end, inherited through fork) just goes. */
+  bool orderly = kind == MP_CHAN && ep->used_pid == mp_pid;
   Py_BEGIN_ALLOW_THREADS
   switch (kind) {
   case MP_CHAN:
+    if (orderly)
+      (void)memport_chan_shutdown(h, MEMPORT_CHAN_SHUT_SEND);
     memport_chan_close(h);
     break;
   case MP_PUB:
@@ -174,6 +180,7 @@ int mp_ep_begin(mp_endpoint_t *ep, int dir, const mp_deadline_t *dl) {
   if (ep->closed || ep->h == NULL)
     return MP_EGONE;
   ep->inflight++;
+  ep->used_pid = mp_pid;
   mp_ep_between_t bt = {ep, -1};
   int rc = mp_lock(ep->lock[dir], dl, mp_ep_between, &bt);
   if (rc == 0 && ep->closed) {
