@@ -9,7 +9,7 @@ sample_sum} and the pixels; sample_sum = s*31 + byte over every 4096th byte afte
 From the memport sources, after `make` (the binding built; see doc/python.md):
 
     examples/python/frame-publisher -t camera0 -f 300 &        # or build it by hand: see its header
-    PYTHONPATH=<build-tree package dir> /usr/bin/python3 examples/python/numpy_subscriber.py camera0
+    PYTHONPATH=python/build LD_LIBRARY_PATH=.libs /usr/bin/python3 examples/python/numpy_subscriber.py camera0
 
 Each frame is `numpy.frombuffer(msg, ...)`: no copy; the header is read through a structured
 dtype, the checksum from a strided view, and the pixels summed in place. Resident memory is

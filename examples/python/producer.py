@@ -4,7 +4,7 @@
 """
 From the memport sources, after `make` (the binding built; see doc/python.md):
 
-    PYTHONPATH=<build-tree package dir> /usr/bin/python3 examples/python/producer.py examples/python/consumer
+    PYTHONPATH=python/build LD_LIBRARY_PATH=.libs /usr/bin/python3 examples/python/producer.py examples/python/consumer
 
 With a consumer program as argument, the producer starts it (it connects to the service
 "py-producer"); without one, it waits for a consumer to connect (run `consumer` yourself).
