@@ -93,16 +93,16 @@ def start_publisher(helper, topic, frames):
 def c_subscriber(helper, topic, frames):
     pub = start_publisher(helper, topic, frames)
     try:
-        out = subprocess.run([helper, "sub", topic], capture_output=True, text=True, timeout=120)
+        sub = subprocess.run([helper, "sub", topic], capture_output=True, text=True, timeout=120)
     finally:
         pub_rc = pub.wait(timeout=120)
-    if out.returncode != 0 or pub_rc != 0:
-        raise RuntimeError(f"C subscriber exit {out.returncode}, publisher exit {pub_rc}: {out.stderr.strip()}")
-    n, secs, total = out.stdout.split()
-    n, secs, total = int(n), float(secs), int(total)
+    if sub.returncode != 0 or pub_rc != 0:
+        raise RuntimeError(f"C subscriber exit {sub.returncode}, publisher exit {pub_rc}: {sub.stderr.strip()}")
+    n, secs, total, cpu = sub.stdout.split()
+    n, secs, total, cpu = int(n), float(secs), int(total), float(cpu)
     if n != frames or total != frames * (frames - 1) // 2:
         raise RuntimeError(f"C subscriber: {n} frames, sum {total}")
-    return n, secs
+    return n, secs, cpu
 
 
 def py_subscriber(helper, topic, frames, how):
@@ -110,6 +110,7 @@ def py_subscriber(helper, topic, frames, how):
     n = total = 0
     t0 = t1 = 0.0
     frombuffer, u64, unpack_from, clock = np.frombuffer, np.uint64, struct.unpack_from, time.perf_counter
+    cpu0 = cpu1 = 0.0
     try:
         sub = memport.Subscriber(topic, timeout=30)
         try:
@@ -125,15 +126,16 @@ def py_subscriber(helper, topic, frames, how):
                 msg.release()
                 t1 = clock()
                 if n == 0:
-                    t0 = t1
+                    t0, cpu0 = t1, time.process_time()
                 n += 1
+            cpu1 = time.process_time()
         finally:
             sub.close()
     finally:
         pub_rc = pub.wait(timeout=120)
     if pub_rc != 0 or n != frames or total != frames * (frames - 1) // 2:
         raise RuntimeError(f"Python subscriber: {n} frames, sum {total}, publisher exit {pub_rc}")
-    return n, t1 - t0
+    return n, t1 - t0, cpu1 - cpu0
 
 
 def run_frames(helper, frames, rounds):
@@ -147,17 +149,17 @@ def run_frames(helper, frames, rounds):
             topic = f"pybench-{os.getpid()}-{r}-{kind}"
             try:
                 if kind == "c":
-                    n, secs = c_subscriber(helper, topic, frames)
+                    n, secs, cpu = c_subscriber(helper, topic, frames)
                 else:
-                    n, secs = py_subscriber(helper, topic, frames, kind)
+                    n, secs, cpu = py_subscriber(helper, topic, frames, kind)
             except (RuntimeError, memport.Error, subprocess.SubprocessError, OSError, ValueError) as e:
                 fail(f"frames {kind}", e)
                 continue
             if n > 1 and secs > 0:
-                res[kind].append(((n - 1) / secs, n, secs))
+                res[kind].append(((n - 1) / secs, n, secs, cpu / n * 1e6))
     for kind, runs in res.items():
         if runs:
-            fps, n, secs = sorted(runs)[len(runs) // 2]
+            fps, n, secs, _ = sorted(runs)[len(runs) // 2]
             row(f"sub-{kind if kind == 'c' else 'py-' + kind}", FRAME, n, secs)
     return res
 
@@ -277,16 +279,23 @@ def consume_shm(n, size):
     return t1 - t0
 
 
+def memport_factor(kind, size):
+    """memport runs this many times more messages than the stdlib methods, to last long enough to time."""
+    return 1 if kind != "memport" else 100 if size >= MIB else 10
+
+
 STDLIB = {"memport": consume_memport, "queue": consume_queue, "shm-queue": consume_shm}
 
 
 def run_stdlib(counts, rounds):
     res = {}
     for size in SIZES:
-        n = counts[size]
-        progress(f"{size} B: memport / queue / shm-queue, {n} messages, {rounds} rounds")
+        progress(f"{size} B: memport / queue / shm-queue, {counts[size]} messages ({counts[size] * memport_factor('memport', size)} "
+                 f"for memport), "
+                 f"{rounds} rounds")
         for r in range(rounds):
             for kind, fn in STDLIB.items():
+                n = counts[size] * memport_factor(kind, size)
                 try:
                     secs = fn(n, size)
                 except (RuntimeError, memport.Error, OSError, ValueError) as e:
@@ -296,7 +305,8 @@ def run_stdlib(counts, rounds):
                     res.setdefault((kind, size), []).append((n - 1) / secs)
     for (kind, size), rates in res.items():
         rate = statistics.median(rates)
-        row(kind, size, counts[size], (counts[size] - 1) / rate)
+        n = counts[size] * memport_factor(kind, size)
+        row(kind, size, n, (n - 1) / rate)
     return res
 
 
@@ -331,22 +341,24 @@ def main():
         ap.error("--only: frames,stdlib; --rounds: >= 1")
     rounds = args.rounds or (1 if args.quick else 3)
     frames = 500 if args.quick else 3000
-    counts = {100: 5000 if args.quick else 50000, 64 << 10: 2000 if args.quick else 10000,
-              8 * MIB: 64 if args.quick else 300}
+    counts = {100: 5000 if args.quick else 20000, 64 << 10: 2000 if args.quick else 5000,
+              8 * MIB: 32 if args.quick else 100}
     helper = find_helper(args.c_helper)
 
-    print(f"\npython-bench: memport {getattr(memport, '__version__', '')} from {os.path.dirname(memport.__file__)}, "
+    version = getattr(memport, "__version__", None) or getattr(memport, "version", "")
+    version = version() if callable(version) else version
+    print(f"\npython-bench: memport {version} from {os.path.dirname(memport.__file__)}, "
           f"Python {sys.version.split()[0]} ({sys.executable}), NumPy {np.__version__}, {os.cpu_count()} CPUs")
     fr = run_frames(helper, frames, rounds) if "frames" in parts else {}
     sl = run_stdlib(counts, rounds) if "stdlib" in parts else {}
 
-    def med(kind):
+    def med(kind, i=0):
         runs = fr.get(kind) or []
-        return statistics.median([r[0] for r in runs]) if runs else None
+        return statistics.median([r[i] for r in runs]) if runs else None
 
     if "frames" in parts:
         print(f"\nPython subscriber of 8 MiB frames from a C publisher (frames/s, median of {rounds} rounds of {frames})")
-        print(f"  {'subscriber':<36} {'frames/s':>10} {'GB/s':>9} {'us/frame':>9} {'x C':>6}")
+        print(f"  {'subscriber':<36} {'frames/s':>10} {'GB/s':>9} {'us/frame':>9} {'x C':>6} {'CPU us/frame':>13}")
         c = med("c")
         for kind, label in (("c", "C (memport_sub_recv + release)"), ("numpy", "Python, np.frombuffer(msg)[0]"),
                             ("struct", "Python, struct.unpack_from(msg)")):
@@ -355,9 +367,12 @@ def main():
                 print(f"  {label:<36} {'n/a':>10}")
                 continue
             x = f"{v / c:.2f}" if c else "n/a"
-            print(f"  {label:<36} {fmt_rate(v):>10} {v * FRAME / 1e9:9.1f} {1e6 / v:9.2f} {x:>6}")
+            print(f"  {label:<36} {fmt_rate(v):>10} {v * FRAME / 1e9:9.1f} {1e6 / v:9.2f} {x:>6} {med(kind, 3):13.2f}")
         print("  each frame a loaned pool buffer whose first 8 bytes the subscriber reads and adds up (GB/s: frame\n"
-              "  bytes handed over, not read); publisher overflow block, depth 8, 16 buffers")
+              "  bytes handed over, not read); publisher overflow block, depth 8, 16 buffers. CPU us/frame: the\n"
+              "  subscriber's CPU time (user + system, from its first frame to the end) per frame. A subscriber\n"
+              "  that keeps up sleeps and is woken for every frame, one that lags drains its queue without\n"
+              "  sleeping: the frame rate depends on that rhythm as much as on the cost per frame")
 
     if "stdlib" in parts:
         print(f"\nmemport against the stdlib, one producer process to one consumer (messages/s, median of {rounds} rounds)")

@@ -8,7 +8,8 @@
  *                                        is touched: what is measured is the hand-over, not the drawing);
  *                                        then close in order
  *   python-peer sub TOPIC                receive until the topic ends, summing the first 8 bytes of each
- *                                        frame; prints "FRAMES SECONDS SUM" (first frame to last)
+ *                                        frame; prints "FRAMES SECONDS SUM CPU_SECONDS" (first frame to
+ *                                        the last; CPU: this process's, from the first frame to the end)
  *
  * Exit status 0 on success, 1 on a memport error, 2 on bad arguments.
  */
@@ -27,6 +28,12 @@
 static int64_t now_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * SECOND + t.tv_nsec;
+}
+
+static int64_t cpu_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
   return (int64_t)t.tv_sec * SECOND + t.tv_nsec;
 }
 
@@ -72,7 +79,7 @@ static int subscribe(const char *topic) {
     return 1;
   }
   uint64_t n = 0, sum = 0;
-  int64_t t0 = 0, t1 = 0;
+  int64_t t0 = 0, t1 = 0, c0 = 0, c1 = 0;
   for (;;) {
     memport_buf_t b;
     rc = memport_sub_recv(sub, &b, 30 * SECOND);
@@ -83,16 +90,20 @@ static int subscribe(const char *topic) {
       memcpy(&v, b.data, sizeof v);
     sum += v;
     t1 = now_ns();
-    if (n++ == 0)
+    if (n++ == 0) {
       t0 = t1;
+      c0 = cpu_ns();
+    }
     memport_sub_release(sub, &b);
   }
+  c1 = cpu_ns();
   memport_sub_close(sub);
   if (rc != MEMPORT_ECLOSED) {
     fprintf(stderr, "python-peer: receive: %s\n", memport_strerror(rc));
     return 1;
   }
-  printf("%" PRIu64 " %.9f %" PRIu64 "\n", n, (double)(t1 - t0) / (double)SECOND, sum);
+  printf("%" PRIu64 " %.9f %" PRIu64 " %.9f\n", n, (double)(t1 - t0) / (double)SECOND, sum,
+         (double)(c1 - c0) / (double)SECOND);
   return 0;
 }
 
