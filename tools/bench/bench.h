@@ -29,7 +29,7 @@
 #define MARK_MIN    48                         /* sizes from here carry a middle and a tail mark */
 #define MIN_BYTES   32
 
-enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16, P_FANOUT = 32, P_BRIDGE = 64 };
+enum part { P_TABLE = 1, P_LIMITS = 2, P_STREAM = 4, P_SYSCHECK = 8, P_RSS = 16, P_FANOUT = 32, P_BRIDGE = 64, P_PYTHON = 128 };
 
 struct config {
   size_t sizes[MAX_SIZES];
@@ -97,6 +97,10 @@ unsigned long alloc_count(void);
 /* Small helpers (util.c).                                                                     */
 
 extern int64_t bench_start;
+/* python.c: the Python part (tools/bench/python-bench.py), when the binding is built. */
+const char *python_unavailable(void);
+int run_python(const char *csv);
+
 extern unsigned bench_failures; /* measurements that failed (not merely unavailable) */
 extern bool progress_off;       /* the paired target runs report once, not per round */
 

@@ -25,8 +25,8 @@ static void usage(FILE *out) {
           "  --messages N       timed messages per size (default 2000)\n"
           "  --big-messages N   timed messages per size from 1 MiB on the copying paths (default 100)\n"
           "  --modes LIST       channel wait policies for the table: block,adaptive,spin (default block,adaptive)\n"
-          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss,fanout,bridge\n"
-          "                     (default: all)\n"
+          "  --only LIST        run only these parts: table,limits,stream,syscheck,rss,fanout,bridge,python\n"
+          "                     (default: all; python only where the Python binding is built)\n"
           "  --syscheck         same as --only syscheck\n"
           "  --stream-mib N     MiB streamed through the ring per wait policy (default 1024)\n"
           "  --stream-ring N    ring capacity in KiB for the stream (default 1024)\n"
@@ -76,6 +76,10 @@ static void usage(FILE *out) {
           "  zmq        the same over a raw ZeroMQ PUSH/PULL pair (zmq_send, zmq_msg_recv), no memport, same high-water\n"
           "             mark; both receivers check header and marks, post a memport semaphore back (latency: one in\n"
           "             flight); each round runs both, rows are medians over the rounds (built with libzmq only)\n"
+          "  python     tools/bench/python-bench.py, run last with the build tree's binding (only where it is built):\n"
+          "             8 MiB frames from a C publisher received by a Python subscriber (np.frombuffer, one value read\n"
+          "             per frame) against a C subscriber, and memport against multiprocessing.Queue and\n"
+          "             shared_memory + Queue at 100 B, 64 KiB, 8 MiB; its rows have method python\n"
           "\n"
           "Targets: the ratios the issue names, PASS/MISS from this run's figures (reporting only). The two\n"
           "latency ratios (channel / futex, channel / spin at 100 B) come from %d back-to-back rounds of\n"
@@ -159,7 +163,7 @@ static bool part_item(const char *tok, size_t len) {
     const char *name;
     unsigned bit;
   } parts[] = {{"table", P_TABLE}, {"limits", P_LIMITS}, {"stream", P_STREAM}, {"syscheck", P_SYSCHECK}, {"rss", P_RSS},
-               {"fanout", P_FANOUT}, {"bridge", P_BRIDGE}};
+               {"fanout", P_FANOUT}, {"bridge", P_BRIDGE}, {"python", P_PYTHON}};
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
     if (strlen(parts[i].name) == len && strncmp(parts[i].name, tok, len) == 0) {
       cfg.parts |= parts[i].bit;
@@ -249,7 +253,7 @@ int main(int argc, char **argv) {
       break;
     case 'o':
       if (!parse_list(optarg, part_item) || cfg.parts == 0) {
-        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss, fanout, bridge\n");
+        fprintf(stderr, "memport-bench: --only: a list of table, limits, stream, syscheck, rss, fanout, bridge, python\n");
         return 2;
       }
       break;
@@ -308,7 +312,10 @@ int main(int argc, char **argv) {
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_BLOCK;
     cfg.modes[cfg.nmodes++] = MEMPORT_WAIT_ADAPTIVE;
   }
-  if (cfg.parts == 0) cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS | P_FANOUT | P_BRIDGE;
+  if (cfg.parts == 0) {
+    cfg.parts = P_TABLE | P_LIMITS | P_STREAM | P_SYSCHECK | P_RSS | P_FANOUT | P_BRIDGE;
+    if (python_unavailable() == NULL) cfg.parts |= P_PYTHON; /* a full run includes it where the binding is built */
+  }
   cfg.messages = cfg.quick ? 200 : 2000;
   cfg.big_messages = cfg.quick ? 5 : 100;
   cfg.warmup = cfg.quick ? 20 : 100;
@@ -367,10 +374,12 @@ int main(int argc, char **argv) {
   if (cfg.parts & P_FANOUT) print_fanout();
   if (cfg.parts & P_BRIDGE) print_bridge();
   if (cfg.parts & (P_LIMITS | P_STREAM)) print_limits();
-  print_targets();
+  if (cfg.parts & ~(unsigned)P_PYTHON) print_targets();
   int rc = 0;
   if (cfg.csv && write_csv(cfg.csv) < 0) rc = 1;
   if (cfg.plot && write_plot(cfg.plot) < 0) rc = 1;
+  /* Last, in its own process: its table and targets follow ours, its rows are appended to the CSV. */
+  if ((cfg.parts & P_PYTHON) && run_python(cfg.csv && rc == 0 ? cfg.csv : NULL) > 0) bench_failures++;
   if (bench_failures) {
     printf("\n%u measurement(s) FAILED (see the progress output on stderr)\n", bench_failures);
     rc = 1;
