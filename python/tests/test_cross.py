@@ -16,8 +16,9 @@ SIZE = 3 << 20  # even messages: zero-copy through the pool; odd ones: small, th
 def peer_report(proc, count):
     """The peer's per-message lines "size crc" (after its "ready"), then its last line."""
     out, _ = proc.communicate(timeout=PEER_TIMEOUT)
+    out = out.decode()
     lines = out.split("\n")
-    rows = [tuple(l.split()) for l in lines if l and l not in ("held", "end") and not l.startswith("end ")]
+    rows = [tuple(l.split()) for l in lines if l and l not in ("ready", "held", "end") and not l.startswith("end ")]
     rows = [(int(s), int(c, 16)) for s, c in rows]
     ends = [l for l in lines if l.startswith("end")]
     assert len(rows) == count, out

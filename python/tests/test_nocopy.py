@@ -52,11 +52,12 @@ def test_64_frames_of_8mib_no_copy(name, children):
             del old_a
             old_m.release()
         peak = max(peak, rss_bytes())
-    for m, a in held:
-        del a
-    for m, _ in held:
+    del a
+    msgs = [m for m, _ in held]
+    held.clear()  # the arrays go: the messages can be released
+    for m in msgs:
         m.release()
-    held.clear()
+    del m, msgs
     with pytest.raises(memport.Closed):
         sub.recv(timeout=PEER_TIMEOUT)
     sub.close()

@@ -66,17 +66,22 @@ def test_region_publish_open_across_fork(name, children):
     m = r.map()
 
     def child():
+        # A publication gives peers of the same user a read-only handle (memport_region_publish).
         with memport.Region.open(name, timeout=PEER_TIMEOUT) as r2:
-            with r2.map() as m2:
+            with pytest.raises(memport.Error):
+                r2.map()
+            with r2.map(readonly=True) as m2:
                 with memoryview(m2) as v:
+                    assert v.readonly
                     assert v[:4].tobytes() == b"ping"
-                    v[:4] = b"pong"
+                    while v[4:8].tobytes() != b"more":  # the publisher's later writes show up
+                        pass
 
     with memoryview(m) as v:
         v[:4] = b"ping"
-    children(child).expect_ok()
-    with memoryview(m) as v:
-        assert v[:4].tobytes() == b"pong"
+        c = children(child)
+        v[4:8] = b"more"
+    c.expect_ok()
     pub.close()
     m.close()
     r.close()

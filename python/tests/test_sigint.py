@@ -97,13 +97,14 @@ sys.exit(4)
 def test_ctrl_c_interrupts_blocking_call(what):
     code = CHILD.format(setup=textwrap.dedent(SETUPS[what]))
     env = dict(os.environ)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, bufsize=0, env=env)
     try:
         assert read_line(p) == "ready"
         time.sleep(0.3)  # let it enter the wait (if not yet there, the signal is still seen at once)
         sent = time.monotonic()
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=PEER_TIMEOUT)
+        out = out.decode()
     finally:
         if p.poll() is None:
             p.kill()

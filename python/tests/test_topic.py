@@ -174,7 +174,9 @@ def test_subscriber_close_is_seen(name, children):
         sub = memport.Subscriber(name, timeout=PEER_TIMEOUT)
         sub.close()
 
-    children(subscriber).expect_ok()
+    child = children(subscriber)
+    wait_for(lambda: (pub.process(), child.poll() is not None)[1])  # the join needs our calls
+    child.expect_ok()
     # joined and left (or never counted): the count comes back to 0
     assert wait_for(lambda: (pub.process(), pub.subscribers == 0)[1])
     pub.send(b"nobody listens", timeout=0)
