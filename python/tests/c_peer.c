@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* c_peer.c: a small C peer for the Python tests (channel server/client, topic publisher/subscriber), driven by argv, reporting each message's size and CRC-32 on stdout. */
+/* c_peer.c: a small C peer for the Python tests (channel server/client, topic publisher/subscriber, a frame camera), driven by argv, reporting each message's size and CRC-32 on stdout. */
 #define _POSIX_C_SOURCE 200809L
 #include <memport.h>
 #include <inttypes.h>
@@ -55,6 +55,8 @@ static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
 }
+
+static int usage_error(const char *why);
 
 static int fail(const char *what, int rc) {
   fprintf(stderr, "c_peer: %s: %s\n", what, memport_err_name(rc));
@@ -179,6 +181,45 @@ static int publisher(const char *name, unsigned count, size_t size, unsigned nsu
   return 0;
 }
 
+/* Frames: like a camera, COUNT frames of SIZE bytes, each with only its number written at its
+ * start and end (as uint64_t: seq and seq + 1000), so a frame costs two pages to make. */
+static int frames(const char *name, unsigned count, size_t size) {
+  if (size < 2 * sizeof(uint64_t))
+    return usage_error("frames: SIZE below 16");
+  memport_topic_opts_t o;
+  memport_topic_opts_init(&o);
+  size_t page = memport_page_size();
+  o.buffer_size = (size + page - 1) / page * page;
+  o.buffers = 16;
+  o.depth = 4;
+  memport_pub_t *pub;
+  int rc = memport_pub_create(&pub, name, &o);
+  if (rc != 0)
+    return fail("memport_pub_create", rc);
+  say("ready");
+  for (int i = 0; memport_pub_subscribers(pub) < 1; i++) {
+    if (i > 30000)
+      return fail("waiting for a subscriber", MEMPORT_ETIMEDOUT);
+    memport_pub_process(pub);
+    sleep_ms(1);
+  }
+  for (unsigned k = 0; k < count; k++) {
+    memport_buf_t b;
+    rc = memport_pub_loan(pub, size, &b, PEER_TIMEOUT);
+    if (rc != 0)
+      return fail("memport_pub_loan", rc);
+    uint64_t first = k, last = (uint64_t)k + 1000;
+    memcpy(b.data, &first, sizeof first);
+    memcpy((unsigned char *)b.data + (size - sizeof last) / sizeof last * sizeof last, &last, sizeof last);
+    rc = memport_pub_publish(pub, &b, PEER_TIMEOUT);
+    if (rc != 0)
+      return fail("memport_pub_publish", rc);
+  }
+  memport_pub_close(pub);
+  say("end");
+  return 0;
+}
+
 static int subscriber(const char *name, unsigned count) {
   memport_sub_t *sub;
   int rc = memport_sub_connect(&sub, name, NULL, PEER_TIMEOUT);
@@ -205,12 +246,18 @@ static int subscriber(const char *name, unsigned count) {
   return rc == MEMPORT_ECLOSED ? 0 : 1;
 }
 
+static int usage_error(const char *why) {
+  fprintf(stderr, "c_peer: %s\n", why);
+  return 2;
+}
+
 static int usage(void) {
   fprintf(stderr,
           "usage: c_peer chan-server NAME COUNT SIZE [hold]\n"
           "       c_peer chan-client NAME COUNT\n"
           "       c_peer pub NAME COUNT SIZE NSUBS [hold]\n"
-          "       c_peer sub NAME COUNT\n");
+          "       c_peer sub NAME COUNT\n"
+          "       c_peer frames NAME COUNT SIZE\n");
   return 2;
 }
 
@@ -241,6 +288,11 @@ int main(int argc, char **argv) {
         (argc == 7 && strcmp(argv[6], "hold") != 0))
       return usage();
     return publisher(name, (unsigned)count, (size_t)size, (unsigned)nsubs, argc == 7);
+  }
+  if (strcmp(mode, "frames") == 0 && argc == 5) {
+    if (number(argv[4], 1ull << 30, &size) != 0)
+      return usage();
+    return frames(name, (unsigned)count, (size_t)size);
   }
   if (strcmp(mode, "sub") == 0 && argc == 4)
     return subscriber(name, (unsigned)count);

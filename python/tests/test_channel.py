@@ -352,3 +352,32 @@ def test_service_across_fork(name, children):
         ch.send(b"done")
         child.expect_ok()
     svc.close()
+
+
+def test_closed_object_says_closed():
+    a, b = memport.Channel.pair()
+    a.close()
+    with pytest.raises(ValueError, match="closed"):
+        a.send(b"x")
+    b.close()
+
+
+def test_forward_a_received_message():
+    """A Message is a buffer: it can be sent on (copied into the next channel) as it is."""
+    a, b = memport.Channel.pair()
+    c, d = memport.Channel.pair()
+    with a, b, c, d:
+        data = os.urandom(200000)
+        a.send(data)
+        with b.recv(timeout=PEER_TIMEOUT) as m:
+            c.send(m)
+        assert d.recv_bytes(timeout=PEER_TIMEOUT) == data
+
+
+def test_publisher_loan_is_exactly_n_bytes(name):
+    with memport.Publisher(name) as pub:
+        for n in (1, 4095, 4097, 1 << 20):
+            ln = pub.loan(n)
+            with memoryview(ln) as mv:
+                assert mv.nbytes == n and not mv.readonly
+            ln.discard()

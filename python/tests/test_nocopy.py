@@ -6,7 +6,7 @@ import gc
 import pytest
 
 import memport
-from conftest import PEER_TIMEOUT, rss_bytes, subscribe, wait_subscribers
+from conftest import PEER_TIMEOUT, read_line, rss_bytes, subscribe, wait_subscribers
 
 np = pytest.importorskip("numpy")
 
@@ -124,3 +124,35 @@ def test_loan_is_the_pool_buffer():
             del r
             m.release()
         assert len(seen) == 1
+
+
+def test_c_camera_64_frames_of_8mib_no_copy(c_peer, name):
+    """The issue's story: a C producer's 8 MiB frames as numpy arrays over its own pages."""
+    p = c_peer("frames", name, FRAMES, FRAME)
+    assert read_line(p) == "ready"
+    sub = memport.Subscriber(name, timeout=PEER_TIMEOUT)
+    gc.collect()
+    base = peak = rss_bytes()
+    held = []
+    for i in range(FRAMES):
+        m = sub.recv(timeout=PEER_TIMEOUT)
+        a = np.frombuffer(m, dtype=np.uint64)
+        assert a.size * 8 == FRAME
+        assert int(a[0]) == i and int(a[-1]) == i + 1000
+        held.append((m, a))
+        if len(held) > 4:
+            old_m, old_a = held.pop(0)
+            del old_a
+            old_m.release()
+        peak = max(peak, rss_bytes())
+    del a
+    msgs = [m for m, _ in held]
+    held.clear()
+    for m in msgs:
+        m.release()
+    del m, msgs
+    with pytest.raises(memport.Closed):
+        sub.recv(timeout=PEER_TIMEOUT)
+    sub.close()
+    assert p.wait(timeout=PEER_TIMEOUT) == 0
+    assert peak - base < FRAME // 4, "resident memory grew by %.1f MiB" % ((peak - base) / (1 << 20))

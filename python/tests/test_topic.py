@@ -202,3 +202,37 @@ def test_subscriber_stats_and_missed_types(name):
             st = sub.stats()
             assert st["received"] == 0 and st["buffer_size"] >= 1 << 20
             time.sleep(0)
+
+
+def test_drop_oldest_across_fork(name, children):
+    """A slow subscriber in another process loses the oldest messages and is told how many."""
+    depth, sent = 4, 30
+    joined = memport.Semaphore(0)
+    published = memport.Semaphore(0)
+    pub = memport.Publisher(name, depth=depth, overflow="drop-oldest", inline_max=0, buffers=depth + 4)
+
+    def slow_subscriber():
+        with memport.Subscriber(name, timeout=PEER_TIMEOUT) as sub:
+            joined.post()
+            published.wait(timeout=PEER_TIMEOUT)  # everything sent before the first receive
+            got = []
+            while True:
+                try:
+                    with sub.recv(timeout=0) as m:
+                        got.append(int(bytes(m).split(b" ")[0]))
+                except (memport.WouldBlock, memport.Timeout):
+                    break
+            assert 1 <= len(got) <= depth, got
+            assert got == list(range(sent - len(got), sent)), got  # the newest, in order
+            assert sub.missed == sent - len(got)
+            with pytest.raises(memport.Closed):
+                sub.recv(timeout=PEER_TIMEOUT)
+
+    child = children(slow_subscriber)
+    wait_subscribers(pub, 1)
+    joined.wait(timeout=PEER_TIMEOUT)
+    for i in range(sent):
+        pub.send(b"%d " % i + bytes(500), timeout=PEER_TIMEOUT)  # never blocks for long: it drops
+    published.post()
+    pub.close()
+    child.expect_ok()
