@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* c_peer.c: a small C peer for the Python tests (channel server/client, topic publisher/subscriber, a frame camera), driven by argv, reporting each message's size and CRC-32 on stdout. */
+/* c_peer.c: a small C peer for the Python tests (channel server/client, topic publisher/subscriber, a frame camera, a hostile server), driven by argv, reporting each message's size and CRC-32 on stdout. */
 #define _POSIX_C_SOURCE 200809L
 #include <memport.h>
 #include <inttypes.h>
@@ -246,6 +246,40 @@ static int subscriber(const char *name, unsigned count) {
   return rc == MEMPORT_ECLOSED ? 0 : 1;
 }
 
+/* A hostile server: takes a connection on NAME and answers the channel handshake with junk
+ * bytes, then waits for the client to go. */
+static int bad_server(const char *name, unsigned count) {
+  memport_service_t *svc;
+  int rc = memport_service_create(&svc, name, 0);
+  if (rc != 0)
+    return fail("memport_service_create", rc);
+  say("ready");
+  for (unsigned k = 0; k < count; k++) {
+    memport_port_t *port;
+    rc = memport_service_accept(svc, &port, PEER_TIMEOUT);
+    if (rc != 0)
+      return fail("memport_service_accept", rc);
+    memport_msg_t *msg;
+    rc = memport_msg_create(&msg);
+    if (rc != 0)
+      return fail("memport_msg_create", rc);
+    unsigned char junk[64];
+    fill(junk, sizeof junk, k + 7);
+    memport_msg_set_bytes(msg, junk, (k % 2) ? sizeof junk : 3);
+    rc = memport_port_send(port, msg, PEER_TIMEOUT);
+    if (rc != 0 && rc != MEMPORT_EPEER)
+      return fail("memport_port_send", rc);
+    /* drain until the client hangs up */
+    while (memport_port_recv(port, msg, PEER_TIMEOUT) == 0)
+      ;
+    memport_msg_close(msg);
+    memport_port_close(port);
+  }
+  memport_service_close(svc);
+  say("end");
+  return 0;
+}
+
 static int usage_error(const char *why) {
   fprintf(stderr, "c_peer: %s\n", why);
   return 2;
@@ -257,7 +291,8 @@ static int usage(void) {
           "       c_peer chan-client NAME COUNT\n"
           "       c_peer pub NAME COUNT SIZE NSUBS [hold]\n"
           "       c_peer sub NAME COUNT\n"
-          "       c_peer frames NAME COUNT SIZE\n");
+          "       c_peer frames NAME COUNT SIZE\n"
+          "       c_peer bad-server NAME COUNT\n");
   return 2;
 }
 
@@ -294,6 +329,8 @@ int main(int argc, char **argv) {
       return usage();
     return frames(name, (unsigned)count, (size_t)size);
   }
+  if (strcmp(mode, "bad-server") == 0 && argc == 4)
+    return bad_server(name, (unsigned)count);
   if (strcmp(mode, "sub") == 0 && argc == 4)
     return subscriber(name, (unsigned)count);
   return usage();

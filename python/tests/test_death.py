@@ -129,3 +129,15 @@ def test_c_publisher_killed(c_peer, name):
         p.wait()
         with pytest.raises(memport.PeerGone):
             sub.recv(timeout=PEER_TIMEOUT)
+
+
+def test_hostile_server_handshake(c_peer, name):
+    """A server answering the handshake with junk: an exception (the protocol's), never a crash."""
+    p = c_peer("bad-server", name, 4)
+    assert read_line(p) == "ready"
+    for _ in range(4):
+        with pytest.raises(memport.Error) as ei:
+            memport.Channel.connect(name, timeout=PEER_TIMEOUT)
+        assert isinstance(ei.value, (memport.ProtocolError, memport.PeerGone)), repr(ei.value)
+    assert read_line(p) == "end"
+    assert p.wait(timeout=PEER_TIMEOUT) == 0
