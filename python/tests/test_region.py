@@ -129,3 +129,34 @@ def test_semaphore_across_fork(children):
     s.post()
     done.wait(timeout=PEER_TIMEOUT)
     c.expect_ok()
+
+
+def test_publication_close_removes_the_name(name):
+    r = memport.Region(4096)
+    p = r.publish(name)
+    with memport.Region.open(name, timeout=PEER_TIMEOUT) as r2:
+        assert r2.size == r.size
+    p.close()
+    with pytest.raises(memport.NotFound):
+        memport.Region.open(name, timeout=0)
+    r.close()
+
+
+def _named(name):
+    return [e for e in memport.names() if e["name"] == name]
+
+
+def test_dealloc_gives_names_back(name):
+    """Objects dropped without close(): their names go too (dealloc closes)."""
+    import gc
+
+    s = memport.Service(name + "-s")
+    p = memport.Publisher(name + "-p")
+    r = memport.Region(4096)
+    pb = r.publish(name + "-r")
+    assert _named(name + "-s") and _named(name + "-p") and _named(name + "-r")
+    del s, p, pb
+    gc.collect()
+    assert not _named(name + "-s") and not _named(name + "-p") and not _named(name + "-r")
+    memport.Service(name + "-s").close()  # the name is free again
+    r.close()

@@ -64,6 +64,26 @@ SETUPS = {
         block = lambda: s.wait()
         after = lambda: (s.post(), s.wait(timeout=5))
     """,
+    "channel-loan-pool-empty": """
+        a, b = memport.Channel.pair(pool_buffers=1, pool_buffer_size=1 << 16)
+        first = a.loan(1000)  # the only buffer, kept
+        block = lambda: a.loan(1000)
+        after = lambda: (first.discard(), a.loan(1000, timeout=5).discard())
+    """,
+    "publisher-loan-pool-empty": """
+        pub = memport.Publisher("pyt-sigint-%d" % os.getpid(), buffers=1)
+        first = pub.loan(1000)
+        block = lambda: pub.loan(1000)
+        after = lambda: (first.discard(), pub.loan(1000, timeout=5).discard())
+    """,
+    "region-open-missing": """
+        block = lambda: memport.Region.open("pyt-sigint-none-%d" % os.getpid())
+        after = lambda: None
+    """,
+    "channel-connect-missing": """
+        block = lambda: memport.Channel.connect("pyt-sigint-none-%d" % os.getpid())
+        after = lambda: None
+    """,
     "subscriber-connect": """
         name = "pyt-sigint-%d" % os.getpid()
         pub = memport.Publisher(name)  # never processes: the join is never answered

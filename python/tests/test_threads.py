@@ -169,6 +169,60 @@ def case_close_channel_during_blocked_send():
     _close_during(lambda: a.send(bytes(1000)), a.close, lambda: [b.recv_bytes(timeout=0) for _ in range(3)])
 
 
+def _gil_free_wait(block, unblock):
+    """block() waits with no timeout in a thread; this thread then runs Python code and only
+    after it unblock()s: a wait holding the GIL would never let it get there (a hang)."""
+    out = {}
+
+    def run():
+        try:
+            out["r"] = block()
+        except BaseException as e:
+            out["r"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(0.1)
+    total = 0
+    for i in range(300000):  # Python bytecode: needs the GIL
+        total += i
+    unblock()
+    t.join(PEER_TIMEOUT)
+    assert not t.is_alive(), "the waiting call never ended"
+    assert not isinstance(out["r"], BaseException), repr(out["r"])
+
+
+def case_gil_free_channel_recv():
+    a, b = memport.Channel.pair()
+    _gil_free_wait(lambda: b.recv_bytes(), lambda: a.send(b"x"))
+
+
+def case_gil_free_subscriber_recv():
+    name = unique_name("gil")
+    pub = memport.Publisher(name)
+    sub = subscribe(pub, name)
+    _gil_free_wait(lambda: sub.recv_bytes(), lambda: pub.send(b"x"))
+
+
+def case_gil_free_semaphore_wait():
+    s = memport.Semaphore(0)
+    _gil_free_wait(s.wait, s.post)
+
+
+def case_gil_free_accept():
+    name = unique_name("gil")
+    svc = memport.Service(name)
+    keep = []
+    _gil_free_wait(lambda: keep.append(svc.accept()), lambda: keep.append(memport.Channel.connect(name, timeout=PEER_TIMEOUT)))
+
+
+def case_gil_free_region_open():
+    name = unique_name("gil")
+    r = memport.Region(4096)
+    keep = []
+    _gil_free_wait(lambda: keep.append(memport.Region.open(name)), lambda: keep.append(r.publish(name)))
+
+
 CASES = [(n[5:], f) for n, f in sorted(globals().items()) if n.startswith("case_")]
 
 
