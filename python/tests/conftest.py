@@ -155,13 +155,15 @@ def wait_subscribers(pub, n, timeout=PEER_TIMEOUT):
 
 @pytest.fixture
 def c_peer():
-    """Start python/tests/c_peer (its path in MEMPORT_C_PEER, set by `make check`); skip when unset."""
+    """Start python/tests/c_peer: $MEMPORT_C_PEER, else (under make check) the built one; skip when run by hand without it."""
     path = os.environ.get("MEMPORT_C_PEER")
-    top = os.environ.get("MEMPORT_TOP_BUILDDIR")
-    if not path and top and os.access(os.path.join(top, "python/tests/c_peer"), os.X_OK):
-        path = os.path.join(top, "python/tests/c_peer")  # built by make check beside this runner
+    top = os.environ.get("MEMPORT_TOP_BUILDDIR")  # set by tests/test_python.sh under make check
+    if not path and top:
+        path = os.path.join(top, "python/tests/c_peer")
+        if not os.access(path, os.X_OK):
+            pytest.fail("%s is not built (python/tests/local.am must be included by python/local.am)" % path)
     if not path:
-        pytest.skip("MEMPORT_C_PEER is not set (make check sets it to the built python/tests/c_peer)")
+        pytest.skip("MEMPORT_C_PEER is not set (the path of a built python/tests/c_peer; make check finds it)")
     if not os.access(path, os.X_OK):
         pytest.fail("MEMPORT_C_PEER=%s is not an executable" % path)
     procs = []
