@@ -108,6 +108,11 @@ static PyObject *region_get_size(mp_region_t *o, void *closure) {
   return PyLong_FromSize_t(memport_region_size(o->r));
 }
 
+static PyObject *region_get_closed(mp_region_t *o, void *closure) {
+  (void)closure;
+  return PyBool_FromLong(o->r == NULL);
+}
+
 static PyObject *region_get_is_readonly(mp_region_t *o, void *closure) {
   (void)closure;
   if (region_check(o) < 0)
@@ -229,6 +234,7 @@ static PyMethodDef region_methods[] = {
 static PyGetSetDef region_getset[] = {
     {"size", (getter)region_get_size, NULL, "Size in bytes (a page multiple).", NULL},
     {"is_readonly", (getter)region_get_is_readonly, NULL, "True if the region can only be mapped read-only.", NULL},
+    {"closed", (getter)region_get_closed, NULL, "True once closed.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
