@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* c_peer.c: a small C peer for the Python tests (channel server/client, topic publisher/subscriber, a frame camera, a hostile server), driven by argv, reporting each message's size and CRC-32 on stdout. */
-#define _POSIX_C_SOURCE 200809L
 #include <memport.h>
 #include <inttypes.h>
 #include <stdint.h>
