@@ -43,7 +43,16 @@ extern "C" {
 #define MEMPORT_EMSGSIZE     (-EMSGSIZE)     /* message too large for this path, or receive buffer too small */
 #define MEMPORT_ENOTSUP      (-ENOTSUP)      /* this platform cannot do that (see the man page) */
 #define MEMPORT_ETIMEDOUT    (-ETIMEDOUT)    /* the timeout expired */
-#define MEMPORT_ECLOSED      (-ESHUTDOWN)    /* the channel was closed in order (by the peer, or for sending by us) */
+/* The channel was closed in order (by the peer, or for sending by us). macOS's <errno.h> hides
+ * ESHUTDOWN (58 there) from programs that ask for strict POSIX (_POSIX_C_SOURCE), so its value is
+ * given here then; Linux always defines it. */
+#if defined(ESHUTDOWN)
+#define MEMPORT_ECLOSED      (-ESHUTDOWN)
+#elif defined(__APPLE__)
+#define MEMPORT_ECLOSED      (-58)
+#else
+#error "memport.h: <errno.h> defines no ESHUTDOWN on this system"
+#endif
 
 /* Describe an error code (never NULL; unknown codes get a generic text). Thread-safe. */
 MEMPORT_EXPORT const char *memport_strerror(int err);
