@@ -780,7 +780,8 @@ static int victim(void *varg) {
   if (rc != 0)
     V_FAIL(10, "open: %s", memport_err_name(rc));
   size_t cap = a->opts.pool_buffer_size * 2 + 65536;
-  unsigned char *buf = malloc(cap);
+  /* Zeroed for valgrind: see test_ring_survives_random_scribbling. */
+  unsigned char *buf = calloc(1, cap);
   if (buf == NULL)
     return 11;
   uint64_t slack = (th_under_valgrind() ? 5 : 1) * (uint64_t)SEC;
