@@ -131,24 +131,37 @@ static void chan_drain(struct memport_bridge *b) {
   }
 }
 
+/* Carry what ZeroMQ holds: 0, 1 when a message still waits for room on the local side, or a fatal
+ * error. */
+static int carry(struct memport_bridge *b) {
+  for (int budget = 256; budget > 0; budget--) {
+    if (!b->have_in && take(b) == 0)
+      return 0;
+    int rc = deliver(b);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      return 1;
+    b->have_in = false;
+  }
+  return 0;
+}
+
 int memport__bridge_import_process(struct memport_bridge *b) {
+  /* Messages first: the local subscriber is woken before the housekeeping's system calls, which
+   * would otherwise sit between the network and it on every message. */
+  int rc = b->kind == MEMPORT_BRIDGE_CHANNEL && b->ch == NULL ? 1 : carry(b);
+  if (rc < 0)
+    return rc;
   if (b->kind == MEMPORT_BRIDGE_CHANNEL) {
     memport__bridge_chan_progress(b);
     chan_drain(b);
   } else if (b->pub != NULL) {
     memport_pub_process(b->pub); /* joins, leaves, releases */
   }
-  for (int budget = 256; budget > 0; budget--) {
-    if (!b->have_in && take(b) == 0)
-      break;
-    int rc = deliver(b);
-    if (rc < 0)
-      return rc;
-    if (rc == 0)
-      break;
-    b->have_in = false;
-  }
-  return 0;
+  if (rc == 1) /* waiting for room or a client: the housekeeping may have made some */
+    rc = carry(b);
+  return rc < 0 ? rc : 0;
 }
 
 int memport__bridge_import_fds(struct memport_bridge *b, struct pollfd *fds, int n, int64_t *timeout_ns) {
