@@ -71,6 +71,7 @@ struct memport_bridge {
   size_t pub_buffer;           /* its buffers' size: larger messages are dropped and counted */
   zmq_msg_t in_hdr, in_body;
   bool have_in;                /* a parsed message waits for the local side */
+  bool zmq_looked;             /* import: the last ZeroMQ call was a receive that found nothing */
   struct memport__bridge_frame in_f;
   struct memport__bridge_seqstate seqst;
 

@@ -2,6 +2,7 @@
 /* import.c: ZeroMQ -> local topic or channel: each message is checked, accounted (gaps, restarts) and copied once, from the network message into the local topic's or channel's buffer. */
 #include "bridge_int.h"
 
+#include <errno.h>
 #include <string.h>
 
 static int pub_make(struct memport_bridge *b, uint64_t want) {
@@ -78,9 +79,12 @@ static int deliver(struct memport_bridge *b) {
 /* Read one message from ZeroMQ: 1 one is in hand, 0 none waiting. A malformed one is dropped and
  * counted. */
 static int take(struct memport_bridge *b) {
+  b->zmq_looked = false;
   for (int budget = 256; budget > 0; budget--) { /* a flood of bad frames cannot hold the loop */
-    if (zmq_msg_recv(&b->in_hdr, b->sock, ZMQ_DONTWAIT) < 0)
+    if (zmq_msg_recv(&b->in_hdr, b->sock, ZMQ_DONTWAIT) < 0) {
+      b->zmq_looked = zmq_errno() == EAGAIN;
       return 0;
+    }
     bool ok = zmq_msg_more(&b->in_hdr) && zmq_msg_recv(&b->in_body, b->sock, ZMQ_DONTWAIT) >= 0 &&
               !zmq_msg_more(&b->in_body);
     /* ZeroMQ delivers all parts of a message or none: drain whatever parts are left over. */
@@ -172,8 +176,13 @@ int memport__bridge_import_fds(struct memport_bridge *b, struct pollfd *fds, int
     fds[n].revents = 0;
     n++;
   }
-  /* Asked every time, even when we cannot take a message now: asking is what lets ZeroMQ's
-   * descriptor go quiet again (it signals changes, and stays readable until they are looked at). */
+  /* ZeroMQ's descriptor signals changes and stays readable until they are looked at: so look
+   * (ZMQ_EVENTS) before every wait, even when we cannot take a message now. Not needed when our last
+   * call on the socket was a receive that found nothing: libzmq 4.3's non-blocking recv processes
+   * the pending commands before it says EAGAIN (socket_base_t::recv), so nothing is left unlooked
+   * at, and whatever comes later makes the descriptor readable. Saves a poll and a getpid. */
+  if (b->zmq_looked)
+    return n;
   bool in = memport__bridge_sock_has(b->sock, ZMQ_POLLIN);
   if (in && !b->have_in)
     *timeout_ns = 0; /* a message is there: the descriptor may never fire again for it */
