@@ -184,7 +184,6 @@ int memport__bridge_chan_progress(struct memport_bridge *b) {
       memport_chan_pending_close(b->pending);
       b->pending = NULL;
       b->ch = ch;
-      b->ring_msgs = 0; /* a new channel counts from 0 */
       b->st.restarts++;
       b->st.connected = 1;
     } else if ((rc != MEMPORT_EAGAIN && rc != MEMPORT_ETIMEDOUT) ||

@@ -62,7 +62,6 @@ struct memport_bridge {
   int held_stage;              /* 0 none, 1 received, 2 header sent and held_msg made */
   zmq_msg_t held_msg;          /* the payload part, lending held.data (or a copy: held_copy) */
   bool held_copy;              /* a channel ring message: copied into held_msg, given back at once */
-  uint64_t ring_msgs;          /* the channel's recv_ring_msgs as last seen */
   uint64_t missed_base;        /* source_missed of the subscriptions that ended */
   uint64_t stream, seq, max_len;
 

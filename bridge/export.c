@@ -189,14 +189,8 @@ static int push(struct memport_bridge *b) {
       /* A message of the channel's ring (small: the channel copied it there already) is copied
        * once more into ZeroMQ and given back at once: the ring lends one message at a time, so
        * lending it to ZeroMQ would carry one small message per network round. Pool and one-off
-       * messages are lent without a copy. The channel's own counters say which it was. */
-      memport_chan_stats_t cs;
-      memset(&cs, 0, sizeof cs);
-      cs.struct_size = sizeof cs;
-      if (memport_chan_stats(src, &cs) == 0 && cs.recv_ring_msgs != b->ring_msgs) {
-        b->ring_msgs = cs.recv_ring_msgs;
-        b->held_copy = true;
-      }
+       * messages are lent without a copy. */
+      b->held_copy = memport_chan_buf_kind(src, &b->held) == MEMPORT_CHAN_BUF_RING;
     }
   }
   if (b->held_stage == 1) {

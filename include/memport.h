@@ -365,6 +365,12 @@ MEMPORT_EXPORT int memport_chan_free_buf(memport_chan_t *chan, memport_buf_t *bu
 /* Receive the next message in place (read-only); hand it back with memport_chan_release. */
 MEMPORT_EXPORT int memport_chan_recv(memport_chan_t *chan, memport_buf_t *buf, int64_t timeout_ns);
 MEMPORT_EXPORT int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf);
+/* Where a received, not yet released buffer lives (memport_chan_buf_kind(3)): the ring, which
+ * lends one message at a time, a pool buffer, or a one-off region; MEMPORT_EINVAL for any other. */
+#define MEMPORT_CHAN_BUF_RING   1
+#define MEMPORT_CHAN_BUF_POOL   2
+#define MEMPORT_CHAN_BUF_REGION 3
+MEMPORT_EXPORT int memport_chan_buf_kind(memport_chan_t *chan, const memport_buf_t *buf);
 /* Send `len` bytes and the handles of `handles` (its bytes are ignored) as one message, in order
  * with the others. The handles are moved (gone from `handles` on success) unless flags has
  * MEMPORT_ATTACH_COPY. The bytes go through the ring: at most memport_ring_max_record - 8. */

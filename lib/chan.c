@@ -787,6 +787,23 @@ static int chan_release_impl(memport_chan_t *chan, memport_buf_t *buf) {
   return rc;
 }
 
+/* The same checks as a release, nothing changed: the kind of a buffer received and still held. */
+static int chan_buf_kind_impl(memport_chan_t *chan, const memport_buf_t *buf) {
+  if (buf->priv[2] != (uintptr_t)chan)
+    return MEMPORT_EINVAL;
+  uint32_t i;
+  switch (MEMPORT__BUF_KIND(buf->priv[0])) {
+  case MEMPORT__BUF_RX_INLINE:
+    return chan->holding_inline && buf->priv[1] == chan->rx_inline_ticket ? MEMPORT_CHAN_BUF_RING : MEMPORT_EINVAL;
+  case MEMPORT__BUF_RX_POOL:
+    return memport__chan_pool_held(chan, buf, &i) ? MEMPORT_CHAN_BUF_POOL : MEMPORT_EINVAL;
+  case MEMPORT__BUF_RX_BLOB:
+    return memport__chan_blob_held(chan, buf) ? MEMPORT_CHAN_BUF_REGION : MEMPORT_EINVAL;
+  default:
+    return MEMPORT_EINVAL;
+  }
+}
+
 static int chan_recv_copy_impl(memport_chan_t *chan, void *dst, size_t cap, size_t *len, int64_t timeout_ns) {
   if (chan == NULL || len == NULL || (dst == NULL && cap != 0))
     return MEMPORT_EINVAL;
@@ -914,6 +931,12 @@ int memport_chan_release(memport_chan_t *chan, memport_buf_t *buf) {
   if (chan == NULL || buf == NULL)
     return MEMPORT_EINVAL;
   CHAN_ONE_AT_A_TIME(&chan->rx_busy, chan_release_impl(chan, buf));
+}
+
+int memport_chan_buf_kind(memport_chan_t *chan, const memport_buf_t *buf) {
+  if (chan == NULL || buf == NULL)
+    return MEMPORT_EINVAL;
+  CHAN_ONE_AT_A_TIME(&chan->rx_busy, chan_buf_kind_impl(chan, buf));
 }
 
 int memport_chan_recv_copy(memport_chan_t *chan, void *dst, size_t cap, size_t *len, int64_t timeout_ns) {

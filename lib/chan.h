@@ -295,6 +295,8 @@ MEMPORT_HIDDEN int memport__chan_blob_free(memport_chan_t *ch, memport_buf_t *bu
 MEMPORT_HIDDEN int memport__chan_blob_hold(memport_chan_t *ch, void *map, size_t maplen, size_t len,
                                            memport_buf_t *buf);
 MEMPORT_HIDDEN int memport__chan_blob_release(memport_chan_t *ch, memport_buf_t *buf);
+/* `buf` is the copy handed out for a received one-off region still held. */
+MEMPORT_HIDDEN bool memport__chan_blob_held(memport_chan_t *ch, const memport_buf_t *buf);
 /* Unmap and close what the application still holds (memport_chan_close). */
 MEMPORT_HIDDEN void memport__chan_blob_held_fini(memport_chan_t *ch);
 MEMPORT_HIDDEN int memport__chan_blob_send(memport_chan_t *ch, memport_buf_t *buf, uint64_t deadline);

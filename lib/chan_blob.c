@@ -83,6 +83,10 @@ int memport__chan_blob_release(memport_chan_t *ch, memport_buf_t *buf) {
   return held_find_drop(ch, buf, MEMPORT__BUF_RX_BLOB);
 }
 
+bool memport__chan_blob_held(memport_chan_t *ch, const memport_buf_t *buf) {
+  return held_find(ch, buf, MEMPORT__BUF_RX_BLOB) != NULL;
+}
+
 void memport__chan_blob_held_fini(memport_chan_t *ch) {
   for (uint32_t i = 0; i < ch->blobs_held_cap; i++)
     if (ch->blobs_held[i].ticket != 0)

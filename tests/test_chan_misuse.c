@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* test_chan_misuse.c: stale copies of a memport_buf_t are refused on every path, lengths are not raised, and allow_uid of our own uid takes no slot. */
+/* test_chan_misuse.c: stale copies of a memport_buf_t are refused on every path (release, buf_kind), lengths are not raised, and allow_uid of our own uid takes no slot. */
 #include "helpers.h"
 
 #include <stdio.h>
@@ -41,6 +41,61 @@ static void send_small(memport_chan_t *ch, size_t len, uint32_t seed) {
 
 /* ------------------------------------------------------------------------------------------ */
 /* Received messages.                                                                          */
+
+/* memport_chan_buf_kind names the path of each held message, changes nothing, and refuses what is
+ * not held: released buffers, stale copies (also when the index is in use again), another
+ * channel's, and buffers of the sending side. */
+static void test_buf_kind_names_each_path_and_refuses_the_rest(void **state) {
+  (void)state;
+  memport_chan_t *a, *b, *x, *y;
+  pair(&a, &b);
+  pair(&x, &y);
+  send_small(b, 100, 1);
+  send_pattern(b, 2000, 2);         /* above the zero-copy threshold: the pool */
+  send_pattern(b, POOL_BUF + 1, 3); /* above a pool buffer: a one-off region */
+  memport_buf_t ring, pool, big;
+  th_assert_ok(memport_chan_recv(a, &ring, SEC));
+  assert_int_equal(memport_chan_buf_kind(a, &ring), MEMPORT_CHAN_BUF_RING);
+  assert_int_equal(memport_chan_buf_kind(a, &ring), MEMPORT_CHAN_BUF_RING); /* asking changes nothing */
+  memport_buf_t stale_ring = ring;
+  th_assert_ok(memport_chan_release(a, &ring));
+  th_assert_rc(memport_chan_buf_kind(a, &stale_ring), MEMPORT_EINVAL);
+  th_assert_ok(memport_chan_recv(a, &pool, SEC));
+  th_assert_ok(memport_chan_recv(a, &big, SEC)); /* the pool buffer is still held */
+  assert_int_equal(memport_chan_buf_kind(a, &pool), MEMPORT_CHAN_BUF_POOL);
+  assert_int_equal(memport_chan_buf_kind(a, &big), MEMPORT_CHAN_BUF_REGION);
+  assert_int_equal(th_check(pool.data, pool.len, 2), 0);
+  assert_int_equal(th_check(big.data, big.len, 3), 0);
+  th_assert_rc(memport_chan_buf_kind(y, &pool), MEMPORT_EINVAL); /* another channel's */
+  th_assert_rc(memport_chan_buf_kind(NULL, &pool), MEMPORT_EINVAL);
+  th_assert_rc(memport_chan_buf_kind(a, NULL), MEMPORT_EINVAL);
+  memport_buf_t stale_pool = pool, stale_big = big;
+  th_assert_ok(memport_chan_release(a, &pool));
+  th_assert_ok(memport_chan_release(a, &big));
+  th_assert_rc(memport_chan_buf_kind(a, &stale_pool), MEMPORT_EINVAL);
+  th_assert_rc(memport_chan_buf_kind(a, &stale_big), MEMPORT_EINVAL);
+  /* The one pool buffer comes back under the same index: the stale copy still names nothing. */
+  send_pattern(b, 2000, 4);
+  th_assert_ok(memport_chan_recv(a, &pool, SEC));
+  assert_int_equal(memport_chan_buf_kind(a, &pool), MEMPORT_CHAN_BUF_POOL);
+  th_assert_rc(memport_chan_buf_kind(a, &stale_pool), MEMPORT_EINVAL);
+  th_assert_ok(memport_chan_release(a, &pool));
+  /* A new ring message held: the stale copy of the first names nothing either. */
+  send_small(b, 100, 5);
+  th_assert_ok(memport_chan_recv(a, &ring, SEC));
+  th_assert_rc(memport_chan_buf_kind(a, &stale_ring), MEMPORT_EINVAL);
+  th_assert_ok(memport_chan_release(a, &ring));
+  /* The sending side's buffers are not received messages. */
+  memport_buf_t out;
+  th_assert_ok(memport_chan_alloc(b, 2000, &out, SEC));
+  th_assert_rc(memport_chan_buf_kind(b, &out), MEMPORT_EINVAL);
+  th_assert_ok(memport_chan_free_buf(b, &out));
+  memport_chan_close(a);
+  memport_chan_close(b);
+  memport_chan_close(x);
+  memport_chan_close(y);
+}
+
 
 /* Ring record: a copy of the first held message released again must not release the second
  * (which the sender would then overwrite). */
@@ -275,6 +330,7 @@ static void test_allow_own_uid_takes_no_slot(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_buf_kind_names_each_path_and_refuses_the_rest),
       cmocka_unit_test(test_stale_release_ring_record),
       cmocka_unit_test(test_stale_release_pool_buffer),
       cmocka_unit_test(test_stale_release_oneoff_received),

@@ -119,7 +119,7 @@ typedef struct mp_endpoint {
   PyThread_type_lock lock[2]; /* per direction (MP_RX, MP_TX); the same lock twice for pub/sub */
   mp_pending_t pending[2];    /* give-backs that found the lock taken, done by its holder */
   struct mp_bufobj *live;     /* messages and loans not yet released, sent or discarded */
-  uint64_t ring_seen;         /* small (copied) messages received so far, per the library's counters */
+  uint64_t ring_seen;         /* topics: small (copied) messages received so far, per the subscriber's counters */
   int fd;                     /* the pollable handle once asked for, else -1 */
   pid_t used_pid;             /* Channel: the process that last made a call on it (0: none) */
   PyObject *weakrefs;

@@ -260,14 +260,9 @@ static int chan_recv_common(mp_endpoint_t *ep, PyObject *timeout, struct chan_io
     rc = MP_EGONE;
   }
   if (rc == 0) {
-    memport_chan_stats_t s;
-    memset(&s, 0, sizeof s);
-    s.struct_size = sizeof s;
-    *small = true;
-    if (memport_chan_stats(ep->h, &s) == 0) {
-      *small = s.recv_ring_msgs != ep->ring_seen;
-      ep->ring_seen = s.recv_ring_msgs;
-    }
+    /* Pool buffers and one-off regions are kept as they are; anything else (the ring) is copied. */
+    int kind = memport_chan_buf_kind(ep->h, &c->buf);
+    *small = kind != MEMPORT_CHAN_BUF_POOL && kind != MEMPORT_CHAN_BUF_REGION;
   }
   if (rc != 0)
     mp_ep_end(ep, MP_RX);
