@@ -135,6 +135,7 @@ typedef struct mp_bufobj {
   bool linked; /* in ep->live */
   bool loan;
   bool busy;   /* a loan being sent (without the GIL) */
+  bool release_at_last_view; /* a with block left by an exception while views existed */
   Py_ssize_t exports; /* buffer views; those of library memory (no copy) also count in ep->exports */
 } mp_bufobj_t;
 

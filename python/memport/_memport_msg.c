@@ -242,6 +242,7 @@ static mp_bufobj_t *bufobj_new(PyTypeObject *type, mp_endpoint_t *ep, const memp
   b->linked = false;
   b->loan = loan;
   b->busy = false;
+  b->release_at_last_view = false;
   b->exports = 0;
   return b;
 }
@@ -327,10 +328,28 @@ static int bufobj_getbuffer(mp_bufobj_t *b, Py_buffer *view, int flags) {
   return 0;
 }
 
+/* Give back what a message or loan holds (it is no longer live). */
+static void bufobj_end(mp_bufobj_t *b) {
+  b->live = false;
+  unlink_buf(b);
+  if (b->copy == NULL)
+    give_back_or_defer(b);
+  else {
+    PyMem_Free(b->copy);
+    b->copy = NULL;
+    b->buf.data = NULL;
+  }
+}
+
 static void bufobj_releasebuffer(mp_bufobj_t *b, Py_buffer *view) {
   (void)view;
+  bool library = b->copy == NULL; /* counted in ep->exports by getbuffer */
   b->exports--;
-  if (b->copy == NULL) {
+  /* A with block that an exception left while views existed: released (a loan discarded) now
+   * that the last view is gone. */
+  if (b->exports == 0 && b->release_at_last_view && b->live && !b->busy)
+    bufobj_end(b);
+  if (library) {
     b->ep->exports--;
     mp_ep_maybe_free(b->ep);
   }
@@ -359,15 +378,7 @@ static PyObject *message_release(mp_bufobj_t *b, PyObject *noargs) {
     PyErr_Format(PyExc_BufferError, "cannot release a message while %zd buffer view(s) of it exist", b->exports);
     return NULL;
   }
-  b->live = false;
-  unlink_buf(b);
-  if (b->copy == NULL)
-    give_back_or_defer(b);
-  else {
-    PyMem_Free(b->copy);
-    b->copy = NULL;
-    b->buf.data = NULL;
-  }
+  bufobj_end(b);
   Py_RETURN_NONE;
 }
 
@@ -377,8 +388,18 @@ static PyObject *bufobj_enter(PyObject *self, PyObject *noargs) {
   return self;
 }
 
+/* Leaving a with block by an exception while views of the message exist: the exception goes on
+ * (a BufferError here would replace it), and the message is released when its last view goes. */
+static bool exit_by_exception(mp_bufobj_t *b, PyObject *args) {
+  if (!b->live || b->exports == 0 || PyTuple_GET_SIZE(args) < 1 || PyTuple_GET_ITEM(args, 0) == Py_None)
+    return false;
+  b->release_at_last_view = true;
+  return true;
+}
+
 static PyObject *message_exit(mp_bufobj_t *b, PyObject *args) {
-  (void)args;
+  if (exit_by_exception(b, args))
+    Py_RETURN_NONE;
   return message_release(b, NULL);
 }
 
@@ -516,7 +537,8 @@ static PyObject *loan_close(mp_bufobj_t *b, PyObject *noargs) {
 }
 
 static PyObject *loan_exit(mp_bufobj_t *b, PyObject *args) {
-  (void)args;
+  if (!b->busy && exit_by_exception(b, args))
+    Py_RETURN_NONE; /* discarded when its last view goes */
   return loan_close(b, NULL);
 }
 

@@ -226,6 +226,54 @@ def test_release_with_live_numpy_view_raises(pair):
     m.release()
 
 
+def test_with_block_left_by_an_exception_keeps_the_exception_and_releases_at_the_last_view():
+    """An exception leaving `with msg:` while a view lives is not replaced by a BufferError; the
+    message stays readable under the view and goes back to the sender when the view goes."""
+    a, b = memport.Channel.pair(pool_buffers=1, pool_buffer_size=1 << 16, zerocopy_threshold=256)
+    with a, b:
+        a.send(b"q" * 40000)
+        m = b.recv(timeout=PEER_TIMEOUT)
+        mv = None
+        with pytest.raises(KeyError):
+            with m:
+                mv = memoryview(m)
+                raise KeyError("the original")
+        assert not m.released
+        assert mv[0] == ord("q") and mv[-1] == ord("q")
+        with pytest.raises(memport.Timeout):  # the only pool buffer is still held
+            a.send(b"r" * 40000, timeout=0.2)
+        mv.release()
+        assert m.released
+        a.send(b"r" * 40000, timeout=5)  # given back: the pool buffer is free again
+        assert bytes(b.recv(timeout=PEER_TIMEOUT)) == b"r" * 40000
+        # Without an exception, the views still make the with block's exit refuse.
+        a.send(b"s" * 40000, timeout=5)
+        m = b.recv(timeout=PEER_TIMEOUT)
+        mv = memoryview(m)
+        with pytest.raises(BufferError):
+            with m:
+                pass
+        mv.release()
+        m.release()
+
+
+def test_loan_with_block_left_by_an_exception_is_discarded_at_the_last_view():
+    a, b = memport.Channel.pair(pool_buffers=1, pool_buffer_size=1 << 16, zerocopy_threshold=256)
+    with a, b:
+        ln = a.loan(1 << 15, timeout=5)
+        mv = None
+        with pytest.raises(KeyError):
+            with ln:
+                mv = memoryview(ln)
+                mv[0] = 1
+                raise KeyError("the original")
+        assert not ln.released
+        mv.release()
+        assert ln.released
+        a.loan(1 << 15, timeout=5).send()  # the only pool buffer came back
+        assert len(b.recv(timeout=PEER_TIMEOUT)) == 1 << 15
+
+
 def test_message_outlives_dropped_reference(pair):
     """A numpy view keeps what it needs alive when the message object itself is dropped."""
     np = pytest.importorskip("numpy")
