@@ -122,6 +122,9 @@ typedef struct mp_endpoint {
   uint64_t ring_seen;         /* topics: small (copied) messages received so far, per the subscriber's counters */
   int fd;                     /* the pollable handle once asked for, else -1 */
   pid_t used_pid;             /* Channel: the process that last made a call on it (0: none) */
+  struct mp_endpoint *pub_next, *pub_prev; /* Publisher: in this process's list (_memport_topic.c) */
+  bool pub_listed;
+  pid_t pub_owner;            /* Publisher: the process that made it */
   PyObject *weakrefs;
 } mp_endpoint_t;
 
@@ -143,6 +146,8 @@ extern PyTypeObject mp_MessageType, mp_LoanType, mp_ChannelType, mp_PublisherTyp
     mp_ServiceType, mp_RegionType, mp_MappingType, mp_PublicationType, mp_SemaphoreType;
 
 const char *mp_ep_name(const mp_endpoint_t *ep);
+/* A Publisher closed or freed leaves this process's list of Publishers (_memport_topic.c). */
+void mp_pub_unlist(mp_endpoint_t *ep);
 /* Initialise the common part of a new endpoint (locks); -1 with an exception set. */
 int mp_ep_init(mp_endpoint_t *ep, int kind);
 /* ValueError unless open; 0 if open. */

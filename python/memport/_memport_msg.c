@@ -110,6 +110,8 @@ void mp_ep_close(mp_endpoint_t *ep) {
   if (ep->closed)
     return;
   ep->closed = true;
+  if (ep->kind == MP_PUB)
+    mp_pub_unlist(ep);
   while (ep->live != NULL) { /* the library frees their buffers with the endpoint */
     mp_bufobj_t *b = ep->live;
     b->live = false;

@@ -64,6 +64,59 @@ static int pub_loan_op(void *ctx, int64_t t) {
   return memport_pub_loan(c->h, c->len, &c->buf, t);
 }
 
+/* The Publishers this process made and has not closed. A Subscriber joining a topic waits for its
+ * publisher to answer, and a publisher answers only inside its own calls: one run by the same
+ * thread would never answer, and the join would wait for ever. So while a Subscriber joins, it
+ * lets this process's idle Publishers handle their joins (memport_pub_process never waits), in
+ * short slices. The list is used with the GIL held. */
+static mp_endpoint_t *local_pubs;
+
+static void pub_list(mp_endpoint_t *ep) {
+  ep->pub_owner = mp_pid;
+  ep->pub_prev = NULL;
+  ep->pub_next = local_pubs;
+  if (local_pubs != NULL)
+    local_pubs->pub_prev = ep;
+  local_pubs = ep;
+  ep->pub_listed = true;
+}
+
+void mp_pub_unlist(mp_endpoint_t *ep) {
+  if (!ep->pub_listed)
+    return;
+  if (ep->pub_prev != NULL)
+    ep->pub_prev->pub_next = ep->pub_next;
+  else
+    local_pubs = ep->pub_next;
+  if (ep->pub_next != NULL)
+    ep->pub_next->pub_prev = ep->pub_prev;
+  ep->pub_next = ep->pub_prev = NULL;
+  ep->pub_listed = false;
+}
+
+/* Whether this process has a Publisher of its own (not one inherited through fork). */
+static bool local_pubs_here(void) {
+  for (mp_endpoint_t *ep = local_pubs; ep != NULL; ep = ep->pub_next)
+    if (ep->pub_owner == mp_pid && !ep->closed && ep->h != NULL)
+      return true;
+  return false;
+}
+
+/* Let each idle Publisher of this process handle what waits for it (joins above all). One that
+ * another thread is using is skipped: that thread's calls handle its joins. The GIL stays held:
+ * memport_pub_process does not wait, and the list cannot change under us. */
+static void local_pubs_process(void) {
+  for (mp_endpoint_t *ep = local_pubs; ep != NULL; ep = ep->pub_next) {
+    if (ep->pub_owner != mp_pid || ep->closed || ep->h == NULL ||
+        !PyThread_acquire_lock(ep->lock[MP_TX], NOWAIT_LOCK))
+      continue;
+    ep->inflight++;
+    (void)memport_pub_process(ep->h);
+    ep->inflight--;
+    PyThread_release_lock(ep->lock[MP_TX]);
+  }
+}
+
 static PyObject *pub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   static const char *kwlist[] = {"name",       "depth", "overflow", "history", "buffers", "buffer_size",
                            "inline_max", "max_subscribers", "wait", "spin_ns", NULL};
@@ -120,6 +173,7 @@ static PyObject *pub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     return mp_raise(rc);
   }
   ep->h = h;
+  pub_list(ep);
   return (PyObject *)ep;
 }
 
@@ -333,6 +387,7 @@ struct sub_io {
   const char *name;
   const memport_topic_opts_t *o;
   memport_buf_t buf;
+  bool local; /* joining: this process has Publishers of its own, which need turns to answer */
 };
 
 static int sub_start_op(void *ctx, int64_t t) {
@@ -343,9 +398,21 @@ static int sub_start_op(void *ctx, int64_t t) {
 
 static bool sub_start_retry(int rc) { return rc == MEMPORT_ENOENT || rc == MEMPORT_EAGAIN || rc == MEMPORT_ETIMEDOUT; }
 
+#define JOIN_SLICE_NS 1000000 /* with Publishers of our own: they answer between slices this long */
+
 static int sub_finish_op(void *ctx, int64_t t) {
   struct sub_io *c = ctx;
+  if (c->local && (t < 0 || t > JOIN_SLICE_NS))
+    t = JOIN_SLICE_NS;
   return memport_sub_connect_finish(c->h, t);
+}
+
+static int sub_finish_between(void *ctx) {
+  struct sub_io *c = ctx;
+  c->local = local_pubs_here();
+  if (c->local)
+    local_pubs_process();
+  return 0;
 }
 
 static int sub_recv_op(void *ctx, int64_t t) {
@@ -372,10 +439,11 @@ static PyObject *sub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     Py_DECREF(ep);
     return NULL;
   }
-  struct sub_io c = {NULL, name, &o, {0}};
+  struct sub_io c = {NULL, name, &o, {0}, false};
   int rc = mp_retry(sub_start_op, &c, &dl, sub_start_retry, NULL, NULL);
   if (rc == 0) {
-    rc = mp_wait(sub_finish_op, &c, &dl, NULL, NULL);
+    (void)sub_finish_between(&c); /* our own Publisher takes the connection now */
+    rc = mp_wait(sub_finish_op, &c, &dl, sub_finish_between, &c);
     if (rc != 0) {
       memport_sub_close(c.h);
       c.h = NULL;
@@ -424,7 +492,7 @@ static PyObject *sub_recv(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
   PyObject *timeout = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv", (char **)kwlist, &timeout))
     return NULL;
-  struct sub_io c = {NULL, NULL, NULL, {0}};
+  struct sub_io c = {NULL, NULL, NULL, {0}, false};
   bool small = false;
   int rc = sub_recv_common(ep, timeout, &c, &small);
   if (rc != 0)
@@ -439,7 +507,7 @@ static PyObject *sub_recv_bytes(mp_endpoint_t *ep, PyObject *args, PyObject *kw)
   PyObject *timeout = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_bytes", (char **)kwlist, &timeout))
     return NULL;
-  struct sub_io c = {NULL, NULL, NULL, {0}};
+  struct sub_io c = {NULL, NULL, NULL, {0}, false};
   bool small = false;
   int rc = sub_recv_common(ep, timeout, &c, &small);
   if (rc != 0)

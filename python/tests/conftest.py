@@ -120,9 +120,8 @@ def children():
 
 
 def subscribe(pub, name, **kw):
-    """A Subscriber of our own Publisher in this process: memport_sub_connect waits for the
-    publisher's answer, which it gives from its own calls, so connect in a thread while this
-    thread runs pub.process()."""
+    """A Subscriber of our own Publisher in this process, made in another thread while this
+    thread runs pub.process(): the way a program whose publisher thread is busy joins it."""
     result = {}
 
     def connect():

@@ -40,6 +40,22 @@ def test_in_process_roundtrip(name):
             assert sub.stats()["received"] == 6
 
 
+def test_publisher_and_subscriber_in_one_thread(name):
+    """A Subscriber made in the thread that owns the Publisher joins (the Publisher gets turns to
+    admit it while the Subscriber waits), and so does a second one; a closed Publisher is left alone."""
+    other = memport.Publisher(name + "-closed")
+    other.close()
+    with memport.Publisher(name, buffer_size=1 << 16) as pub:
+        t0 = time.monotonic()
+        with memport.Subscriber(name, timeout=5) as s1, memport.Subscriber(name, timeout=5) as s2:
+            assert time.monotonic() - t0 < 5
+            assert pub.subscribers == 2
+            pub.send(b"x" * 60000)
+            for s in (s1, s2):
+                with s.recv(timeout=PEER_TIMEOUT) as m:
+                    assert bytes(m) == b"x" * 60000
+
+
 def payload(i):
     """Message i of a run: its size and bytes, known to both sides."""
     return random.Random(i).randbytes(1 + (i * 25000) % (1 << 20))
