@@ -85,10 +85,14 @@ SETUPS = {
         after = lambda: None
     """,
     "subscriber-connect": """
+        import subprocess
         name = "pyt-sigint-%d" % os.getpid()
-        pub = memport.Publisher(name)  # never processes: the join is never answered
+        # A publisher in another process that never makes a call: the join is never answered.
+        holder = subprocess.Popen([sys.executable, "-c", "import memport, time; p = memport.Publisher(%r); "
+                                   "print('up', flush=True); time.sleep(60)" % name], stdout=subprocess.PIPE)
+        assert holder.stdout.readline().strip() == b"up"
         block = lambda: memport.Subscriber(name)
-        after = lambda: None
+        after = lambda: (holder.kill(), holder.wait())
     """,
 }
 
