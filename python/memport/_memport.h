@@ -174,6 +174,22 @@ int mp_ep_between(void *ctx);
 PyObject *mp_message_new(mp_endpoint_t *ep, const memport_buf_t *buf, bool inplace);
 /* Make a Loan for a buffer just allocated. */
 PyObject *mp_loan_new(mp_endpoint_t *ep, const memport_buf_t *buf);
+
+/* What a sending call of a Channel or a Publisher works on: the library handle, the bytes (send)
+ * or the size (loan), the flags, and the buffer a loan gets. */
+typedef struct mp_tx_io {
+  void *h;
+  const void *data;
+  size_t len;
+  unsigned flags;
+  memport_buf_t buf;
+} mp_tx_io_t;
+/* send(obj, timeout) of a Channel or Publisher: the bytes of obj (any C-contiguous buffer) through
+ * op (given an mp_tx_io_t), in the sending direction; None, or NULL with the exception set. */
+PyObject *mp_ep_send_obj(mp_endpoint_t *ep, PyObject *obj, PyObject *timeout, unsigned flags, mp_op_fn op);
+/* loan(n, timeout): a Loan of the buffer op (given an mp_tx_io_t) takes; given back at once if the
+ * endpoint was closed meanwhile. */
+PyObject *mp_ep_loan(mp_endpoint_t *ep, PyObject *n_obj, PyObject *timeout, mp_op_fn op);
 /* Give a library buffer back now (the caller holds the lock of its direction). */
 int mp_give_back(mp_endpoint_t *ep, bool loan, memport_buf_t *buf);
 

@@ -159,21 +159,19 @@ static PyObject *chan_connect(PyObject *cls, PyObject *args, PyObject *kw) {
   return chan_wrap((PyTypeObject *)cls, h);
 }
 
+/* A receive: the handle, and the buffer it fills. */
 struct chan_io {
   memport_chan_t *h;
-  const void *data;
-  size_t len;
-  unsigned flags;
   memport_buf_t buf;
 };
 
 static int send_op(void *ctx, int64_t t) {
-  struct chan_io *c = ctx;
+  mp_tx_io_t *c = ctx;
   return memport_chan_send(c->h, c->data, c->len, c->flags, t);
 }
 
 static int alloc_op(void *ctx, int64_t t) {
-  struct chan_io *c = ctx;
+  mp_tx_io_t *c = ctx;
   return memport_chan_alloc(c->h, c->len, &c->buf, t);
 }
 
@@ -188,23 +186,7 @@ static PyObject *chan_send(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
   int zerocopy = 0;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$p:send", (char **)kwlist, &obj, &timeout, &zerocopy))
     return NULL;
-  mp_deadline_t dl;
-  if (mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
-    return NULL;
-  Py_buffer view;
-  if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
-    return NULL;
-  int rc = mp_ep_begin(ep, MP_TX, &dl);
-  if (rc == 0) {
-    struct chan_io c = {ep->h, view.buf, (size_t)view.len, zerocopy ? MEMPORT_SEND_ZEROCOPY : 0, {0}};
-    mp_ep_between_t bt = {ep, MP_TX};
-    rc = mp_wait(send_op, &c, &dl, mp_ep_between, &bt);
-    mp_ep_end(ep, MP_TX);
-  }
-  PyBuffer_Release(&view);
-  if (rc != 0)
-    return mp_fail(rc, "Channel");
-  Py_RETURN_NONE;
+  return mp_ep_send_obj(ep, obj, timeout, zerocopy ? MEMPORT_SEND_ZEROCOPY : 0, send_op);
 }
 
 static PyObject *chan_loan(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
@@ -212,33 +194,7 @@ static PyObject *chan_loan(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
   PyObject *n_obj, *timeout = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:loan", (char **)kwlist, &n_obj, &timeout))
     return NULL;
-  size_t n = 0;
-  mp_deadline_t dl;
-  if (n_obj == Py_None) {
-    PyErr_SetString(PyExc_TypeError, "n must be an int");
-    return NULL;
-  }
-  if (mp_size_arg(n_obj, "n", &n) < 0 || mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
-    return NULL;
-  int rc = mp_ep_begin(ep, MP_TX, &dl);
-  if (rc != 0)
-    return mp_fail(rc, "Channel");
-  struct chan_io c = {ep->h, NULL, n, 0, {0}};
-  mp_ep_between_t bt = {ep, MP_TX};
-  rc = mp_wait(alloc_op, &c, &dl, mp_ep_between, &bt);
-  PyObject *r = NULL;
-  if (rc == 0) {
-    if (ep->closed) {
-      (void)memport_chan_free_buf(ep->h, &c.buf);
-      rc = MP_EGONE;
-    } else {
-      r = mp_loan_new(ep, &c.buf);
-    }
-  }
-  mp_ep_end(ep, MP_TX);
-  if (rc != 0)
-    return mp_fail(rc, "Channel");
-  return r;
+  return mp_ep_loan(ep, n_obj, timeout, alloc_op);
 }
 
 /* Receive one message (holding the receive lock); 0 with c->buf, or a code. *copied: it came
@@ -274,7 +230,7 @@ static PyObject *chan_recv(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
   PyObject *timeout = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv", (char **)kwlist, &timeout))
     return NULL;
-  struct chan_io c = {NULL, NULL, 0, 0, {0}};
+  struct chan_io c = {NULL, {0}};
   bool small = false;
   int rc = chan_recv_common(ep, timeout, &c, &small);
   if (rc != 0)
@@ -289,7 +245,7 @@ static PyObject *chan_recv_bytes(mp_endpoint_t *ep, PyObject *args, PyObject *kw
   PyObject *timeout = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:recv_bytes", (char **)kwlist, &timeout))
     return NULL;
-  struct chan_io c = {NULL, NULL, 0, 0, {0}};
+  struct chan_io c = {NULL, {0}};
   bool small = false;
   int rc = chan_recv_common(ep, timeout, &c, &small);
   if (rc != 0)

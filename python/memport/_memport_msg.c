@@ -728,3 +728,56 @@ int mp_msg_types_ready(PyObject *m) {
   Py_DECREF(globals);
   return recv_async_fn != NULL ? 0 : -1;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* The sending calls Channel and Publisher share.                                               */
+
+PyObject *mp_ep_send_obj(mp_endpoint_t *ep, PyObject *obj, PyObject *timeout, unsigned flags, mp_op_fn op) {
+  mp_deadline_t dl;
+  if (mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
+    return NULL;
+  Py_buffer view;
+  if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
+    return NULL;
+  int rc = mp_ep_begin(ep, MP_TX, &dl);
+  if (rc == 0) {
+    mp_tx_io_t c = {ep->h, view.buf, (size_t)view.len, flags, {0}};
+    mp_ep_between_t bt = {ep, MP_TX};
+    rc = mp_wait(op, &c, &dl, mp_ep_between, &bt);
+    mp_ep_end(ep, MP_TX);
+  }
+  PyBuffer_Release(&view);
+  if (rc != 0)
+    return mp_fail(rc, mp_ep_name(ep));
+  Py_RETURN_NONE;
+}
+
+PyObject *mp_ep_loan(mp_endpoint_t *ep, PyObject *n_obj, PyObject *timeout, mp_op_fn op) {
+  size_t n = 0;
+  mp_deadline_t dl;
+  if (n_obj == Py_None) {
+    PyErr_SetString(PyExc_TypeError, "n must be an int");
+    return NULL;
+  }
+  if (mp_size_arg(n_obj, "n", &n) < 0 || mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
+    return NULL;
+  int rc = mp_ep_begin(ep, MP_TX, &dl);
+  if (rc != 0)
+    return mp_fail(rc, mp_ep_name(ep));
+  mp_tx_io_t c = {ep->h, NULL, n, 0, {0}};
+  mp_ep_between_t bt = {ep, MP_TX};
+  rc = mp_wait(op, &c, &dl, mp_ep_between, &bt);
+  PyObject *r = NULL;
+  if (rc == 0) {
+    if (ep->closed) {
+      (void)mp_give_back(ep, true, &c.buf);
+      rc = MP_EGONE;
+    } else {
+      r = mp_loan_new(ep, &c.buf);
+    }
+  }
+  mp_ep_end(ep, MP_TX);
+  if (rc != 0)
+    return mp_fail(rc, mp_ep_name(ep));
+  return r;
+}

@@ -47,20 +47,13 @@ static int spin_arg(PyObject *obj, int64_t *out) {
 /* ------------------------------------------------------------------------------------------ */
 /* Publisher.                                                                                  */
 
-struct pub_io {
-  memport_pub_t *h;
-  const void *data;
-  size_t len;
-  memport_buf_t buf;
-};
-
 static int pub_send_op(void *ctx, int64_t t) {
-  struct pub_io *c = ctx;
+  mp_tx_io_t *c = ctx;
   return memport_pub_send(c->h, c->data, c->len, t);
 }
 
 static int pub_loan_op(void *ctx, int64_t t) {
-  struct pub_io *c = ctx;
+  mp_tx_io_t *c = ctx;
   return memport_pub_loan(c->h, c->len, &c->buf, t);
 }
 
@@ -182,23 +175,7 @@ static PyObject *pub_send(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
   PyObject *obj, *timeout = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:send", (char **)kwlist, &obj, &timeout))
     return NULL;
-  mp_deadline_t dl;
-  if (mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
-    return NULL;
-  Py_buffer view;
-  if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
-    return NULL;
-  int rc = mp_ep_begin(ep, MP_TX, &dl);
-  if (rc == 0) {
-    struct pub_io c = {ep->h, view.buf, (size_t)view.len, {0}};
-    mp_ep_between_t bt = {ep, MP_TX};
-    rc = mp_wait(pub_send_op, &c, &dl, mp_ep_between, &bt);
-    mp_ep_end(ep, MP_TX);
-  }
-  PyBuffer_Release(&view);
-  if (rc != 0)
-    return mp_fail(rc, "Publisher");
-  Py_RETURN_NONE;
+  return mp_ep_send_obj(ep, obj, timeout, 0, pub_send_op);
 }
 
 static PyObject *pub_loan(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
@@ -206,33 +183,7 @@ static PyObject *pub_loan(mp_endpoint_t *ep, PyObject *args, PyObject *kw) {
   PyObject *n_obj, *timeout = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:loan", (char **)kwlist, &n_obj, &timeout))
     return NULL;
-  size_t n = 0;
-  mp_deadline_t dl;
-  if (n_obj == Py_None) {
-    PyErr_SetString(PyExc_TypeError, "n must be an int");
-    return NULL;
-  }
-  if (mp_size_arg(n_obj, "n", &n) < 0 || mp_parse_timeout(timeout, &dl) < 0 || mp_ep_check(ep) < 0)
-    return NULL;
-  int rc = mp_ep_begin(ep, MP_TX, &dl);
-  if (rc != 0)
-    return mp_fail(rc, "Publisher");
-  struct pub_io c = {ep->h, NULL, n, {0}};
-  mp_ep_between_t bt = {ep, MP_TX};
-  rc = mp_wait(pub_loan_op, &c, &dl, mp_ep_between, &bt);
-  PyObject *r = NULL;
-  if (rc == 0) {
-    if (ep->closed) {
-      (void)memport_pub_discard(ep->h, &c.buf);
-      rc = MP_EGONE;
-    } else {
-      r = mp_loan_new(ep, &c.buf);
-    }
-  }
-  mp_ep_end(ep, MP_TX);
-  if (rc != 0)
-    return mp_fail(rc, "Publisher");
-  return r;
+  return mp_ep_loan(ep, n_obj, timeout, pub_loan_op);
 }
 
 static PyObject *pub_process(mp_endpoint_t *ep, PyObject *noargs) {
