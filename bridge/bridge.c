@@ -459,7 +459,7 @@ int memport_bridge_stats(memport_bridge_t *b, memport_bridge_stats_t *stats) {
     return MEMPORT_EINVAL;
   memport_bridge_stats_t st = b->st;
   st.struct_size = sizeof st;
-  st.in_flight = b->in_flight;
+  st.in_flight = atomic_load_explicit(&b->lent_out, memory_order_relaxed);
   memcpy(stats, &st, sizeof st);
   return 0;
 }

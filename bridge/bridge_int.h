@@ -55,6 +55,8 @@ struct memport_bridge {
   struct memport__bridge_lent *lent;
   uint32_t nlent, lent_free;   /* capacity; our free list (index + 1) */
   _Atomic uint32_t freed;      /* the stack ZeroMQ pushes released views on (index + 1) */
+  _Atomic uint32_t freed_n;    /* views on that stack (ZeroMQ adds, the loop's reap takes away) */
+  _Atomic uint32_t lent_out;   /* views lent to ZeroMQ and not given back by it yet */
   uint32_t in_flight;
   bool ring_held;              /* export of a channel: a ring message is lent, the next receive waits for it */
   memport_buf_t held;          /* received, not yet accepted by ZeroMQ */
@@ -91,7 +93,7 @@ MEMPORT_BRIDGE_HIDDEN int memport__bridge_export_process(struct memport_bridge *
 MEMPORT_BRIDGE_HIDDEN int memport__bridge_export_fds(struct memport_bridge *b, struct pollfd *fds, int n,
                                                      int64_t *timeout_ns);
 MEMPORT_BRIDGE_HIDDEN void memport__bridge_export_fini(struct memport_bridge *b);
-MEMPORT_BRIDGE_HIDDEN void memport__bridge_reap(struct memport_bridge *b);
+MEMPORT_BRIDGE_HIDDEN void memport__bridge_reap(struct memport_bridge *b, bool all);
 
 /* import.c */
 MEMPORT_BRIDGE_HIDDEN int memport__bridge_import_init(struct memport_bridge *b);

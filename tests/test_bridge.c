@@ -557,6 +557,74 @@ static void test_slow_block(void **state) {
   shared_free();
 }
 
+/* (c) The export gives each view back once ZeroMQ is done with it, also when it gives them back in
+ * batches: a pool of 4 buffers (fewer than a batch), one message at a time, each view released
+ * before the next is published (a lone message is never kept for a batch that will not fill); then
+ * a burst at full speed through the 4 buffers, all of them back at its end. */
+static void test_views_come_back(void **state) {
+  (void)state;
+  shared_new();
+  char a[MEMPORT_NAME_MAX + 1], bname[MEMPORT_NAME_MAX + 1];
+  snprintf(a, sizeof a, "%s", th_unique_name("bra"));
+  snprintf(bname, sizeof bname, "%s", th_unique_name("brb"));
+  memport_topic_opts_t to;
+  memport_topic_opts_init(&to);
+  to.buffer_size = 64 * 1024;
+  to.buffers = 4;
+  to.depth = 4;
+  memport_pub_t *pub;
+  th_assert_ok(memport_pub_create(&pub, a, &to));
+  pid_t kids[3] = {0};
+  struct bcfg ex = {.slot = 0, .direction = MEMPORT_BRIDGE_EXPORT, .kind = MEMPORT_BRIDGE_TOPIC};
+  snprintf(ex.name, sizeof ex.name, "%s", a);
+  kids[0] = start_bridge(&ex);
+  WAIT_FOR(pub, kids, 3, atomic_load(&g_sh->ep_ready) != 0);
+  struct bcfg im = {.slot = 1, .direction = MEMPORT_BRIDGE_IMPORT, .kind = MEMPORT_BRIDGE_TOPIC,
+                    .buffer_size = 64 * 1024, .depth = 4, .buffers = 8, .overflow = MEMPORT_TOPIC_BLOCK};
+  snprintf(im.name, sizeof im.name, "%s", bname);
+  kids[1] = start_bridge(&im);
+  struct scfg sc = {.slot = 0, .len_of = slow_len};
+  snprintf(sc.name, sizeof sc.name, "%s", bname);
+  kids[2] = kid_fork(sub_main, &sc);
+  WAIT_FOR(pub, kids, 3, g_sh->kid[0].joined && memport_pub_subscribers(pub) == 1);
+
+  const uint64_t lone = scale(20, 10), burst = scale(2000, 200);
+  for (uint64_t seq = 1; seq <= lone; seq++) {
+    th_assert_ok(publish(pub, seq, slow_len(seq), 30 * SEC));
+    WAIT_FOR(pub, kids, 3, g_sh->kid[0].received >= seq);
+    /* Received over there: ZeroMQ sent it, so the export must give the view back now, not when
+     * more messages have come back. */
+    uint64_t end = th_now_ns() + (th_under_valgrind() ? 60 : 10) * SEC;
+    while (pub_in_use(pub) != 0) {
+      memport_pub_process(pub);
+      kids_alive(kids, 3, "the view's release");
+      if (th_now_ns() > end)
+        fail_msg("message %llu arrived, but its view was not given back", (unsigned long long)seq);
+      th_sleep_ns(200 * US);
+    }
+  }
+  for (uint64_t seq = lone + 1; seq <= lone + burst; seq++) {
+    int rc;
+    uint64_t end = th_now_ns() + (uint64_t)deadline_ns();
+    while ((rc = publish(pub, seq, slow_len(seq), 100 * MS)) == MEMPORT_ETIMEDOUT || rc == MEMPORT_EAGAIN) {
+      kids_alive(kids, 3, "a publish");
+      if (th_now_ns() > end)
+        fail_msg("publish %llu never went through", (unsigned long long)seq);
+    }
+    th_assert_ok(rc);
+  }
+  WAIT_FOR(pub, kids, 3, g_sh->kid[0].received >= lone + burst);
+  WAIT_FOR(pub, kids, 3, pub_in_use(pub) == 0);
+  stop_bridge(kids[0]);
+  stop_bridge(kids[1]);
+  assert_int_equal(th_wait(kids[2], 60), 0);
+  report_ok(0, lone + burst, "subscriber");
+  assert_int_equal(g_sh->st[0].in_flight, 0);
+  assert_int_equal(g_sh->st[1].lost + g_sh->st[1].dropped, 0);
+  th_assert_ok(memport_pub_close(pub));
+  shared_free();
+}
+
 /* (b) drop-oldest, depth 4: the producer keeps pace with the fast subscriber (at most 3 ahead of
  * it), which receives everything; the slow one starts late, takes 1 ms per message, and what it
  * received plus what it missed is what was published. */
@@ -963,6 +1031,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_sizes, teardown),
       cmocka_unit_test_teardown(test_slow_block, teardown),
       cmocka_unit_test_teardown(test_slow_drop_oldest, teardown),
+      cmocka_unit_test_teardown(test_views_come_back, teardown),
       cmocka_unit_test_teardown(test_channels, teardown),
   };
   if (getenv("MEMPORT_TEST_FILTER") != NULL) /* e.g. test_channels, or test_slow* */
