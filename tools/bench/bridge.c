@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -29,7 +30,8 @@
  *   zmq     no memport: the bench process zmq_send()s (ZeroMQ copies the message, as an application sending
  *           its own buffer does) on a PUSH socket connected to a forked process's PULL socket bound to
  *           tcp://127.0.0.1:*, which zmq_msg_recv()s.
- * Both use the same high-water mark (BR_HWM messages, the bridge's default) on each side's socket. Each receiver
+ * Both use the same high-water mark (BR_HWM messages, the bridge's default) on each side's socket, and the same
+ * malloc settings, memport-bridge's (run_bridge). Each receiver
  * checks the header (first 32 bytes) and the marks in the middle and the last 8 bytes of every message, the same
  * way in both methods; it compares whole payloads during the warm-ups only.
  *
@@ -504,6 +506,13 @@ void run_bridge(void) {
     return;
   }
   fill_pattern(pattern, BR_BIG);
+  /* malloc as memport-bridge sets it (tools/memport-bridge.c malloc_setup), in this process and so in
+   * every process forked from it, of both methods: ZeroMQ's per-message buffers are reused, not given
+   * back to the kernel and faulted in again. The other rows allocate nothing per message. */
+#if defined(M_TRIM_THRESHOLD) && defined(M_MMAP_THRESHOLD)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 32 << 20);
+#endif
   for (unsigned r = 0; r < nr; r++) {
     memset(&fig[0][n], 0, sizeof fig[0][n]);
     memset(&fig[1][n], 0, sizeof fig[1][n]);
