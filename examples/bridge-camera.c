@@ -2,6 +2,7 @@
 /* bridge-camera.c: a camera publishes 1080p frames and exports its own topic from its own poll loop; an import bridge (another "host") republishes them and a viewer checks each one. Loopback only. */
 #include <memport_bridge.h>
 
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -50,6 +51,10 @@ static void stop_import(int sig) {
 }
 
 static int run_import(void) {
+  /* ZeroMQ allocates each received frame with malloc: keep that memory for the next frame rather
+   * than give it back to the kernel after each one (memport_bridge_create(3), NOTES). */
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 32 << 20);
   while (g_endpoint[0] == '\0')
     usleep(1000);
   memport_bridge_opts_t o;
